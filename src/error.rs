@@ -1,0 +1,218 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// `Result` with [`Error`] as its error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in mapkv.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused an operation on a file.
+    Io {
+        /// What mapkv was doing ("map", "flush", "allocate", ...).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A file's bytes are not what mapkv wrote.
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damage within `file`.
+        offset: u64,
+        /// What was wrong there.
+        kind: CorruptKind,
+    },
+    /// The file was written by a format version this build does not read.
+    UnsupportedVersion {
+        /// The file.
+        file: PathBuf,
+        /// The version found in its header.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// Another handle (in this or another process) has the store open for writing.
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// `OpenOptions::create(false)` and there is no store at `path`.
+    NotFound {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// A write was attempted through a handle opened with `read_only(true)`.
+    ReadOnly,
+    /// An earlier flush failed; this handle no longer accepts any call.
+    Poisoned {
+        /// The failure that poisoned the handle.
+        cause: String,
+    },
+    /// The key is longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
+    KeyTooLarge {
+        /// The length given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN).
+    ValueTooLarge {
+        /// The length given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What exactly was wrong with damaged bytes (see [`Error::Corrupt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// The file is shorter than its fixed header.
+    TooShort {
+        /// Its length.
+        len: u64,
+        /// The least length a valid file has.
+        min: u64,
+    },
+    /// The magic number is not mapkv's.
+    BadMagic,
+    /// Both copies of the data file header fail their checksum.
+    NoValidHeader,
+    /// Stored and computed CRC-32 differ.
+    ChecksumMismatch {
+        /// The checksum stored on disk.
+        expected: u32,
+        /// The checksum of the bytes found.
+        found: u32,
+    },
+    /// A length field points past the end of the file or of the log.
+    LengthPastEnd {
+        /// Where the structure would end.
+        end: u64,
+        /// Where the valid bytes end.
+        limit: u64,
+    },
+    /// A record's kind byte (or a reserved field) has a value no version writes.
+    BadRecord {
+        /// The byte found.
+        kind: u8,
+    },
+    /// A header field holds an impossible value.
+    BadField {
+        /// The field's name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The index file belongs to another store.
+    ForeignIndex {
+        /// This store's id.
+        expected: u64,
+        /// The id in the index header.
+        found: u64,
+    },
+    /// An index slot points at something that is not a record.
+    BadIndexSlot {
+        /// The offset the slot holds.
+        target: u64,
+    },
+}
+
+impl fmt::Display for CorruptKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort { len, min } => {
+                write!(f, "file is {len} bytes, shorter than the {min}-byte header")
+            }
+            Self::BadMagic => f.write_str("bad magic number: not a mapkv file"),
+            Self::NoValidHeader => f.write_str("both header copies are damaged"),
+            Self::ChecksumMismatch { expected, found } => {
+                write!(f, "checksum mismatch (stored {expected:#010x}, computed {found:#010x})")
+            }
+            Self::LengthPastEnd { end, limit } => {
+                write!(f, "length reaches byte {end}, past the end at {limit}")
+            }
+            Self::BadRecord { kind } => write!(f, "invalid record kind or flags {kind:#04x}"),
+            Self::BadField { field, value } => write!(f, "impossible {field} {value}"),
+            Self::ForeignIndex { expected, found } => write!(
+                f,
+                "index belongs to store {found:#018x}, not this store {expected:#018x}"
+            ),
+            Self::BadIndexSlot { target } => {
+                write!(f, "index slot points at {target}, which is not a record")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { op, path, source } => {
+                write!(f, "{op} failed on {}: {source}", path.display())?;
+                if source.raw_os_error() == Some(libc::ENOSPC) {
+                    f.write_str(" (the disk is full: free space, then retry; synced data is safe)")?;
+                }
+                Ok(())
+            }
+            Self::Corrupt { file, offset, kind } => write!(
+                f,
+                "{} is damaged at byte {offset}: {kind}; restore it from a backup \
+                 (deleting the index file makes mapkv rebuild it from the data file)",
+                file.display()
+            ),
+            Self::UnsupportedVersion { file, found, supported } => write!(
+                f,
+                "{} has format version {found}, but this build of mapkv reads version \
+                 {supported}; open it with a matching mapkv release",
+                file.display()
+            ),
+            Self::Locked { path } => write!(
+                f,
+                "store {} is open for writing by another handle or process; close that one \
+                 first (or open read-only)",
+                path.display()
+            ),
+            Self::NotFound { path } => write!(
+                f,
+                "no mapkv store at {}; open with create(true) to make one",
+                path.display()
+            ),
+            Self::ReadOnly => f.write_str("this store handle is read-only; reopen it writable"),
+            Self::Poisoned { cause } => write!(
+                f,
+                "an earlier flush failed ({cause}); this handle refuses all calls: drop it and \
+                 reopen the store, which recovers everything that was made durable"
+            ),
+            Self::KeyTooLarge { len, max } => {
+                write!(f, "key of {len} bytes is longer than the limit of {max} bytes")
+            }
+            Self::ValueTooLarge { len, max } => {
+                write!(f, "value of {len} bytes is longer than the limit of {max} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io { op, path: path.into(), source }
+    }
+}

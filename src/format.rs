@@ -1,0 +1,524 @@
+//! On-disk layouts: the data file header, records, and the index header.
+//!
+//! Everything is little-endian. No I/O and no `unsafe` here: functions turn byte slices into
+//! values and back, and every decode of disk bytes returns an error instead of panicking.
+//! DESIGN.md has the same layouts as byte tables.
+
+use crate::error::CorruptKind;
+
+/// Format version written and read by this build (both files).
+pub const VERSION: u32 = 1;
+
+/// Size of a page as far as the layout is concerned: the two header slots and the index
+/// header each sit in a page of their own, so a torn page write damages at most one of them.
+pub const PAGE: u64 = 4096;
+
+// ---- data file header -------------------------------------------------------------------
+
+/// Magic of the data file.
+pub const LOG_MAGIC: [u8; 8] = *b"MAPKVLOG";
+/// Length of one header slot (the rest of its page is zero).
+pub const HEADER_LEN: usize = 64;
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = H_MAGIC + 8;
+const H_SLOT_LEN: usize = H_VERSION + 4;
+const H_STORE_ID: usize = H_SLOT_LEN + 4;
+const H_SEQ: usize = H_STORE_ID + 8;
+const H_COMMITTED: usize = H_SEQ + 8;
+const H_DATA_START: usize = H_COMMITTED + 8;
+const H_RESERVED: usize = H_DATA_START + 8;
+const H_CRC: usize = HEADER_LEN - 4;
+const _: () = assert!(H_RESERVED + 8 <= H_CRC);
+
+/// File offsets of the two header slots.
+pub const HEADER_SLOTS: [u64; 2] = [0, PAGE];
+/// Where the first record starts.
+pub const DATA_START: u64 = 2 * PAGE;
+
+/// One copy of the data file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogHeader {
+    /// Random id chosen at creation; seeds the record checksums and the index hash.
+    pub store_id: u64,
+    /// Incremented at each header write; the valid slot with the higher `seq` wins.
+    pub seq: u64,
+    /// Every record below this offset is durable and valid.
+    pub committed: u64,
+}
+
+impl LogHeader {
+    /// Writes the header into a slot's 64 bytes.
+    pub fn encode_into(&self, out: &mut [u8; HEADER_LEN]) {
+        out.fill(0);
+        out[H_MAGIC..H_MAGIC + 8].copy_from_slice(&LOG_MAGIC);
+        put_u32(out, H_VERSION, VERSION);
+        put_u32(out, H_SLOT_LEN, HEADER_LEN as u32);
+        put_u64(out, H_STORE_ID, self.store_id);
+        put_u64(out, H_SEQ, self.seq);
+        put_u64(out, H_COMMITTED, self.committed);
+        put_u64(out, H_DATA_START, DATA_START);
+        let crc = crc32fast::hash(&out[..H_CRC]);
+        put_u32(out, H_CRC, crc);
+    }
+
+    /// Reads one slot. `Err` says why the slot is unusable.
+    ///
+    /// # Errors
+    /// [`DecodeError::Corrupt`] for bad magic, checksum or fields;
+    /// [`DecodeError::Version`] for a valid header of another format version.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let b: &[u8; HEADER_LEN] = b
+            .get(..HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(CorruptKind::TooShort { len: b.len() as u64, min: HEADER_LEN as u64 })?;
+        if b[H_MAGIC..H_MAGIC + 8] != LOG_MAGIC {
+            return Err(CorruptKind::BadMagic.into());
+        }
+        let (expected, found) = (get_u32(b, H_CRC), crc32fast::hash(&b[..H_CRC]));
+        if expected != found {
+            return Err(CorruptKind::ChecksumMismatch { expected, found }.into());
+        }
+        let version = get_u32(b, H_VERSION);
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let data_start = get_u64(b, H_DATA_START);
+        if data_start != DATA_START {
+            return Err(CorruptKind::BadField { field: "data start", value: data_start }.into());
+        }
+        let committed = get_u64(b, H_COMMITTED);
+        if committed < DATA_START || committed % RECORD_ALIGN != 0 {
+            return Err(CorruptKind::BadField { field: "committed length", value: committed }.into());
+        }
+        Ok(Self { store_id: get_u64(b, H_STORE_ID), seq: get_u64(b, H_SEQ), committed })
+    }
+}
+
+/// Why a header could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Damaged bytes.
+    Corrupt(CorruptKind),
+    /// A well-formed header of another format version.
+    Version(u32),
+}
+
+impl From<CorruptKind> for DecodeError {
+    fn from(k: CorruptKind) -> Self {
+        Self::Corrupt(k)
+    }
+}
+
+// ---- records ----------------------------------------------------------------------------
+
+/// Records start, and values start, on multiples of this.
+pub const RECORD_ALIGN: u64 = 8;
+/// Length of a record header.
+pub const RECORD_HEADER_LEN: usize = 24;
+const R_CRC: usize = 0;
+const R_KIND: usize = 4;
+const R_FLAGS: usize = 5;
+const R_RESERVED: usize = 6;
+const R_KEY_LEN: usize = 8;
+const R_VALUE_LEN: usize = 12;
+const R_PREV: usize = 16;
+const _: () = assert!(R_PREV + 8 == RECORD_HEADER_LEN);
+const _: () = assert!(RECORD_HEADER_LEN as u64 % RECORD_ALIGN == 0);
+
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+/// Longest value accepted.
+pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
+
+/// What a record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The key now has the record's value.
+    Put = 1,
+    /// The key is deleted (a tombstone; its value is empty).
+    Delete = 2,
+}
+
+/// A decoded record header, with the positions of its key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// Put or delete.
+    pub kind: Kind,
+    /// Offset of the previous record of the same key, 0 if none.
+    pub prev: u64,
+    /// Stored checksum.
+    pub crc: u32,
+    /// Key length.
+    pub key_len: u32,
+    /// Value length.
+    pub value_len: u32,
+}
+
+const fn align_up(n: u64) -> u64 {
+    (n + RECORD_ALIGN - 1) & !(RECORD_ALIGN - 1)
+}
+
+impl Record {
+    /// Offset of the key from the record start.
+    pub const KEY_OFFSET: u64 = RECORD_HEADER_LEN as u64;
+
+    /// Offset of the value from the record start: 8-aligned.
+    pub fn value_offset(&self) -> u64 {
+        align_up(Self::KEY_OFFSET + u64::from(self.key_len))
+    }
+
+    /// Total length of the record including padding: a multiple of 8.
+    pub fn total_len(&self) -> u64 {
+        align_up(self.value_offset() + u64::from(self.value_len))
+    }
+
+    /// Length of a record with these key and value lengths (no overflow for lengths within
+    /// the limits).
+    pub fn len_for(key_len: usize, value_len: usize) -> u64 {
+        align_up(align_up(Self::KEY_OFFSET + key_len as u64) + value_len as u64)
+    }
+
+    /// Decodes the 24-byte header at the start of `b` and checks that the whole record lies
+    /// within `b`. Does not check the checksum (see [`Record::checksum`]).
+    ///
+    /// # Errors
+    /// [`CorruptKind::BadRecord`] for an unknown kind or nonzero reserved bits (zeros never
+    /// parse), [`CorruptKind::LengthPastEnd`] if the record would run past `b`.
+    pub fn decode(b: &[u8]) -> Result<Self, CorruptKind> {
+        let h: &[u8; RECORD_HEADER_LEN] = b
+            .get(..RECORD_HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(CorruptKind::LengthPastEnd {
+                end: RECORD_HEADER_LEN as u64,
+                limit: b.len() as u64,
+            })?;
+        let kind = match h[R_KIND] {
+            1 => Kind::Put,
+            2 => Kind::Delete,
+            k => return Err(CorruptKind::BadRecord { kind: k }),
+        };
+        if h[R_FLAGS] != 0 || h[R_RESERVED] != 0 || h[R_RESERVED + 1] != 0 {
+            return Err(CorruptKind::BadRecord { kind: h[R_KIND] | h[R_FLAGS] });
+        }
+        let rec = Self {
+            kind,
+            crc: get_u32(h, R_CRC),
+            key_len: get_u32(h, R_KEY_LEN),
+            value_len: get_u32(h, R_VALUE_LEN),
+            prev: get_u64(h, R_PREV),
+        };
+        if rec.key_len as usize > MAX_KEY_LEN {
+            return Err(CorruptKind::BadField { field: "key length", value: rec.key_len.into() });
+        }
+        if kind == Kind::Delete && rec.value_len != 0 {
+            return Err(CorruptKind::BadField {
+                field: "tombstone value length",
+                value: rec.value_len.into(),
+            });
+        }
+        if rec.total_len() > b.len() as u64 {
+            return Err(CorruptKind::LengthPastEnd { end: rec.total_len(), limit: b.len() as u64 });
+        }
+        Ok(rec)
+    }
+
+    /// The key of the record at the start of `b` (which `decode` accepted).
+    pub fn key<'a>(&self, b: &'a [u8]) -> &'a [u8] {
+        &b[Self::KEY_OFFSET as usize..][..self.key_len as usize]
+    }
+
+    /// The value of the record at the start of `b` (which `decode` accepted).
+    pub fn value<'a>(&self, b: &'a [u8]) -> &'a [u8] {
+        &b[self.value_offset() as usize..][..self.value_len as usize]
+    }
+
+    /// Computes the checksum of the record at the start of `b` (which `decode` accepted).
+    pub fn checksum(&self, seed: u32, b: &[u8]) -> u32 {
+        let mut h = crc32fast::Hasher::new_with_initial(seed);
+        h.update(&b[R_CRC + 4..RECORD_HEADER_LEN]);
+        h.update(self.key(b));
+        h.update(self.value(b));
+        h.finalize()
+    }
+
+    /// Checks the stored checksum.
+    ///
+    /// # Errors
+    /// [`CorruptKind::ChecksumMismatch`] if it differs.
+    pub fn verify(&self, seed: u32, b: &[u8]) -> Result<(), CorruptKind> {
+        let found = self.checksum(seed, b);
+        if found == self.crc {
+            Ok(())
+        } else {
+            Err(CorruptKind::ChecksumMismatch { expected: self.crc, found })
+        }
+    }
+
+    /// Encodes a whole record (header, key, padding, value, padding) into `out`, which must
+    /// be exactly `len_for(key.len(), value.len())` bytes and is overwritten entirely.
+    pub fn encode_into(seed: u32, kind: Kind, prev: u64, key: &[u8], value: &[u8], out: &mut [u8]) {
+        debug_assert_eq!(out.len() as u64, Self::len_for(key.len(), value.len()));
+        let rec = Self {
+            kind,
+            prev,
+            crc: 0,
+            key_len: key.len() as u32,
+            value_len: value.len() as u32,
+        };
+        let (k, v) = (Self::KEY_OFFSET as usize, rec.value_offset() as usize);
+        out[..RECORD_HEADER_LEN].fill(0);
+        out[R_KIND] = kind as u8;
+        put_u32(out, R_KEY_LEN, rec.key_len);
+        put_u32(out, R_VALUE_LEN, rec.value_len);
+        put_u64(out, R_PREV, prev);
+        out[k..k + key.len()].copy_from_slice(key);
+        out[k + key.len()..v].fill(0);
+        out[v..v + value.len()].copy_from_slice(value);
+        out[v + value.len()..].fill(0);
+        let crc = rec.checksum(seed, out);
+        put_u32(out, R_CRC, crc);
+    }
+}
+
+/// The CRC-32 seed of a store: records copied from another store do not verify.
+pub fn crc_seed(store_id: u64) -> u32 {
+    (store_id ^ (store_id >> 32)) as u32
+}
+
+// ---- index file -------------------------------------------------------------------------
+
+/// Magic of the index file.
+pub const INDEX_MAGIC: [u8; 8] = *b"MAPKVIDX";
+/// Index header length in bytes (8 words); slots start at `PAGE`.
+pub const INDEX_HEADER_LEN: usize = 64;
+/// Bytes per slot: the 64-bit key hash, then the record offset.
+pub const SLOT_LEN: u64 = 16;
+/// Least number of slots.
+pub const MIN_SLOTS: u64 = 1024;
+const I_MAGIC: usize = 0;
+const I_VERSION: usize = 8;
+const I_STORE_ID: usize = 16;
+const I_CAPACITY: usize = 24;
+const I_CLEAN_LEN: usize = 32;
+const I_LIVE: usize = 40;
+const I_USED: usize = 48;
+const I_CRC: usize = 56;
+
+/// The index file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexHeader {
+    /// Must equal the data file's store id.
+    pub store_id: u64,
+    /// Number of slots: a power of two.
+    pub capacity: u64,
+    /// Nonzero: the index matches exactly the log up to this length and nothing changed
+    /// since. Zero: the index may be stale or torn and must be rebuilt.
+    pub clean_len: u64,
+    /// Live keys.
+    pub live: u64,
+    /// Occupied slots (live keys and deleted keys).
+    pub used: u64,
+}
+
+impl IndexHeader {
+    /// Length of an index file with `capacity` slots.
+    pub fn file_len(capacity: u64) -> Option<u64> {
+        capacity.checked_mul(SLOT_LEN)?.checked_add(PAGE)
+    }
+
+    /// Encodes into 64 bytes.
+    pub fn encode_into(&self, out: &mut [u8; INDEX_HEADER_LEN]) {
+        out.fill(0);
+        out[I_MAGIC..I_MAGIC + 8].copy_from_slice(&INDEX_MAGIC);
+        put_u32(out, I_VERSION, VERSION);
+        put_u64(out, I_STORE_ID, self.store_id);
+        put_u64(out, I_CAPACITY, self.capacity);
+        put_u64(out, I_CLEAN_LEN, self.clean_len);
+        put_u64(out, I_LIVE, self.live);
+        put_u64(out, I_USED, self.used);
+        let crc = crc32fast::hash(&out[..I_CRC]);
+        put_u32(out, I_CRC, crc);
+    }
+
+    /// Decodes and checks a header against the file length it came from.
+    ///
+    /// # Errors
+    /// As [`LogHeader::decode`], plus impossible capacity or counts.
+    pub fn decode(b: &[u8; INDEX_HEADER_LEN], file_len: u64) -> Result<Self, DecodeError> {
+        if b[I_MAGIC..I_MAGIC + 8] != INDEX_MAGIC {
+            return Err(CorruptKind::BadMagic.into());
+        }
+        let (expected, found) = (get_u32(b, I_CRC), crc32fast::hash(&b[..I_CRC]));
+        if expected != found {
+            return Err(CorruptKind::ChecksumMismatch { expected, found }.into());
+        }
+        let version = get_u32(b, I_VERSION);
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let h = Self {
+            store_id: get_u64(b, I_STORE_ID),
+            capacity: get_u64(b, I_CAPACITY),
+            clean_len: get_u64(b, I_CLEAN_LEN),
+            live: get_u64(b, I_LIVE),
+            used: get_u64(b, I_USED),
+        };
+        if !h.capacity.is_power_of_two()
+            || h.capacity < MIN_SLOTS
+            || Self::file_len(h.capacity) != Some(file_len)
+        {
+            return Err(CorruptKind::BadField { field: "index capacity", value: h.capacity }.into());
+        }
+        if h.live > h.used || h.used > h.capacity {
+            return Err(CorruptKind::BadField { field: "index count", value: h.used }.into());
+        }
+        Ok(h)
+    }
+}
+
+// ---- helpers ----------------------------------------------------------------------------
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> LogHeader {
+        LogHeader { store_id: 0xfeed_beef_1234_5678, seq: 7, committed: DATA_START + 64 }
+    }
+
+    #[test]
+    fn log_header_round_trips() {
+        let mut b = [0; HEADER_LEN];
+        header().encode_into(&mut b);
+        assert_eq!(LogHeader::decode(&b), Ok(header()));
+    }
+
+    #[test]
+    fn log_header_rejects_every_single_byte_flip() {
+        let mut b = [0; HEADER_LEN];
+        header().encode_into(&mut b);
+        for i in 0..HEADER_LEN {
+            let mut d = b;
+            d[i] ^= 0x40;
+            assert!(LogHeader::decode(&d).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn log_header_rejects_zeros_short_and_future_version() {
+        assert!(matches!(
+            LogHeader::decode(&[0; HEADER_LEN]),
+            Err(DecodeError::Corrupt(CorruptKind::BadMagic))
+        ));
+        assert!(matches!(
+            LogHeader::decode(&[0; 10]),
+            Err(DecodeError::Corrupt(CorruptKind::TooShort { len: 10, .. }))
+        ));
+        let mut b = [0; HEADER_LEN];
+        header().encode_into(&mut b);
+        b[H_VERSION] = 9;
+        let crc = crc32fast::hash(&b[..H_CRC]);
+        put_u32(&mut b, H_CRC, crc);
+        assert_eq!(LogHeader::decode(&b), Err(DecodeError::Version(9)));
+    }
+
+    fn encoded(kind: Kind, key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xAA; Record::len_for(key.len(), value.len()) as usize];
+        Record::encode_into(42, kind, 8192, key, value, &mut out);
+        out
+    }
+
+    #[test]
+    fn record_round_trips_with_aligned_value() {
+        for klen in [0, 1, 7, 8, 9, 24, 100] {
+            let key = vec![b'k'; klen];
+            let b = encoded(Kind::Put, &key, b"value!");
+            let r = Record::decode(&b).expect("decodes");
+            assert_eq!(r.value_offset() % RECORD_ALIGN, 0);
+            assert_eq!(r.total_len() as usize, b.len());
+            assert_eq!(r.key(&b), &key[..]);
+            assert_eq!(r.value(&b), b"value!");
+            assert_eq!(r.prev, 8192);
+            assert_eq!(r.verify(42, &b), Ok(()));
+            assert!(r.verify(43, &b).is_err(), "another store's seed must not verify");
+        }
+    }
+
+    #[test]
+    fn zeros_never_parse_as_a_record() {
+        assert_eq!(Record::decode(&[0; 64]), Err(CorruptKind::BadRecord { kind: 0 }));
+    }
+
+    #[test]
+    fn record_lengths_past_the_end_are_refused() {
+        let b = encoded(Kind::Put, b"key", &[1; 100]);
+        for cut in 0..b.len() {
+            assert!(Record::decode(&b[..cut]).is_err(), "accepted a record cut at {cut}");
+        }
+        let mut huge = b.clone();
+        put_u32(&mut huge, R_VALUE_LEN, u32::MAX);
+        assert!(matches!(Record::decode(&huge), Err(CorruptKind::LengthPastEnd { .. })));
+        let mut long_key = b;
+        put_u32(&mut long_key, R_KEY_LEN, u32::MAX);
+        assert!(matches!(Record::decode(&long_key), Err(CorruptKind::BadField { .. })));
+    }
+
+    #[test]
+    fn every_bit_flip_in_a_record_is_detected() {
+        let b = encoded(Kind::Put, b"some key", b"some value");
+        for i in 0..b.len() {
+            for bit in 0..8 {
+                let mut d = b.clone();
+                d[i] ^= 1 << bit;
+                let caught = match Record::decode(&d) {
+                    Err(_) => true,
+                    Ok(r) => r.verify(42, &d).is_err(),
+                };
+                // Padding (after the 10-byte value at 32) is neither checksummed nor read.
+                let padding = i >= 42;
+                assert!(caught || padding, "flip of bit {bit} at byte {i} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn tombstones_carry_no_value() {
+        let b = encoded(Kind::Delete, b"gone", b"");
+        let r = Record::decode(&b).expect("decodes");
+        assert_eq!(r.kind, Kind::Delete);
+        let mut bad = b;
+        put_u32(&mut bad, R_VALUE_LEN, 8);
+        assert!(Record::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn index_header_round_trips_and_checks_sizes() {
+        let h = IndexHeader { store_id: 5, capacity: 2048, clean_len: 8192, live: 3, used: 4 };
+        let mut b = [0; INDEX_HEADER_LEN];
+        h.encode_into(&mut b);
+        let len = IndexHeader::file_len(2048).expect("fits");
+        assert_eq!(IndexHeader::decode(&b, len), Ok(h));
+        assert!(IndexHeader::decode(&b, len - 1).is_err());
+        let mut d = b;
+        d[I_LIVE] ^= 1;
+        assert!(IndexHeader::decode(&d, len).is_err());
+        let bad = IndexHeader { capacity: 3000, ..h };
+        bad.encode_into(&mut b);
+        assert!(IndexHeader::decode(&b, IndexHeader::file_len(3000).expect("fits")).is_err());
+    }
+}

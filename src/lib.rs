@@ -1,0 +1,38 @@
+//! mapkv: a zero-copy, memory-mapped key-value store.
+//!
+//! Values live in an append-only log of checksummed records that is mapped into memory;
+//! the index is a hash table in a second mapped file. A read returns a slice straight from
+//! the mapping, opening a cleanly closed store reads two headers, and durability is
+//! explicit: [`Store::sync`] is the point after which writes survive power loss.
+//!
+//! ```
+//! # fn main() -> mapkv::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = mapkv::Store::open(dir.path().join("db"))?;
+//! store.put(b"hello", b"world")?;
+//! assert_eq!(store.get(b"hello")?.as_deref(), Some(&b"world"[..]));
+//! store.sync()?; // durable from here on
+//!
+//! let reader = store.reader(); // many reads, no reference counting per read
+//! let v: Option<&[u8]> = reader.get(b"hello")?;
+//! assert_eq!(v, Some(&b"world"[..]));
+//! # Ok(()) }
+//! ```
+//!
+//! DESIGN.md in the repository documents the formats, the protocols and why they are safe.
+#![deny(unsafe_code)]
+#![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(clippy::missing_safety_doc)]
+
+mod error;
+mod format;
+mod index;
+mod os;
+mod recovery;
+mod store;
+
+pub use error::{CorruptKind, Error, Result};
+pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use os::Value;
+pub use recovery::RecoveryReport;
+pub use store::{OpenOptions, Reader, Store};

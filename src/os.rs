@@ -1,0 +1,435 @@
+//! The OS layer: the only module that maps, grows, flushes, allocates and locks files, and
+//! the only module with `unsafe` code.
+//!
+//! Soundness rests on one rule, enforced by the types here rather than by callers:
+//! bytes of the data file are either *published* (below the shared watermark, at or past
+//! `DATA_START`) and then never written again, or *unpublished* and then reachable only
+//! through `&mut LogFile`. Readers on any thread see published bytes only; the single
+//! `LogFile` writes only unpublished bytes or the header pages, which no reader sees.
+//! The index is accessed only as `AtomicU64` words, so concurrent reads and writes of it
+//! are data-race free by construction. DESIGN.md, "Soundness", says what this cannot
+//! prevent (another process truncating or rewriting the files).
+#![allow(unsafe_code)] // the reviewed exception: see the module docs and each SAFETY comment
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fs2::FileExt;
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Error, Result};
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("mapkv maps whole files and needs a 64-bit address space");
+
+/// Opens (or creates) a file for the store and takes its lock without waiting.
+///
+/// # Errors
+/// [`Error::Locked`] if another handle holds a conflicting lock; [`Error::Io`] otherwise.
+pub fn open_locked(path: &Path, writable: bool, create: bool, store: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .create(writable && create)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound { path: store.to_path_buf() },
+            _ => Error::io("open", path, e),
+        })?;
+    let locked = if writable {
+        FileExt::try_lock_exclusive(&file)
+    } else {
+        FileExt::try_lock_shared(&file)
+    };
+    match locked {
+        Ok(()) => Ok(file),
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Err(Error::Locked { path: store.to_path_buf() })
+        }
+        Err(e) => Err(Error::io("lock", path, e)),
+    }
+}
+
+/// Makes a directory entry (a created or renamed file) durable.
+///
+/// # Errors
+/// [`Error::Io`] if the directory cannot be opened or synced.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// Reserves disk blocks for `[0, len)` and extends the file to `len` if it is shorter, so
+/// that stores through a mapping never meet a full disk (which would raise SIGBUS).
+fn allocate(file: &File, len: u64, path: &Path) -> Result<()> {
+    let len_off = libc::off_t::try_from(len)
+        .map_err(|_| Error::io("allocate", path, io::Error::from(io::ErrorKind::FileTooLarge)))?;
+    // SAFETY: plain system call on a file descriptor we own; no memory is passed.
+    // (fs2's `allocate` reads errno, which posix_fallocate does not set; hence the direct call.)
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
+    if rc != 0 {
+        return Err(Error::io("allocate", path, io::Error::from_raw_os_error(rc)));
+    }
+    if file.metadata().map_err(|e| Error::io("stat", path, e))?.len() < len {
+        file.set_len(len).map_err(|e| Error::io("truncate", path, e))?;
+    }
+    Ok(())
+}
+
+fn map(file: &File, len: u64, writable: bool, path: &Path) -> Result<MmapRaw> {
+    let len = usize::try_from(len).map_err(|_| {
+        Error::io("map", path, io::Error::from(io::ErrorKind::FileTooLarge))
+    })?;
+    let mut opts = MmapOptions::new();
+    opts.len(len);
+    let raw = if writable { opts.map_raw(file) } else { opts.map_raw_read_only(file) };
+    raw.map_err(|e| Error::io("map", path, e))
+}
+
+fn flush_map(raw: &MmapRaw, from: u64, to: u64, path: &Path) -> Result<()> {
+    let page = crate::format::PAGE;
+    let start = from / page * page;
+    let end = to.min(raw.len() as u64);
+    if start >= end {
+        return Ok(());
+    }
+    raw.flush_range(start as usize, (end - start) as usize)
+        .map_err(|e| Error::io("flush (msync)", path, e))
+}
+
+// ---- data file --------------------------------------------------------------------------
+
+/// One mapping of the data file. Readers hold it through `Arc`; it is unmapped when the
+/// last holder lets go, never earlier.
+pub struct LogMap {
+    raw: MmapRaw,
+    /// Shared by every mapping of the file: bytes in `[data_start, published)` are immutable.
+    published: Arc<AtomicU64>,
+    data_start: u64,
+}
+
+impl LogMap {
+    /// Length of this mapping.
+    pub fn len(&self) -> u64 {
+        self.raw.len() as u64
+    }
+
+    /// The published bytes from `off` to the end of what this mapping and the watermark
+    /// allow, or `None` if `off` lies outside them.
+    #[inline]
+    pub fn tail(&self, off: u64) -> Option<&[u8]> {
+        let end = self.published.load(Ordering::Acquire).min(self.len());
+        if off < self.data_start || off >= end {
+            return None;
+        }
+        // SAFETY: `[off, end)` lies within the mapping (end <= len), which stays mapped while
+        // `self` lives. It lies in `[data_start, published)`, which no one writes through any
+        // mapping once published: `LogFile::write_at` only writes at or past the watermark,
+        // `LogFile::write_header` only below `data_start`, and the watermark only rises
+        // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.raw.as_ptr().add(off as usize), (end - off) as usize)
+        })
+    }
+
+    /// An owned handle to `bytes` (a sub-slice of what `tail` returned from this mapping)
+    /// that keeps the mapping alive.
+    ///
+    /// # Panics
+    /// If `bytes` does not lie inside this mapping (a bug in the caller).
+    pub fn value(self: &Arc<Self>, bytes: &[u8]) -> Value {
+        let base = self.raw.as_ptr() as usize;
+        let start = bytes.as_ptr() as usize;
+        assert!(start >= base && start + bytes.len() <= base + self.raw.len());
+        Value { ptr: NonNull::from(bytes).cast(), len: bytes.len(), _map: Arc::clone(self) }
+    }
+}
+
+/// A value borrowed straight from the data file's mapping: no copy. It derefs to `[u8]`,
+/// starts on an 8-byte boundary, and stays valid and unchanged while held, whatever the
+/// store does meanwhile (overwrites, deletes, growth, or dropping the store).
+pub struct Value {
+    ptr: NonNull<u8>,
+    len: usize,
+    _map: Arc<LogMap>,
+}
+
+impl Deref for Value {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` was a published slice of `_map` (checked in
+        // `LogMap::value`); `_map` keeps the mapping alive and published bytes never change.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Value").field(&&**self).finish()
+    }
+}
+
+// SAFETY: a `Value` is an immutable view of memory kept alive by an `Arc` (itself Send and
+// Sync because `LogMap` is); sharing or sending it shares only reads of immutable bytes.
+unsafe impl Send for Value {}
+// SAFETY: as above.
+unsafe impl Sync for Value {}
+
+/// The data file, through which all its writes go. There is one per store handle, owned by
+/// the writer lock, so `&mut LogFile` is the only way to write.
+pub struct LogFile {
+    file: File,
+    path: PathBuf,
+    map: Arc<LogMap>,
+    writable: bool,
+}
+
+impl LogFile {
+    /// Wraps an opened (and locked) data file and maps it whole. Nothing is published yet.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be inspected or mapped.
+    pub fn new(file: File, path: &Path, writable: bool, data_start: u64) -> Result<Self> {
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let raw = map(&file, len, writable, path)?;
+        let published = Arc::new(AtomicU64::new(data_start));
+        let map = Arc::new(LogMap { raw, published, data_start });
+        Ok(Self { file, path: path.to_path_buf(), map, writable })
+    }
+
+    /// The current (largest) mapping.
+    pub fn map(&self) -> &Arc<LogMap> {
+        &self.map
+    }
+
+    /// The whole mapping, header pages included. Sound for the writer because any write
+    /// needs `&mut self`, which cannot coexist with this borrow.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping covers `len` bytes and lives as long as `self.map`. Writes go
+        // only through `&mut self` (so not during this borrow); readers on other threads
+        // only read. Another process writing the file is outside Rust's model (DESIGN.md).
+        unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.map.raw.len()) }
+    }
+
+    /// The published length.
+    pub fn published(&self) -> u64 {
+        self.map.published.load(Ordering::Relaxed)
+    }
+
+    /// Makes `[.., end)` visible to readers. From now on those bytes never change.
+    ///
+    /// # Panics
+    /// If `end` lowers the watermark or passes the mapping (a bug in the caller).
+    pub fn publish(&mut self, end: u64) {
+        assert!(end >= self.published() && end <= self.map.len(), "bad publish to {end}");
+        self.map.published.store(end, Ordering::Release);
+    }
+
+    /// Copies `src` to `[off, off + src.len())`, which must lie at or past the published end
+    /// and inside the mapping.
+    ///
+    /// # Panics
+    /// If the range is published or outside the mapping (a bug in the caller).
+    pub fn write_at(&mut self, off: u64, fill: impl FnOnce(&mut [u8]), len: usize) {
+        assert!(self.writable, "write through a read-only mapping");
+        let end = off.checked_add(len as u64).expect("write range overflows");
+        assert!(off >= self.published() && end <= self.map.len(), "write outside the tail");
+        // SAFETY: `[off, end)` is inside the mapping and unpublished, so no reader holds or
+        // can create a reference to it (readers see published bytes only); `&mut self`
+        // excludes every other writer and `bytes()`. The mapping is writable.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(off as usize), len)
+        };
+        fill(dst);
+    }
+
+    /// Writes `src` into the header area `[off, off + src.len())`, below `data_start`.
+    ///
+    /// # Panics
+    /// If the range reaches the data area (a bug in the caller).
+    pub fn write_header(&mut self, off: u64, src: &[u8]) {
+        assert!(self.writable, "write through a read-only mapping");
+        assert!(off + src.len() as u64 <= self.map.data_start, "header write into data");
+        // SAFETY: the range is below `data_start`, which readers never read (`tail` refuses
+        // it); `&mut self` excludes every other writer and `bytes()`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.map.raw.as_mut_ptr().add(off as usize),
+                src.len(),
+            );
+        }
+    }
+
+    /// Grows the file to at least `min_len`: allocates the blocks first (a full disk fails
+    /// here, not as SIGBUS later), extends the size, makes the size durable, then maps the
+    /// whole file anew. The old mapping stays alive for whoever still holds it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] (ENOSPC for a full disk); nothing is changed that matters then.
+    pub fn grow(&mut self, min_len: u64) -> Result<()> {
+        allocate(&self.file, min_len, &self.path)?;
+        self.file.sync_data().map_err(|e| Error::io("sync size", &self.path, e))?;
+        let len = self.file.metadata().map_err(|e| Error::io("stat", &self.path, e))?.len();
+        let raw = map(&self.file, len, true, &self.path)?;
+        let published = Arc::clone(&self.map.published);
+        self.map = Arc::new(LogMap { raw, published, data_start: self.map.data_start });
+        Ok(())
+    }
+
+    /// Flushes the dirty pages of `[from, to)` to the device (msync, MS_SYNC).
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the caller must poison the store.
+    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+        flush_map(&self.map.raw, from, to, &self.path)
+    }
+
+    /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs.
+    /// Used by recovery so that stale bytes past the cut can never parse later.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    ///
+    /// # Panics
+    /// If `from` is below the published end.
+    pub fn zero_tail(&mut self, from: u64) -> Result<()> {
+        assert!(from >= self.published(), "zeroing published bytes");
+        let len = self.map.len().saturating_sub(from);
+        if len > 0 {
+            // SAFETY: plain system call on our own descriptor; no memory is passed. The
+            // range is unpublished, so no reader can observe it changing.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    from as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                // Not every file system zeroes ranges (tmpfs does not): write the zeros.
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = from;
+                while at < from + len {
+                    let n = (from + len - at).min(zeros.len() as u64) as usize;
+                    self.write_at(at, |d| d.copy_from_slice(&zeros[..n]), n);
+                    at += n as u64;
+                }
+            }
+        }
+        self.file.sync_data().map_err(|e| Error::io("sync", &self.path, e))
+    }
+}
+
+// ---- index file -------------------------------------------------------------------------
+
+enum Backing {
+    File(MmapRaw),
+    Heap(Box<[AtomicU64]>),
+}
+
+/// The index as 64-bit words: a mapped file, or heap memory for a read-only handle whose
+/// index file could not be trusted.
+pub struct IndexMap {
+    backing: Backing,
+    path: PathBuf,
+}
+
+impl IndexMap {
+    /// Maps an existing index file. `Ok(None)` if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn open(path: &Path, writable: bool) -> Result<Option<Self>> {
+        let file = match OpenOptions::new().read(true).write(writable).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        if len % 8 != 0 || len < crate::format::PAGE {
+            // Too short or ragged to hold words: treat as absent and rebuild.
+            return Ok(None);
+        }
+        let raw = map(&file, len, writable, path)?;
+        Ok(Some(Self { backing: Backing::File(raw), path: path.to_path_buf() }))
+    }
+
+    /// Creates a zero-filled, fully allocated index file at `tmp` of `len` bytes, to be
+    /// filled and then renamed over the live index with [`IndexMap::install`].
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn create(tmp: &Path, len: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .map_err(|e| Error::io("create", tmp, e))?;
+        allocate(&file, len, tmp)?;
+        let raw = map(&file, len, true, tmp)?;
+        Ok(Self { backing: Backing::File(raw), path: tmp.to_path_buf() })
+    }
+
+    /// An index in heap memory (read-only handles that had to rebuild).
+    pub fn heap(len: u64) -> Self {
+        let words = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
+        Self { backing: Backing::Heap(words), path: PathBuf::from("<memory>") }
+    }
+
+    /// Renames this (temporary) file to `path`, atomically replacing the old index.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn install(&mut self, path: &Path) -> Result<()> {
+        std::fs::rename(&self.path, path).map_err(|e| Error::io("rename", &self.path, e))?;
+        self.path = path.to_path_buf();
+        Ok(())
+    }
+
+    /// The words of the file.
+    pub fn words(&self) -> &[AtomicU64] {
+        match &self.backing {
+            // SAFETY: the mapping is page-aligned (so 8-aligned), its length is a multiple
+            // of 8 (checked in `open`; `create` is given such lengths), it lives as long as
+            // `self`, and every bit pattern is a valid `AtomicU64`. All access is atomic, so
+            // concurrent readers and the writer never race.
+            Backing::File(raw) => unsafe {
+                std::slice::from_raw_parts(raw.as_ptr().cast::<AtomicU64>(), raw.len() / 8)
+            },
+            Backing::Heap(w) => w,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.words().len() as u64 * 8
+    }
+
+    /// Flushes `[from, to)` to the device; a no-op for heap memory.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the caller must poison the store.
+    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+        match &self.backing {
+            Backing::File(raw) => flush_map(raw, from, to, &self.path),
+            Backing::Heap(_) => Ok(()),
+        }
+    }
+}

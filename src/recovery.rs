@@ -1,0 +1,290 @@
+//! What open does before the store is usable: choose the data file header, decide whether
+//! the index can be trusted, and otherwise rebuild it by scanning the log, cutting a torn
+//! tail. DESIGN.md ("Recovery") gives the argument for each decision.
+
+use std::path::Path;
+
+use crate::error::{CorruptKind, Error, Result};
+use crate::format::{
+    DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, Record,
+    VERSION, crc_seed,
+};
+use crate::index::{DELETED, Slot, Table};
+
+/// What open found and did; see [`Store::recovery`](crate::Store::recovery).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Whether the index had to be rebuilt from the log (after an unclean shutdown, or a
+    /// missing, foreign or damaged index). False after a clean close: open read headers only.
+    pub index_rebuilt: bool,
+    /// Why the index was rebuilt, if it was.
+    pub reason: Option<String>,
+    /// Records read from the log while rebuilding.
+    pub records_replayed: u64,
+    /// Where the valid log ends.
+    pub log_end: u64,
+    /// Where a damaged or torn record was cut off (everything from there on was discarded),
+    /// and what was wrong with it. `None` when the log simply ended.
+    pub cut: Option<(u64, CorruptKind)>,
+}
+
+/// Picks the valid header slot with the highest sequence number.
+///
+/// # Errors
+/// [`Error::Corrupt`] if neither slot is valid, [`Error::UnsupportedVersion`] for a valid
+/// header of another version.
+pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
+    let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
+    if (bytes.len() as u64) < DATA_START {
+        return Err(corrupt(0, CorruptKind::TooShort { len: bytes.len() as u64, min: DATA_START }));
+    }
+    let mut best: Option<LogHeader> = None;
+    let mut errors = Vec::new();
+    for off in HEADER_SLOTS {
+        match LogHeader::decode(&bytes[off as usize..off as usize + HEADER_LEN]) {
+            Ok(h) if best.is_none_or(|b| h.seq > b.seq) => best = Some(h),
+            Ok(_) => {}
+            Err(DecodeError::Version(found)) => {
+                return Err(Error::UnsupportedVersion {
+                    file: path.to_path_buf(),
+                    found,
+                    supported: VERSION,
+                });
+            }
+            Err(DecodeError::Corrupt(kind)) => errors.push((off, kind)),
+        }
+    }
+    match best {
+        Some(h) if h.committed > bytes.len() as u64 => Err(corrupt(
+            0,
+            CorruptKind::LengthPastEnd { end: h.committed, limit: bytes.len() as u64 },
+        )),
+        Some(h) => Ok(h),
+        None if errors.iter().all(|(_, k)| *k == CorruptKind::BadMagic) => {
+            Err(corrupt(0, CorruptKind::BadMagic))
+        }
+        None => Err(corrupt(0, CorruptKind::NoValidHeader)),
+    }
+}
+
+/// Why the index file cannot be used as it is, or `None` if it can: it belongs to this
+/// store, is marked clean at exactly the committed log length, and no record follows.
+pub fn distrust_index(
+    idx: &Table<'_>,
+    file_len: u64,
+    header: &LogHeader,
+    log: &[u8],
+) -> Option<String> {
+    let h = match IndexHeader::decode(&idx.header_bytes(), file_len) {
+        Ok(h) => h,
+        Err(DecodeError::Version(v)) => return Some(format!("index has format version {v}")),
+        Err(DecodeError::Corrupt(k)) => return Some(format!("index header damaged: {k}")),
+    };
+    if h.store_id != header.store_id {
+        return Some(CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }
+            .to_string());
+    }
+    if h.clean_len == 0 {
+        return Some("the store was not closed cleanly".into());
+    }
+    if h.clean_len != header.committed {
+        return Some(format!(
+            "index covers the log to {}, but the log is committed to {}",
+            h.clean_len, header.committed
+        ));
+    }
+    if let Some(rest) = log.get(h.clean_len as usize..)
+        && let Ok(rec) = Record::decode(rest)
+        && rec.verify(crc_seed(header.store_id), rest).is_ok()
+    {
+        return Some(format!("a record follows the indexed log at {}", h.clean_len));
+    }
+    None
+}
+
+/// Receives the records found by [`scan`], in log order.
+pub trait Replay {
+    /// Applies the record at `off` for `key` (a put or a tombstone).
+    ///
+    /// # Errors
+    /// Whatever applying it returns (index growth I/O).
+    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()>;
+}
+
+/// Scans every record from `DATA_START`, checking its checksum, and feeds it to `replay`.
+/// A bad record below `committed` is corruption; at or past it, it is a torn tail: the scan
+/// stops there and reports the cut.
+///
+/// # Errors
+/// [`Error::Corrupt`] for damage below `committed` or a log ending before it.
+pub fn scan(
+    log: &[u8],
+    header: &LogHeader,
+    path: &Path,
+    replay: &mut dyn Replay,
+) -> Result<RecoveryReport> {
+    let seed = crc_seed(header.store_id);
+    let mut report = RecoveryReport { index_rebuilt: true, ..Default::default() };
+    let mut p = DATA_START;
+    while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
+        let checked = Record::decode(rest).and_then(|rec| rec.verify(seed, rest).map(|()| rec));
+        let rec = match checked {
+            Ok(rec) => rec,
+            Err(kind) => {
+                if p < header.committed {
+                    return Err(Error::Corrupt { file: path.to_path_buf(), offset: p, kind });
+                }
+                let clean_end = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
+                if !clean_end {
+                    report.cut = Some((p, kind));
+                }
+                break;
+            }
+        };
+        replay.apply(p, rec.kind, rec.key(rest), log)?;
+        report.records_replayed += 1;
+        p += rec.total_len();
+    }
+    if p < header.committed {
+        return Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            offset: p,
+            kind: CorruptKind::LengthPastEnd { end: header.committed, limit: p },
+        });
+    }
+    report.log_end = p;
+    Ok(report)
+}
+
+/// Whether the record at the start of `rest` (found at `off`) has key `key`. A slot
+/// pointing at anything but a record (`rest` is `None` when `off` is outside the log) is
+/// index damage.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the index file.
+pub fn key_at(rest: Option<&[u8]>, off: u64, key: &[u8], index_path: &Path) -> Result<bool> {
+    let bad = || Error::Corrupt {
+        file: index_path.to_path_buf(),
+        offset: 0,
+        kind: CorruptKind::BadIndexSlot { target: off },
+    };
+    let rest = rest.ok_or_else(bad)?;
+    let rec = Record::decode(rest).map_err(|_| bad())?;
+    Ok(rec.key(rest) == key)
+}
+
+/// The state change of one record on an index: which slot to write and how the counters
+/// move. Shared by the writer's put/delete and by replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// Slot to set.
+    pub slot: u64,
+    /// Whether the slot was empty before (used count grows).
+    pub was_vacant: bool,
+    /// Whether the key was live before.
+    pub was_live: bool,
+    /// Offset of the key's previous record, 0 if none.
+    pub prev: u64,
+}
+
+impl Change {
+    /// Reads a located slot. `None` if the table is full.
+    pub fn from_slot(slot: Slot) -> Option<Self> {
+        match slot {
+            Slot::Occupied { i, word } => Some(Self {
+                slot: i,
+                was_vacant: false,
+                was_live: word & DELETED == 0,
+                prev: word & !DELETED,
+            }),
+            Slot::Vacant { i } => Some(Self { slot: i, was_vacant: true, was_live: false, prev: 0 }),
+            Slot::Full => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(records: &[(&[u8], &[u8])], committed_after: usize) -> (Vec<u8>, LogHeader) {
+        let mut log = vec![0u8; DATA_START as usize];
+        let mut committed = DATA_START;
+        for (n, (k, v)) in records.iter().enumerate() {
+            let len = Record::len_for(k.len(), v.len()) as usize;
+            let at = log.len();
+            log.resize(at + len, 0);
+            Record::encode_into(crc_seed(9), Kind::Put, 0, k, v, &mut log[at..]);
+            if n < committed_after {
+                committed = log.len() as u64;
+            }
+        }
+        log.resize(log.len() + 4096, 0);
+        let h = LogHeader { store_id: 9, seq: 1, committed };
+        let mut slot = [0; HEADER_LEN];
+        h.encode_into(&mut slot);
+        log[..HEADER_LEN].copy_from_slice(&slot);
+        (log, h)
+    }
+
+    struct Count(u64);
+    impl Replay for Count {
+        fn apply(&mut self, _: u64, _: Kind, _: &[u8], _: &[u8]) -> Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn header_choice_survives_one_damaged_slot() {
+        let (mut log, h) = log_with(&[], 0);
+        assert_eq!(read_header(&log, Path::new("d")).expect("valid"), h);
+        log[20] ^= 1; // slot 0 damaged, slot 1 never written
+        assert!(matches!(
+            read_header(&log, Path::new("d")),
+            Err(Error::Corrupt { kind: CorruptKind::NoValidHeader, .. })
+        ));
+        let mut newer = [0; HEADER_LEN];
+        LogHeader { seq: 2, ..h }.encode_into(&mut newer);
+        log[HEADER_SLOTS[1] as usize..][..HEADER_LEN].copy_from_slice(&newer);
+        assert_eq!(read_header(&log, Path::new("d")).expect("slot 1").seq, 2);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_but_damage_below_committed_is_an_error() {
+        let recs: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")];
+        let (mut log, h) = log_with(&recs, 1);
+        let second = DATA_START as usize + Record::len_for(1, 1) as usize;
+        log[second + 32] ^= 0xff; // damage the second record (past committed)
+        let mut n = Count(0);
+        let rep = scan(&log, &h, Path::new("d"), &mut n).expect("a torn tail is recovered");
+        assert_eq!(n.0, 1);
+        assert_eq!(rep.log_end, second as u64);
+        assert!(matches!(rep.cut, Some((o, CorruptKind::ChecksumMismatch { .. })) if o == second as u64));
+
+        let (mut log, h) = log_with(&recs, 3);
+        log[second + 32] ^= 0xff; // the same damage below the committed length
+        let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("corruption");
+        assert!(matches!(err, Error::Corrupt { offset, .. } if offset == second as u64));
+    }
+
+    #[test]
+    fn log_ending_before_committed_length_is_corruption() {
+        let (log, mut h) = log_with(&[(b"a", b"1")], 1);
+        h.committed += 64;
+        let end = DATA_START + Record::len_for(1, 1);
+        let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("short log");
+        assert!(matches!(err, Error::Corrupt { offset, .. } if offset == end), "{err}");
+    }
+
+    #[test]
+    fn key_at_refuses_slots_that_do_not_point_at_records() {
+        let (log, _) = log_with(&[(b"a", b"1")], 1);
+        let at = |o: u64| log.get(o as usize..).filter(|_| o >= DATA_START);
+        assert!(key_at(at(DATA_START), DATA_START, b"a", Path::new("i")).expect("record"));
+        for bad in [0, 8, DATA_START + 4096, log.len() as u64 - 8, u64::MAX] {
+            assert!(key_at(at(bad), bad, b"a", Path::new("i")).is_err(), "slot {bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! The public `Store`: ties the log, the index and the OS layer together.
+//!
+//! Readers load the current [`State`] (log mapping + index mapping) with one atomic pointer
+//! load and never take a lock. The single writer holds `Writer` behind a mutex, appends a
+//! record, publishes it, then points the index slot at it. Growth builds a new mapping (or a
+//! new index file) and publishes a new `State`; the old one lives on for whoever holds it.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::error::{CorruptKind, Error, Result};
+use crate::format::{
+    DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN,
+    MAX_VALUE_LEN, PAGE, Record, crc_seed,
+};
+use crate::index::{self, DELETED, Table};
+use crate::os::{self, IndexMap, LogFile, LogMap, Value};
+use crate::recovery::{self, Change, RecoveryReport, Replay};
+
+const DATA_FILE: &str = "data.mkv";
+const INDEX_FILE: &str = "index.mkv";
+const INDEX_TMP: &str = "index.mkv.tmp";
+const LOCK_FILE: &str = "lock";
+/// First size of the data file, and the smallest growth step.
+const MIN_GROWTH: u64 = 1 << 20;
+/// Largest growth step: growth is geometric up to here, then linear.
+const MAX_GROWTH: u64 = 1 << 30;
+
+/// Options for opening a store; see [`Store::open`] for the defaults.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    read_only: bool,
+    create: bool,
+    verify_checksums: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OpenOptions {
+    /// Writable, created if missing, checksums verified at recovery only.
+    pub fn new() -> Self {
+        Self { read_only: false, create: true, verify_checksums: false }
+    }
+
+    /// Open for reading only: takes a shared lock, never writes any file. After an unclean
+    /// shutdown the index is rebuilt in memory.
+    pub fn read_only(&mut self, yes: bool) -> &mut Self {
+        self.read_only = yes;
+        self
+    }
+
+    /// Create the directory and store if missing (ignored when read-only).
+    pub fn create(&mut self, yes: bool) -> &mut Self {
+        self.create = yes;
+        self
+    }
+
+    /// Check every value's CRC-32 before serving it. Without it, record headers and keys are
+    /// still validated, so damaged bytes give an error, never a panic or a wild read.
+    pub fn verify_checksums(&mut self, yes: bool) -> &mut Self {
+        self.verify_checksums = yes;
+        self
+    }
+
+    /// Opens the store in directory `dir`.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] at once if another handle writes the store (or, for a writer, if
+    /// any handle has it open); [`Error::NotFound`] without `create`; [`Error::Corrupt`] or
+    /// [`Error::UnsupportedVersion`] for files it cannot read; [`Error::Io`].
+    pub fn open(&self, dir: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(dir.as_ref(), self)
+    }
+}
+
+/// One published view: a mapping of the data file and the index to search with it.
+/// `next` links to the view that replaced it, so a [`Reader`] pinned here can follow growth
+/// without a lock and without ever dropping a mapping it lent out.
+struct State {
+    log: Arc<LogMap>,
+    index: Arc<IndexMap>,
+    next: OnceLock<Arc<State>>,
+}
+
+/// What a lookup in one view found.
+enum Lookup<'s> {
+    Found(&'s [u8]),
+    Absent,
+    /// The index named a record this view's mapping does not reach: use a newer view.
+    Stale(u64),
+}
+
+/// Everything only the writer touches.
+struct Writer {
+    log: LogFile,
+    index: Arc<IndexMap>,
+    /// End of the log (the published length).
+    end: u64,
+    /// Everything below this is durable.
+    synced: u64,
+    /// The newest header slot written: its `seq` and `committed`.
+    header: LogHeader,
+    /// The index file header currently says "clean".
+    index_clean: bool,
+    /// Occupied index slots (live and deleted keys).
+    used: u64,
+    /// Holds the store's lock (exclusive for a writer, shared for a reader) while open.
+    _lock: std::fs::File,
+}
+
+/// A zero-copy, memory-mapped key-value store. `Send + Sync`: share it with `Arc`.
+///
+/// Reads ([`get`](Store::get), [`reader`](Store::reader)) never lock; writes
+/// ([`put`](Store::put), [`delete`](Store::delete)) are serialised by an internal mutex.
+/// A write that returned survives the process being killed; it survives power loss once a
+/// later [`sync`](Store::sync) has returned.
+pub struct Store {
+    dir: PathBuf,
+    index_path: PathBuf,
+    state: ArcSwap<State>,
+    writer: Mutex<Writer>,
+    live: AtomicU64,
+    poisoned: OnceLock<String>,
+    store_id: u64,
+    seed: u32,
+    verify: bool,
+    read_only: bool,
+    recovery: RecoveryReport,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("len", &self.len())
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store in directory `dir`, creating it if missing, for reading and writing.
+    /// Same as `OpenOptions::new().open(dir)`.
+    ///
+    /// # Errors
+    /// As [`OpenOptions::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        OpenOptions::new().open(dir)
+    }
+
+
+    fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Self> {
+        let writable = !opts.read_only;
+        if writable && opts.create {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        // The lock comes first: an opener that is refused has changed nothing.
+        let lock = os::open_locked(&dir.join(LOCK_FILE), writable, opts.create, dir)?;
+        let data_path = dir.join(DATA_FILE);
+        if writable && opts.create && !data_path.exists() {
+            create_data_file(dir, &data_path)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&data_path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+                _ => Error::io("open", &data_path, e),
+            })?;
+        let log = LogFile::new(file, &data_path, writable, DATA_START)?;
+        let header = recovery::read_header(log.bytes(), &data_path)?;
+        let index_path = dir.join(INDEX_FILE);
+        let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id };
+
+        let existing = IndexMap::open(&index_path, writable)?;
+        let distrust = match &existing {
+            None => Some("the index file is missing or truncated".to_string()),
+            Some(map) => {
+                recovery::distrust_index(&Table::new(map.words()), map.len(), &header, log.bytes())
+            }
+        };
+        let (index, end, used, live, report) = match (existing, distrust) {
+            (Some(map), None) => {
+                let h = IndexHeader::decode(&Table::new(map.words()).header_bytes(), map.len())
+                    .map_err(|_| Error::Corrupt {
+                        file: index_path.clone(),
+                        offset: 0,
+                        kind: CorruptKind::BadMagic,
+                    })?;
+                (map, h.clean_len, h.used, h.live, RecoveryReport::default())
+            }
+            (_, reason) => {
+                let mut rebuild = Rebuild {
+                    index: ctx.create(index::capacity_for(0), None)?,
+                    used: 0,
+                    live: 0,
+                    ctx: &ctx,
+                };
+                let mut report = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild)?;
+                report.reason = reason;
+                (rebuild.index, report.log_end, rebuild.used, rebuild.live, report)
+            }
+        };
+        let mut w = Writer {
+            log,
+            index: Arc::new(index),
+            end,
+            synced: end,
+            header,
+            index_clean: !report.index_rebuilt,
+            used,
+            _lock: lock,
+        };
+        w.log.publish(end);
+        if writable && report.index_rebuilt {
+            // Stale bytes past the cut must never parse later; then record the new end.
+            w.log.zero_tail(end)?;
+            write_header(&mut w, end)?;
+            os::sync_dir(dir)?; // the rebuilt index's name, so a stale one cannot return
+        }
+        let state = Arc::new(State {
+            log: Arc::clone(w.log.map()),
+            index: Arc::clone(&w.index),
+            next: OnceLock::new(),
+        });
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index_path,
+            state: ArcSwap::new(state),
+            writer: Mutex::new(w),
+            live: AtomicU64::new(live),
+            poisoned: OnceLock::new(),
+            store_id: header.store_id,
+            seed: crc_seed(header.store_id),
+            verify: opts.verify_checksums,
+            read_only: opts.read_only,
+            recovery: report,
+        })
+    }
+
+    /// The value of `key`, borrowed straight from the mapping (no copy, no allocation).
+    /// The [`Value`] stays valid and unchanged while held, across later writes, growth and
+    /// the store being dropped. For many reads in a loop, [`reader`](Store::reader) avoids
+    /// the per-value reference count.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the bytes found are damaged; [`Error::Poisoned`].
+    #[inline]
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        self.check_poisoned()?;
+        let key = key.as_ref();
+        let hash = self.hash(key);
+        let guard = self.state.load();
+        let mut state: &State = &guard;
+        loop {
+            match self.lookup(state, hash, key)? {
+                Lookup::Found(bytes) => return Ok(Some(state.log.value(bytes))),
+                Lookup::Absent => return Ok(None),
+                Lookup::Stale(off) => match state.next.get() {
+                    Some(next) => state = next,
+                    None => return Err(self.bad_slot(off)),
+                },
+            }
+        }
+    }
+
+    /// A read view for hot loops: its [`Reader::get`] returns plain `&[u8]` borrowed from
+    /// the reader, with no reference counting per read. It sees every write that returned
+    /// before each `get`, follows growth, and keeps every mapping it lent from alive until
+    /// it is dropped, so hold one per batch of work rather than forever.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader { store: self, first: self.state.load_full() }
+    }
+
+    /// Sets `key` to `value`. Once this returns the write survives a crash of the process;
+    /// it survives power loss after the next [`sync`](Store::sync).
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`], [`Error::ReadOnly`],
+    /// [`Error::Poisoned`], [`Error::Io`] (a full disk when the file must grow; nothing is
+    /// written then), [`Error::Corrupt`] if the index points at damaged bytes.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if value.len() > MAX_VALUE_LEN {
+            return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+        }
+        self.write(Kind::Put, key, value).map(|_| ())
+    }
+
+    /// Deletes `key`, returning whether it existed. Deleting an absent key writes nothing.
+    ///
+    /// # Errors
+    /// As [`put`](Store::put).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        self.write(Kind::Delete, key.as_ref(), &[])
+    }
+
+    /// The durability point: when it returns, every write that returned before it survives
+    /// power loss. It flushes only what changed since the last `sync` (one msync, one device
+    /// flush); with nothing changed it does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if this or an earlier flush failed: the failure is never retried
+    /// and reported as success. Read-only handles return `Ok` at once.
+    pub fn sync(&self) -> Result<()> {
+        self.check_poisoned()?;
+        if self.read_only {
+            return Ok(());
+        }
+        let mut w = self.writer.lock();
+        self.check_poisoned()?;
+        if w.synced == w.end {
+            return Ok(());
+        }
+        // The header may only claim what is already durable: the previous sync's end. So
+        // it rides in the same flush as the new records (see DESIGN.md, "Durability").
+        if w.header.committed != w.synced {
+            let synced = w.synced;
+            put_header(&mut w, synced);
+        }
+        let end = w.end;
+        self.poison_on_err(w.log.flush(0, end))?;
+        w.synced = end;
+        Ok(())
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store has no live keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The random id chosen when the store was created.
+    pub fn id(&self) -> u64 {
+        self.store_id
+    }
+
+    /// What open did: whether it rebuilt the index, how many records it replayed, and
+    /// where it cut a torn tail.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Closes the store cleanly, so the next open reads headers only. Dropping the store
+    /// does the same but cannot report errors.
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Poisoned`] if the final flushes fail; the store is then
+    /// recovered from the log at the next open.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    // ---- internals --------------------------------------------------------------------
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(key, self.store_id)
+    }
+
+    #[inline]
+    fn check_poisoned(&self) -> Result<()> {
+        match self.poisoned.get() {
+            None => Ok(()),
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+        }
+    }
+
+    fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            let _ = self.poisoned.set(e.to_string());
+        }
+        r
+    }
+
+    fn bad_slot(&self, target: u64) -> Error {
+        Error::Corrupt {
+            file: self.index_path.clone(),
+            offset: 0,
+            kind: CorruptKind::BadIndexSlot { target },
+        }
+    }
+
+    /// Searches one view. Bytes come only from the published part of the mapping.
+    #[inline]
+    fn lookup<'s>(&self, state: &'s State, hash: u64, key: &[u8]) -> Result<Lookup<'s>> {
+        let table = Table::new(state.index.words());
+        let mut stale = None;
+        let mut found = None;
+        let hit = table.get(hash, |off| {
+            let Some(rest) = state.log.tail(off) else {
+                stale = Some(off);
+                return Ok(false);
+            };
+            let rec = Record::decode(rest).map_err(|_| self.bad_slot(off))?;
+            if rec.key(rest) != key {
+                return Ok(false);
+            }
+            if rec.kind != Kind::Put {
+                return Err(self.bad_slot(off));
+            }
+            if self.verify {
+                rec.verify(self.seed, rest).map_err(|kind| Error::Corrupt {
+                    file: self.dir.join(DATA_FILE),
+                    offset: off,
+                    kind,
+                })?;
+            }
+            found = Some(rec.value(rest));
+            Ok(true)
+        })?;
+        Ok(match (hit, found, stale) {
+            (Some(_), Some(v), _) => Lookup::Found(v),
+            (_, _, Some(off)) => Lookup::Stale(off),
+            _ => Lookup::Absent,
+        })
+    }
+
+    fn write(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
+        }
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check_poisoned()?;
+        let mut guard = self.writer.lock();
+        let w = &mut *guard;
+        self.check_poisoned()?;
+        let hash = self.hash(key);
+        let index_path = &self.index_path;
+        let locate = |w: &Writer| {
+            let log = w.log.map();
+            Table::new(w.index.words()).locate(hash, |off| {
+                recovery::key_at(log.tail(off), off, key, index_path)
+            })
+        };
+        let mut change = Change::from_slot(locate(w)?);
+        if kind == Kind::Delete && !change.is_some_and(|c| c.was_live) {
+            return Ok(false);
+        }
+        if w.index_clean {
+            // Before the first change, durably mark the index as not to be trusted.
+            self.mark_index(w, 0)?;
+        }
+        if change.is_none_or(|c| c.was_vacant && index::needs_growth(w.used, self.capacity(w))) {
+            self.grow_index(w)?;
+            change = Change::from_slot(locate(w)?);
+        }
+        let change = change.ok_or_else(|| self.bad_slot(0))?;
+        let len = Record::len_for(key.len(), value.len());
+        let off = w.end;
+        let end = off.checked_add(len).ok_or_else(|| self.bad_slot(off))?;
+        if end > w.log.map().len() {
+            self.grow_log(w, end)?;
+        }
+        let seed = self.seed;
+        w.log.write_at(off, |dst| Record::encode_into(seed, kind, change.prev, key, value, dst), len as usize);
+        w.end = end;
+        w.log.publish(end);
+        let word = if kind == Kind::Delete { off | DELETED } else { off };
+        Table::new(w.index.words()).set(change.slot, hash, word);
+        w.used += u64::from(change.was_vacant);
+        match (change.was_live, kind) {
+            (false, Kind::Put) => self.live.fetch_add(1, Ordering::Relaxed),
+            (true, Kind::Delete) => self.live.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        Ok(change.was_live)
+    }
+
+    fn capacity(&self, w: &Writer) -> u64 {
+        Table::new(w.index.words()).capacity()
+    }
+
+    fn publish_state(&self, w: &Writer) {
+        let next = Arc::new(State {
+            log: Arc::clone(w.log.map()),
+            index: Arc::clone(&w.index),
+            next: OnceLock::new(),
+        });
+        let old = self.state.swap(Arc::clone(&next));
+        // Only the writer publishes, and each state gets exactly one successor.
+        let _ = old.next.set(next);
+    }
+
+    fn grow_log(&self, w: &mut Writer, min_end: u64) -> Result<()> {
+        let len = w.log.map().len();
+        let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
+        let target = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
+        let grown = w.log.grow(target);
+        if matches!(&grown, Err(Error::Io { op: "sync size", .. })) {
+            return self.poison_on_err(grown);
+        }
+        grown?;
+        self.publish_state(w);
+        Ok(())
+    }
+
+    fn grow_index(&self, w: &mut Writer) -> Result<()> {
+        let ctx = IndexCtx {
+            dir: &self.dir,
+            path: &self.index_path,
+            writable: true,
+            store_id: self.store_id,
+        };
+        let live = self.len();
+        let new = ctx.create(index::capacity_for(live + 1), Some(&w.index))?;
+        w.index = Arc::new(new);
+        w.used = live;
+        // The new file is marked dirty from birth.
+        w.index_clean = false;
+        self.publish_state(w);
+        Ok(())
+    }
+
+    /// Writes the index header with `clean_len` (0 = dirty) and flushes it.
+    fn mark_index(&self, w: &mut Writer, clean_len: u64) -> Result<()> {
+        let h = IndexHeader {
+            store_id: self.store_id,
+            capacity: self.capacity(w),
+            clean_len,
+            live: self.len(),
+            used: w.used,
+        };
+        Table::new(w.index.words()).write_header(&h);
+        self.poison_on_err(w.index.flush(0, PAGE))?;
+        w.index_clean = clean_len != 0;
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        self.check_poisoned()?;
+        if self.read_only {
+            return Ok(());
+        }
+        let mut guard = self.writer.lock();
+        let w = &mut *guard;
+        if w.index_clean {
+            return Ok(());
+        }
+        // Records durable, then the header naming them, then the index, then its mark.
+        let end = w.end;
+        self.poison_on_err(w.log.flush(0, end))?;
+        w.synced = end;
+        put_header(w, end);
+        self.poison_on_err(w.log.flush(0, PAGE * 2))?;
+        self.poison_on_err(w.index.flush(0, u64::MAX))?;
+        self.poison_on_err(os::sync_dir(&self.dir))?;
+        self.mark_index(w, end)?;
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A read view with plain `&[u8]` results; see [`Store::reader`].
+pub struct Reader<'s> {
+    store: &'s Store,
+    first: Arc<State>,
+}
+
+impl Reader<'_> {
+    /// The value of `key`, borrowed from this reader: no copy, no allocation, no reference
+    /// counting. It sees every write that returned before the call.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    #[inline]
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
+        self.store.check_poisoned()?;
+        let key = key.as_ref();
+        let hash = self.store.hash(key);
+        let mut state: &State = &self.first;
+        while let Some(next) = state.next.get() {
+            state = next;
+        }
+        loop {
+            match self.store.lookup(state, hash, key)? {
+                Lookup::Found(bytes) => return Ok(Some(bytes)),
+                Lookup::Absent => return Ok(None),
+                Lookup::Stale(off) => match state.next.get() {
+                    Some(next) => state = next,
+                    None => return Err(self.store.bad_slot(off)),
+                },
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
+    }
+}
+
+/// Writes the next header slot claiming `committed`, without flushing it.
+fn put_header(w: &mut Writer, committed: u64) {
+    let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq + 1, committed };
+    let mut b = [0; HEADER_LEN];
+    h.encode_into(&mut b);
+    w.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
+    w.header = h;
+}
+
+/// Writes and flushes a header claiming `committed` (recovery; no store to poison yet).
+fn write_header(w: &mut Writer, committed: u64) -> Result<()> {
+    put_header(w, committed);
+    w.log.flush(0, 2 * PAGE)
+}
+
+/// Creates an empty data file: both header slots written, blocks allocated, under a
+/// temporary name renamed into place, so a crash never leaves a half-made store.
+fn create_data_file(dir: &Path, path: &Path) -> Result<()> {
+    let tmp = dir.join("data.mkv.tmp");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    let mut log = LogFile::new(file, &tmp, true, DATA_START)?;
+    log.grow(MIN_GROWTH)?;
+    let store_id = random_id();
+    for (seq, slot) in HEADER_SLOTS.iter().enumerate() {
+        let h = LogHeader { store_id, seq: seq as u64, committed: DATA_START };
+        let mut b = [0; HEADER_LEN];
+        h.encode_into(&mut b);
+        log.write_header(*slot, &b);
+    }
+    log.flush(0, 2 * PAGE)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    os::sync_dir(dir)
+}
+
+/// A random 64-bit id, from the standard library's randomly keyed hasher.
+fn random_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+/// Where and how index files are made.
+struct IndexCtx<'a> {
+    dir: &'a Path,
+    path: &'a Path,
+    writable: bool,
+    store_id: u64,
+}
+
+impl IndexCtx<'_> {
+    /// A new, empty index of `capacity` slots holding the live slots of `from`, installed
+    /// as the store's index file (or in memory for a read-only handle). Marked dirty.
+    fn create(&self, capacity: u64, from: Option<&IndexMap>) -> Result<IndexMap> {
+        let len = IndexHeader::file_len(capacity).expect("capacity_for bounds the size");
+        let mut map = if self.writable {
+            IndexMap::create(&self.dir.join(INDEX_TMP), len)?
+        } else {
+            IndexMap::heap(len)
+        };
+        let t = Table::new(map.words());
+        let mut live = 0;
+        for (hash, word) in from.map(|m| Table::new(m.words())).iter().flat_map(Table::occupied) {
+            if word & DELETED == 0 {
+                live += 1;
+                if !t.insert_new(hash, word) {
+                    return Err(Error::Corrupt {
+                        file: self.path.to_path_buf(),
+                        offset: 0,
+                        kind: CorruptKind::BadField { field: "index occupancy", value: live },
+                    });
+                }
+            }
+        }
+        t.write_header(&IndexHeader { store_id: self.store_id, capacity, clean_len: 0, live, used: live });
+        if self.writable {
+            map.install(self.path)?;
+        }
+        Ok(map)
+    }
+}
+
+/// Rebuilds the index from the log during recovery.
+struct Rebuild<'a> {
+    index: IndexMap,
+    used: u64,
+    live: u64,
+    ctx: &'a IndexCtx<'a>,
+}
+
+impl Replay for Rebuild<'_> {
+    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()> {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
+        let path = self.ctx.path;
+        let locate = |index: &IndexMap| {
+            Table::new(index.words()).locate(hash, |o| {
+                let rest = log.get(o as usize..).filter(|_| o >= DATA_START);
+                recovery::key_at(rest, o, key, path)
+            })
+        };
+        let mut change = Change::from_slot(locate(&self.index)?);
+        let cap = Table::new(self.index.words()).capacity();
+        if change.is_none_or(|c| c.was_vacant && index::needs_growth(self.used, cap)) {
+            self.index = self.ctx.create(index::capacity_for(self.live + 1), Some(&self.index))?;
+            self.used = self.live;
+            change = Change::from_slot(locate(&self.index)?);
+        }
+        let Some(c) = change else {
+            return Err(Error::Corrupt {
+                file: path.to_path_buf(),
+                offset: 0,
+                kind: CorruptKind::BadField { field: "index occupancy", value: self.used },
+            });
+        };
+        if kind == Kind::Delete && c.was_vacant {
+            return Ok(()); // a tombstone for a key never seen: nothing to record
+        }
+        let word = if kind == Kind::Delete { off | DELETED } else { off };
+        Table::new(self.index.words()).set(c.slot, hash, word);
+        self.used += u64::from(c.was_vacant);
+        match (c.was_live, kind) {
+            (false, Kind::Put) => self.live += 1,
+            (true, Kind::Delete) => self.live -= 1,
+            _ => {}
+        }
+        Ok(())
+    }
+}
