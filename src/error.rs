@@ -135,7 +135,10 @@ impl fmt::Display for CorruptKind {
             Self::BadMagic => f.write_str("bad magic number: not a mapkv file"),
             Self::NoValidHeader => f.write_str("both header copies are damaged"),
             Self::ChecksumMismatch { expected, found } => {
-                write!(f, "checksum mismatch (stored {expected:#010x}, computed {found:#010x})")
+                write!(
+                    f,
+                    "checksum mismatch (stored {expected:#010x}, computed {found:#010x})"
+                )
             }
             Self::LengthPastEnd { end, limit } => {
                 write!(f, "length reaches byte {end}, past the end at {limit}")
@@ -159,7 +162,9 @@ impl fmt::Display for Error {
             Self::Io { op, path, source } => {
                 write!(f, "{op} failed on {}: {source}", path.display())?;
                 if source.raw_os_error() == Some(libc::ENOSPC) {
-                    f.write_str(" (the disk is full: free space, then retry; synced data is safe)")?;
+                    f.write_str(
+                        " (the disk is full: free space, then retry; synced data is safe)",
+                    )?;
                 }
                 Ok(())
             }
@@ -169,7 +174,11 @@ impl fmt::Display for Error {
                  (deleting the index file makes mapkv rebuild it from the data file)",
                 file.display()
             ),
-            Self::UnsupportedVersion { file, found, supported } => write!(
+            Self::UnsupportedVersion {
+                file,
+                found,
+                supported,
+            } => write!(
                 f,
                 "{} has format version {found}, but this build of mapkv reads version \
                  {supported}; open it with a matching mapkv release",
@@ -193,10 +202,16 @@ impl fmt::Display for Error {
                  reopen the store, which recovers everything that was made durable"
             ),
             Self::KeyTooLarge { len, max } => {
-                write!(f, "key of {len} bytes is longer than the limit of {max} bytes")
+                write!(
+                    f,
+                    "key of {len} bytes is longer than the limit of {max} bytes"
+                )
             }
             Self::ValueTooLarge { len, max } => {
-                write!(f, "value of {len} bytes is longer than the limit of {max} bytes")
+                write!(
+                    f,
+                    "value of {len} bytes is longer than the limit of {max} bytes"
+                )
             }
         }
     }
@@ -213,6 +228,10 @@ impl std::error::Error for Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io { op, path: path.into(), source }
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -16,8 +16,8 @@ use parking_lot::Mutex;
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
-    DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN,
-    MAX_VALUE_LEN, PAGE, Record, crc_seed,
+    DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
+    PAGE, Record, crc_seed,
 };
 use crate::index::{self, DELETED, Table};
 use crate::os::{self, IndexMap, LogFile, LogMap, Value};
@@ -49,7 +49,11 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// Writable, created if missing, checksums verified at recovery only.
     pub fn new() -> Self {
-        Self { read_only: false, create: true, verify_checksums: false }
+        Self {
+            read_only: false,
+            create: true,
+            verify_checksums: false,
+        }
     }
 
     /// Open for reading only: takes a shared lock, never writes any file. After an unclean
@@ -158,7 +162,6 @@ impl Store {
         OpenOptions::new().open(dir)
     }
 
-
     fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Self> {
         let writable = !opts.read_only;
         if writable && opts.create {
@@ -175,13 +178,20 @@ impl Store {
             .write(writable)
             .open(&data_path)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+                std::io::ErrorKind::NotFound => Error::NotFound {
+                    path: dir.to_path_buf(),
+                },
                 _ => Error::io("open", &data_path, e),
             })?;
         let log = LogFile::new(file, &data_path, writable, DATA_START)?;
         let header = recovery::read_header(log.bytes(), &data_path)?;
         let index_path = dir.join(INDEX_FILE);
-        let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id };
+        let ctx = IndexCtx {
+            dir,
+            path: &index_path,
+            writable,
+            store_id: header.store_id,
+        };
 
         let existing = IndexMap::open(&index_path, writable)?;
         let distrust = match &existing {
@@ -209,7 +219,13 @@ impl Store {
                 };
                 let mut report = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild)?;
                 report.reason = reason;
-                (rebuild.index, report.log_end, rebuild.used, rebuild.live, report)
+                (
+                    rebuild.index,
+                    report.log_end,
+                    rebuild.used,
+                    rebuild.live,
+                    report,
+                )
             }
         };
         let mut w = Writer {
@@ -280,7 +296,10 @@ impl Store {
     /// before each `get`, follows growth, and keeps every mapping it lent from alive until
     /// it is dropped, so hold one per batch of work rather than forever.
     pub fn reader(&self) -> Reader<'_> {
-        Reader { store: self, first: self.state.load_full() }
+        Reader {
+            store: self,
+            first: self.state.load_full(),
+        }
     }
 
     /// Sets `key` to `value`. Once this returns the write survives a crash of the process;
@@ -293,7 +312,10 @@ impl Store {
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (key, value) = (key.as_ref(), value.as_ref());
         if value.len() > MAX_VALUE_LEN {
-            return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: MAX_VALUE_LEN,
+            });
         }
         self.write(Kind::Put, key, value).map(|_| ())
     }
@@ -381,7 +403,9 @@ impl Store {
     fn check_poisoned(&self) -> Result<()> {
         match self.poisoned.get() {
             None => Ok(()),
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
         }
     }
 
@@ -437,7 +461,10 @@ impl Store {
 
     fn write(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         if key.len() > MAX_KEY_LEN {
-            return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
         }
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -474,10 +501,18 @@ impl Store {
             self.grow_log(w, end)?;
         }
         let seed = self.seed;
-        w.log.write_at(off, |dst| Record::encode_into(seed, kind, change.prev, key, value, dst), len as usize);
+        w.log.write_at(
+            off,
+            |dst| Record::encode_into(seed, kind, change.prev, key, value, dst),
+            len as usize,
+        );
         w.end = end;
         w.log.publish(end);
-        let word = if kind == Kind::Delete { off | DELETED } else { off };
+        let word = if kind == Kind::Delete {
+            off | DELETED
+        } else {
+            off
+        };
         Table::new(w.index.words()).set(change.slot, hash, word);
         w.used += u64::from(change.was_vacant);
         match (change.was_live, kind) {
@@ -508,7 +543,13 @@ impl Store {
         let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
         let target = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
         let grown = w.log.grow(target);
-        if matches!(&grown, Err(Error::Io { op: "sync size", .. })) {
+        if matches!(
+            &grown,
+            Err(Error::Io {
+                op: "sync size",
+                ..
+            })
+        ) {
             return self.poison_on_err(grown);
         }
         grown?;
@@ -613,13 +654,19 @@ impl Reader<'_> {
 
 impl fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
+        f.debug_struct("Reader")
+            .field("store", &self.store.dir)
+            .finish_non_exhaustive()
     }
 }
 
 /// Writes the next header slot claiming `committed`, without flushing it.
 fn put_header(w: &mut Writer, committed: u64) {
-    let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq + 1, committed };
+    let h = LogHeader {
+        store_id: w.header.store_id,
+        seq: w.header.seq + 1,
+        committed,
+    };
     let mut b = [0; HEADER_LEN];
     h.encode_into(&mut b);
     w.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
@@ -647,7 +694,11 @@ fn create_data_file(dir: &Path, path: &Path) -> Result<()> {
     log.grow(MIN_GROWTH)?;
     let store_id = random_id();
     for (seq, slot) in HEADER_SLOTS.iter().enumerate() {
-        let h = LogHeader { store_id, seq: seq as u64, committed: DATA_START };
+        let h = LogHeader {
+            store_id,
+            seq: seq as u64,
+            committed: DATA_START,
+        };
         let mut b = [0; HEADER_LEN];
         h.encode_into(&mut b);
         log.write_header(*slot, &b);
@@ -660,7 +711,11 @@ fn create_data_file(dir: &Path, path: &Path) -> Result<()> {
 /// A random 64-bit id, from the standard library's randomly keyed hasher.
 fn random_id() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     h.finish().max(1)
 }
@@ -685,19 +740,32 @@ impl IndexCtx<'_> {
         };
         let t = Table::new(map.words());
         let mut live = 0;
-        for (hash, word) in from.map(|m| Table::new(m.words())).iter().flat_map(Table::occupied) {
+        for (hash, word) in from
+            .map(|m| Table::new(m.words()))
+            .iter()
+            .flat_map(Table::occupied)
+        {
             if word & DELETED == 0 {
                 live += 1;
                 if !t.insert_new(hash, word) {
                     return Err(Error::Corrupt {
                         file: self.path.to_path_buf(),
                         offset: 0,
-                        kind: CorruptKind::BadField { field: "index occupancy", value: live },
+                        kind: CorruptKind::BadField {
+                            field: "index occupancy",
+                            value: live,
+                        },
                     });
                 }
             }
         }
-        t.write_header(&IndexHeader { store_id: self.store_id, capacity, clean_len: 0, live, used: live });
+        t.write_header(&IndexHeader {
+            store_id: self.store_id,
+            capacity,
+            clean_len: 0,
+            live,
+            used: live,
+        });
         if self.writable {
             map.install(self.path)?;
         }
@@ -726,7 +794,9 @@ impl Replay for Rebuild<'_> {
         let mut change = Change::from_slot(locate(&self.index)?);
         let cap = Table::new(self.index.words()).capacity();
         if change.is_none_or(|c| c.was_vacant && index::needs_growth(self.used, cap)) {
-            self.index = self.ctx.create(index::capacity_for(self.live + 1), Some(&self.index))?;
+            self.index = self
+                .ctx
+                .create(index::capacity_for(self.live + 1), Some(&self.index))?;
             self.used = self.live;
             change = Change::from_slot(locate(&self.index)?);
         }
@@ -734,13 +804,20 @@ impl Replay for Rebuild<'_> {
             return Err(Error::Corrupt {
                 file: path.to_path_buf(),
                 offset: 0,
-                kind: CorruptKind::BadField { field: "index occupancy", value: self.used },
+                kind: CorruptKind::BadField {
+                    field: "index occupancy",
+                    value: self.used,
+                },
             });
         };
         if kind == Kind::Delete && c.was_vacant {
             return Ok(()); // a tombstone for a key never seen: nothing to record
         }
-        let word = if kind == Kind::Delete { off | DELETED } else { off };
+        let word = if kind == Kind::Delete {
+            off | DELETED
+        } else {
+            off
+        };
         Table::new(self.index.words()).set(c.slot, hash, word);
         self.used += u64::from(c.was_vacant);
         match (c.was_live, kind) {
