@@ -223,6 +223,8 @@ pub struct LogFile {
     path: PathBuf,
     map: Arc<LogMap>,
     writable: bool,
+    /// Test seam: the next flush fails with EIO instead of reaching the device.
+    fail_next_flush: bool,
 }
 
 impl LogFile {
@@ -247,6 +249,7 @@ impl LogFile {
             path: path.to_path_buf(),
             map,
             writable,
+            fail_next_flush: false,
         })
     }
 
@@ -353,8 +356,17 @@ impl LogFile {
     ///
     /// # Errors
     /// [`Error::Io`]; the caller must poison the store.
-    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+    pub fn flush(&mut self, from: u64, to: u64) -> Result<()> {
+        if std::mem::take(&mut self.fail_next_flush) {
+            let eio = io::Error::from_raw_os_error(libc::EIO);
+            return Err(Error::io("flush (msync)", &self.path, eio));
+        }
         flush_map(&self.map.raw, from, to, &self.path)
+    }
+
+    /// Test seam: makes the next [`flush`](Self::flush) fail as a dying disk would.
+    pub fn fail_next_flush(&mut self) {
+        self.fail_next_flush = true;
     }
 
     /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs.

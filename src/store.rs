@@ -140,6 +140,8 @@ pub struct Store {
     verify: bool,
     read_only: bool,
     recovery: RecoveryReport,
+    /// Set by `simulate_crash`: drop without the clean close.
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Store {
@@ -262,6 +264,7 @@ impl Store {
             verify: opts.verify_checksums,
             read_only: opts.read_only,
             recovery: report,
+            abandoned: Default::default(),
         })
     }
 
@@ -614,7 +617,24 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        if !self.abandoned.load(Ordering::Relaxed) {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+/// Test seams: not part of the supported API.
+#[doc(hidden)]
+impl Store {
+    /// Drops the handle as if the process had been killed: no final flush, no clean mark.
+    /// What was written stays in the page cache, as after `kill -9`.
+    pub fn simulate_crash(self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes the next flush of the data file fail with EIO.
+    pub fn fail_next_flush(&self) {
+        self.writer.lock().log.fail_next_flush();
     }
 }
 

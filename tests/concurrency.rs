@@ -1,0 +1,161 @@
+//! Guards the zero-copy contract under concurrency: values held across overwrites, deletes,
+//! file growth and index growth stay valid and unchanged; readers on several threads never
+//! see a torn or foreign value while a writer appends and grows the files.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mapkv::Store;
+
+/// A value that says which key and version it belongs to, and checks itself.
+fn value(key: u64, version: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len.max(24));
+    v.extend_from_slice(&key.to_le_bytes());
+    v.extend_from_slice(&version.to_le_bytes());
+    v.extend_from_slice(&(len as u64).to_le_bytes());
+    let mut x = key ^ version.rotate_left(17) ^ 0x9E37_79B9_7F4A_7C15;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(x as u8);
+    }
+    v
+}
+
+/// Checks that `v` is exactly some version of `key`'s value; returns the version.
+fn check(key: u64, v: &[u8]) -> u64 {
+    assert!(v.len() >= 24, "value of {} bytes for key {key}", v.len());
+    let k = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+    let version = u64::from_le_bytes(v[8..16].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(v[16..24].try_into().expect("8 bytes")) as usize;
+    assert_eq!(k, key, "value of another key");
+    assert_eq!(
+        v,
+        &value(key, version, len)[..],
+        "torn value for key {key} version {version}"
+    );
+    version
+}
+
+#[test]
+fn held_values_survive_overwrite_delete_and_growth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("db")).expect("create");
+    store.put(b"a", value(1, 0, 100)).expect("put");
+    store.put(b"b", value(2, 0, 5000)).expect("put");
+    let a = store.get(b"a").expect("get").expect("present");
+    let b = store.get(b"b").expect("get").expect("present");
+    let reader = store.reader();
+    let a_ref = reader.get(b"a").expect("get").expect("present");
+    assert_eq!(
+        a_ref.as_ptr() as usize % 8,
+        0,
+        "values start on 8-byte boundaries"
+    );
+
+    store.put(b"a", value(1, 1, 100)).expect("overwrite");
+    assert!(store.delete(b"b").expect("delete"));
+    // Grow the data file many times over (1 MiB, then doubling) and the index past 1024 slots.
+    for i in 0..3000u64 {
+        store.put(i.to_le_bytes(), value(i, 9, 4000)).expect("put");
+    }
+    assert_eq!(&a[..], &value(1, 0, 100)[..]);
+    assert_eq!(&b[..], &value(2, 0, 5000)[..]);
+    assert_eq!(a_ref, &value(1, 0, 100)[..]);
+    assert_eq!(reader.get(b"a").expect("get"), Some(&value(1, 1, 100)[..]));
+    assert_eq!(reader.get(b"b").expect("get"), None);
+    assert_eq!(
+        reader.get(2999u64.to_le_bytes()).expect("get"),
+        Some(&value(2999, 9, 4000)[..])
+    );
+
+    // Values outlive the store itself.
+    drop(reader);
+    drop(store);
+    assert_eq!(&a[..], &value(1, 0, 100)[..]);
+    assert_eq!(&b[..], &value(2, 0, 5000)[..]);
+}
+
+#[test]
+fn readers_on_threads_during_writes_and_growth() {
+    const KEYS: u64 = 2000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path().join("db")).expect("create"));
+    // Versions the writer has finished, per key: a reader must see at least this one.
+    let done: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    for k in 0..KEYS {
+        store.put(k.to_le_bytes(), value(k, 1, 40)).expect("put");
+        done[k as usize].store(1, Ordering::Release);
+    }
+    let readers: Vec<_> = (0..3)
+        .map(|t| {
+            let (store, done, stop) = (Arc::clone(&store), Arc::clone(&done), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let mut reads = 0u64;
+                let mut x = 0x1234_5678u64 + t;
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let k = x % KEYS;
+                    let floor = done[k as usize].load(Ordering::Acquire);
+                    if t == 0 {
+                        // The pinned reader: plain slices, following growth.
+                        let r = store.reader();
+                        for _ in 0..64 {
+                            let v = r.get(k.to_le_bytes()).expect("get").expect("present");
+                            assert!(check(k, v) >= floor, "stale read of key {k}");
+                        }
+                    } else {
+                        let v = store.get(k.to_le_bytes()).expect("get").expect("present");
+                        assert!(check(k, &v) >= floor, "stale read of key {k}");
+                        if reads % 97 == 0 {
+                            held.push((k, v)); // hold values across growth
+                        }
+                    }
+                    reads += 1;
+                }
+                for (k, v) in &held {
+                    check(*k, v);
+                }
+                reads
+            })
+        })
+        .collect();
+    // The writer: overwrites with growing values, so the log and the index both grow.
+    for version in 2..40u64 {
+        for k in (0..KEYS).step_by(version as usize % 7 + 1) {
+            let len = 24 + ((k * version) % 900) as usize;
+            store
+                .put(k.to_le_bytes(), value(k, version, len))
+                .expect("put");
+            done[k as usize].store(version, Ordering::Release);
+        }
+        if version % 10 == 0 {
+            store.sync().expect("sync");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let reads = r.join().expect("reader thread panicked");
+        assert!(reads > 0);
+    }
+}
+
+#[test]
+fn store_is_send_and_sync_and_values_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<mapkv::Value>();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("db")).expect("create");
+    store.put(b"k", b"v").expect("put");
+    let v = store.get(b"k").expect("get").expect("present");
+    let joined = std::thread::spawn(move || v.to_vec())
+        .join()
+        .expect("thread");
+    assert_eq!(joined, b"v");
+}

@@ -1,0 +1,241 @@
+//! Guards the error contract: limits, read-only handles, missing stores, poisoning after a
+//! failed flush, and clear refusals of files that are not (or no longer) mapkv stores.
+
+use std::fs;
+use std::path::Path;
+
+use mapkv::{CorruptKind, Error, OpenOptions, Store};
+
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    (dir, path)
+}
+
+#[test]
+fn oversized_keys_and_values_are_refused_without_writing() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    let key = vec![7u8; mapkv::MAX_KEY_LEN + 1];
+    assert!(matches!(
+        store.put(&key, b"v"),
+        Err(Error::KeyTooLarge { len, max }) if len == key.len() && max == mapkv::MAX_KEY_LEN
+    ));
+    assert!(matches!(store.delete(&key), Err(Error::KeyTooLarge { .. })));
+    // The largest key is fine.
+    store.put(&key[1..], b"v").expect("64 KiB key");
+    // 4 GiB of zeros: allocated lazily by the OS, never touched because the check comes first.
+    let huge = vec![0u8; mapkv::MAX_VALUE_LEN + 1];
+    assert!(matches!(
+        store.put(b"k", &huge),
+        Err(Error::ValueTooLarge { .. })
+    ));
+    drop(huge);
+    assert_eq!(store.len(), 1);
+    assert!(store.get(b"k").expect("get").is_none());
+}
+
+#[test]
+fn read_only_handles_refuse_writes() {
+    let (_d, path) = fresh();
+    Store::open(&path)
+        .expect("create")
+        .put(b"k", b"v")
+        .expect("put");
+    let ro = OpenOptions::new()
+        .read_only(true)
+        .open(&path)
+        .expect("read-only");
+    assert!(matches!(ro.put(b"k", b"w"), Err(Error::ReadOnly)));
+    assert!(matches!(ro.delete(b"k"), Err(Error::ReadOnly)));
+    ro.sync().expect("sync of a read-only handle is a no-op");
+    assert_eq!(ro.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn missing_store_without_create_is_not_found() {
+    let (_d, path) = fresh();
+    let err = OpenOptions::new()
+        .create(false)
+        .open(&path)
+        .expect_err("nothing there");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    let err = OpenOptions::new()
+        .read_only(true)
+        .open(&path)
+        .expect_err("nothing there");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(!path.exists(), "a refused open must not create anything");
+}
+
+#[test]
+fn a_second_writer_in_the_same_process_is_locked_out() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    store.put(b"k", b"v").expect("put");
+    let err = Store::open(&path).expect_err("second writer");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("open for writing"), "{err}");
+    drop(store);
+    Store::open(&path).expect("free again after the first handle is dropped");
+}
+
+#[test]
+fn a_failed_flush_poisons_every_later_call() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    store.put(b"synced", b"1").expect("put");
+    store.sync().expect("sync");
+    store.put(b"unsynced", b"2").expect("put");
+    store.fail_next_flush();
+    let err = store.sync().expect_err("injected EIO");
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    // Never retried and reported as success.
+    assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
+    assert!(matches!(store.put(b"a", b"b"), Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        store.delete(b"synced"),
+        Err(Error::Poisoned { .. })
+    ));
+    assert!(matches!(store.get(b"synced"), Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        store.reader().get(b"synced"),
+        Err(Error::Poisoned { .. })
+    ));
+    let msg = store.sync().expect_err("poisoned").to_string();
+    assert!(msg.contains("reopen"), "the message says what to do: {msg}");
+    drop(store);
+    // Reopening recovers (the process did not die, so the page cache still has everything).
+    let store = Store::open(&path).expect("reopen");
+    assert!(
+        store.recovery().index_rebuilt,
+        "a poisoned handle must not mark the index clean"
+    );
+    assert_eq!(
+        store.get(b"synced").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
+fn corrupt_kind(path: &Path) -> (u64, CorruptKind) {
+    match Store::open(path) {
+        Err(Error::Corrupt { offset, kind, .. }) => (offset, kind),
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("expected corruption, the store opened"),
+    }
+}
+
+#[test]
+fn damaged_headers_give_precise_errors() {
+    let (_d, path) = fresh();
+    Store::open(&path)
+        .expect("create")
+        .put(b"k", b"v")
+        .expect("put");
+    let data = path.join("data.mkv");
+    let good = fs::read(&data).expect("read");
+
+    let mut bad = good.clone();
+    bad[..8].copy_from_slice(b"NOTMAPKV");
+    bad[4096..4104].copy_from_slice(b"NOTMAPKV");
+    fs::write(&data, &bad).expect("write");
+    assert_eq!(corrupt_kind(&path), (0, CorruptKind::BadMagic));
+
+    let mut bad = good.clone();
+    bad[20] ^= 1;
+    bad[4096 + 20] ^= 1;
+    fs::write(&data, &bad).expect("write");
+    assert_eq!(corrupt_kind(&path), (0, CorruptKind::NoValidHeader));
+
+    // One damaged copy loses nothing.
+    let mut one = good.clone();
+    one[20] ^= 1;
+    fs::write(&data, &one).expect("write");
+    let s = Store::open(&path).expect("the other header copy serves");
+    assert_eq!(s.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    drop(s);
+
+    fs::write(&data, &good[..100]).expect("write");
+    assert!(matches!(
+        corrupt_kind(&path),
+        (0, CorruptKind::TooShort { len: 100, .. })
+    ));
+}
+
+#[test]
+fn a_future_format_version_is_refused() {
+    let (_d, path) = fresh();
+    drop(Store::open(&path).expect("create"));
+    let data = path.join("data.mkv");
+    let mut bytes = fs::read(&data).expect("read");
+    for slot in [0usize, 4096] {
+        bytes[slot + 8] = 2; // version
+        let crc = crc32fast::hash(&bytes[slot..slot + 60]);
+        bytes[slot + 60..slot + 64].copy_from_slice(&crc.to_le_bytes());
+    }
+    fs::write(&data, &bytes).expect("write");
+    match Store::open(&path) {
+        Err(Error::UnsupportedVersion {
+            found: 2,
+            supported: 1,
+            ..
+        }) => {}
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_or_foreign_index_is_rebuilt_from_the_log() {
+    let (d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for i in 0..500u32 {
+        store.put(i.to_le_bytes(), i.to_be_bytes()).expect("put");
+    }
+    drop(store);
+    fs::remove_file(path.join("index.mkv")).expect("remove index");
+    let store = Store::open(&path).expect("rebuild");
+    assert!(store.recovery().index_rebuilt);
+    assert_eq!(store.len(), 500);
+    drop(store);
+
+    let other = d.path().join("other");
+    Store::open(&other)
+        .expect("create")
+        .put(b"x", b"y")
+        .expect("put");
+    fs::copy(other.join("index.mkv"), path.join("index.mkv")).expect("copy foreign index");
+    let store = Store::open(&path).expect("rebuild");
+    let reason = store.recovery().reason.clone().unwrap_or_default();
+    assert!(reason.contains("belongs to store"), "{reason}");
+    assert_eq!(store.len(), 500);
+    assert_eq!(
+        store.get(7u32.to_le_bytes()).expect("get").as_deref(),
+        Some(&7u32.to_be_bytes()[..])
+    );
+    assert!(store.get(b"x").expect("get").is_none());
+}
+
+#[test]
+fn errors_explain_themselves() {
+    let e = Error::KeyTooLarge {
+        len: 70_000,
+        max: 65_536,
+    };
+    assert_eq!(
+        e.to_string(),
+        "key of 70000 bytes is longer than the limit of 65536 bytes"
+    );
+    let e = Error::Corrupt {
+        file: "db/data.mkv".into(),
+        offset: 8192,
+        kind: CorruptKind::ChecksumMismatch {
+            expected: 1,
+            found: 2,
+        },
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("db/data.mkv") && msg.contains("8192") && msg.contains("checksum"),
+        "{msg}"
+    );
+}

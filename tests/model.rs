@@ -1,0 +1,175 @@
+//! Guards the store's behaviour against a `HashMap` model: random sequences of put, delete,
+//! get, sync, clean reopen and simulated process crash must agree with the model at every step.
+
+use std::collections::HashMap;
+
+use mapkv::{OpenOptions, Store};
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u16),
+    Delete(u8),
+    Get(u8),
+    Sync,
+    Reopen,
+    Crash,
+    ReadOnlyCheck,
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Self {
+        // Few distinct keys, so overwrites and deletes of existing keys are common.
+        let key = u8::arbitrary(g) % 48;
+        match u8::arbitrary(g) % 20 {
+            0..=8 => Op::Put(key, u16::arbitrary(g) % 3000),
+            9..=11 => Op::Delete(key),
+            12..=15 => Op::Get(key),
+            16 => Op::Sync,
+            17 => Op::Reopen,
+            18 => Op::Crash,
+            _ => Op::ReadOnlyCheck,
+        }
+    }
+}
+
+fn key(k: u8) -> Vec<u8> {
+    // Keys of varying length, including the empty key.
+    vec![k; usize::from(k % 5) * 7]
+}
+
+fn value(k: u8, len: u16) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ k).collect()
+}
+
+fn check_all(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), String> {
+    if store.len() != model.len() as u64 {
+        return Err(format!("len {} but model has {}", store.len(), model.len()));
+    }
+    let reader = store.reader();
+    for k in 0..48u8 {
+        let got = reader.get(key(k)).map_err(|e| e.to_string())?;
+        if got != model.get(&key(k)).map(Vec::as_slice) {
+            return Err(format!("key {k}: got {got:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn run(ops: Vec<Op>) -> TestResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let mut store = Some(Store::open(&path).expect("create"));
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for (n, op) in ops.into_iter().enumerate() {
+        let s = store.as_ref().expect("open");
+        let step = || format!("step {n}: {op:?}");
+        match &op {
+            Op::Put(k, len) => {
+                s.put(key(*k), value(*k, *len)).expect("put");
+                model.insert(key(*k), value(*k, *len));
+            }
+            Op::Delete(k) => {
+                let existed = s.delete(key(*k)).expect("delete");
+                if existed != model.remove(&key(*k)).is_some() {
+                    return TestResult::error(format!("{}: delete said {existed}", step()));
+                }
+            }
+            Op::Get(k) => {
+                let got = s.get(key(*k)).expect("get");
+                if got.as_deref() != model.get(&key(*k)).map(Vec::as_slice) {
+                    return TestResult::error(format!("{}: got {got:?}", step()));
+                }
+            }
+            Op::Sync => s.sync().expect("sync"),
+            Op::Reopen | Op::Crash => {
+                let old = store.take().expect("open");
+                if matches!(op, Op::Crash) {
+                    old.simulate_crash();
+                } else {
+                    old.close().expect("close");
+                }
+                let s = Store::open(&path).expect("reopen");
+                if matches!(op, Op::Reopen) && s.recovery().index_rebuilt {
+                    return TestResult::error(format!(
+                        "{}: clean reopen rebuilt the index",
+                        step()
+                    ));
+                }
+                store = Some(s);
+            }
+            Op::ReadOnlyCheck => {
+                // A read-only view of the same state, after a clean close.
+                store.take().expect("open").close().expect("close");
+                let ro = OpenOptions::new()
+                    .read_only(true)
+                    .verify_checksums(true)
+                    .open(&path)
+                    .expect("read-only open");
+                if let Err(e) = check_all(&ro, &model) {
+                    return TestResult::error(format!("{} (read-only): {e}", step()));
+                }
+                if !matches!(ro.put(b"x", b"y"), Err(mapkv::Error::ReadOnly)) {
+                    return TestResult::error("read-only handle accepted a put");
+                }
+                drop(ro);
+                store = Some(Store::open(&path).expect("reopen"));
+            }
+        }
+        if let Err(e) = check_all(store.as_ref().expect("open"), &model) {
+            return TestResult::error(format!("{}: {e}", step()));
+        }
+    }
+    TestResult::passed()
+}
+
+#[test]
+fn store_agrees_with_a_hashmap() {
+    let tests = std::env::var("MAPKV_QUICKCHECK_TESTS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    QuickCheck::new()
+        .tests(tests.unwrap_or(60))
+        .rng(Gen::new(200))
+        .quickcheck(run as fn(Vec<Op>) -> TestResult);
+}
+
+#[test]
+fn long_sequence_with_growth_agrees_with_the_model() {
+    // Enough data to grow the log past several doublings and the index past 1024 slots.
+    let mut g = Gen::new(400);
+    let mut ops: Vec<Op> = (0..3000).map(|_| Op::arbitrary(&mut g)).collect();
+    ops.extend((0..2000).map(|i| Op::Put((i % 48) as u8, 2999)));
+    assert!(!run(ops).is_failure(), "see the message above");
+}
+
+#[test]
+fn many_distinct_keys_survive_crash_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let store = Store::open(&path).expect("create");
+    for i in 0..20_000u32 {
+        store.put(i.to_le_bytes(), i.to_be_bytes()).expect("put");
+    }
+    for i in (0..20_000u32).step_by(3) {
+        assert!(store.delete(i.to_le_bytes()).expect("delete"));
+    }
+    store.simulate_crash();
+    let store = Store::open(&path).expect("recover");
+    assert!(store.recovery().index_rebuilt);
+    assert_eq!(store.recovery().cut, None);
+    let live = (0..20_000u32).filter(|i| i % 3 != 0).count() as u64;
+    assert_eq!(store.len(), live);
+    for i in 0..20_000u32 {
+        let got = store.get(i.to_le_bytes()).expect("get");
+        let want = (i % 3 != 0).then(|| i.to_be_bytes());
+        assert_eq!(got.as_deref(), want.as_ref().map(|w| &w[..]), "key {i}");
+    }
+    store.close().expect("close");
+    let store = Store::open(&path).expect("clean reopen");
+    assert!(
+        !store.recovery().index_rebuilt,
+        "a clean close must not need a rebuild"
+    );
+    assert_eq!(store.len(), live);
+}
