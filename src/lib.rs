@@ -40,3 +40,8 @@ pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;
 pub use recovery::RecoveryReport;
 pub use store::{OpenOptions, Reader, Store};
+
+/// The README's examples, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

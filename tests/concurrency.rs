@@ -112,7 +112,7 @@ fn readers_on_threads_during_writes_and_growth() {
                     } else {
                         let v = store.get(k.to_le_bytes()).expect("get").expect("present");
                         assert!(check(k, &v) >= floor, "stale read of key {k}");
-                        if reads % 97 == 0 {
+                        if reads.is_multiple_of(97) {
                             held.push((k, v)); // hold values across growth
                         }
                     }
