@@ -380,26 +380,26 @@ impl LogFile {
     pub fn zero_tail(&mut self, from: u64) -> Result<()> {
         assert!(from >= self.published(), "zeroing published bytes");
         let len = self.map.len().saturating_sub(from);
-        if len > 0 {
+        let fd = self.file.as_raw_fd();
+        let (off, n) = (from as libc::off_t, len as libc::off_t);
+        let fallocate = |mode| {
             // SAFETY: plain system call on our own descriptor; no memory is passed. The
             // range is unpublished, so no reader can observe it changing.
-            let rc = unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                    from as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if rc != 0 {
-                // Not every file system zeroes ranges (tmpfs does not): write the zeros.
-                let zeros = vec![0u8; 1 << 20];
-                let mut at = from;
-                while at < from + len {
-                    let n = (from + len - at).min(zeros.len() as u64) as usize;
-                    self.write_at(at, |d| d.copy_from_slice(&zeros[..n]), n);
-                    at += n as u64;
-                }
+            unsafe { libc::fallocate(fd, mode | libc::FALLOC_FL_KEEP_SIZE, off, n) == 0 }
+        };
+        // Zero the range keeping its blocks; else punch it out and reserve blocks again
+        // (tmpfs); else write the zeros by hand.
+        let zeroed = len == 0
+            || fallocate(libc::FALLOC_FL_ZERO_RANGE)
+            || fallocate(libc::FALLOC_FL_PUNCH_HOLE)
+                && allocate(&self.file, from + len, &self.path).is_ok();
+        if !zeroed {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = from;
+            while at < from + len {
+                let n = (from + len - at).min(zeros.len() as u64) as usize;
+                self.write_at(at, |d| d.copy_from_slice(&zeros[..n]), n);
+                at += n as u64;
             }
         }
         self.file
@@ -441,7 +441,17 @@ impl IndexMap {
             // Too short or ragged to hold words: treat as absent and rebuild.
             return Ok(None);
         }
-        let raw = map(&file, len, writable, path)?;
+        let raw = if writable {
+            map(&file, len, true, path)?
+        } else {
+            // Atomic loads are only guaranteed sound on writable memory, so a read-only
+            // handle maps the index privately (copy-on-write) rather than PROT_READ. It
+            // never writes to it, so no page is ever copied.
+            // SAFETY: the mapping is private, so nothing we do changes the file; changes by
+            // another process are read only through atomics (see `words`).
+            let mmap = unsafe { MmapOptions::new().map_copy(&file) };
+            MmapRaw::from(mmap.map_err(|e| Error::io("map", path, e))?)
+        };
         Ok(Some(Self {
             backing: Backing::File(raw),
             path: path.to_path_buf(),
