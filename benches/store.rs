@@ -41,14 +41,33 @@ fn reads(c: &mut Criterion) {
     let mut s = 7u64;
     g.bench_function("reader_hit", |b| {
         let r = store.reader();
-        b.iter(|| black_box(r.get(key(rng(&mut s) % KEYS)).expect("get").map(<[u8]>::len)))
+        b.iter(|| {
+            black_box(
+                r.get(key(rng(&mut s) % KEYS))
+                    .expect("get")
+                    .map(<[u8]>::len),
+            )
+        })
     });
     g.bench_function("store_get_hit", |b| {
-        b.iter(|| black_box(store.get(key(rng(&mut s) % KEYS)).expect("get").map(|v| v.len())))
+        b.iter(|| {
+            black_box(
+                store
+                    .get(key(rng(&mut s) % KEYS))
+                    .expect("get")
+                    .map(|v| v.len()),
+            )
+        })
     });
     g.bench_function("reader_miss", |b| {
         let r = store.reader();
-        b.iter(|| black_box(r.get(key(KEYS + rng(&mut s) % KEYS)).expect("get").is_none()))
+        b.iter(|| {
+            black_box(
+                r.get(key(KEYS + rng(&mut s) % KEYS))
+                    .expect("get")
+                    .is_none(),
+            )
+        })
     });
     g.finish();
 }
