@@ -41,33 +41,14 @@ fn reads(c: &mut Criterion) {
     let mut s = 7u64;
     g.bench_function("reader_hit", |b| {
         let r = store.reader();
-        b.iter(|| {
-            black_box(
-                r.get(key(rng(&mut s) % KEYS))
-                    .expect("get")
-                    .map(<[u8]>::len),
-            )
-        })
+        b.iter(|| black_box(r.get(key(rng(&mut s) % KEYS)).expect("get").map(<[u8]>::len)))
     });
     g.bench_function("store_get_hit", |b| {
-        b.iter(|| {
-            black_box(
-                store
-                    .get(key(rng(&mut s) % KEYS))
-                    .expect("get")
-                    .map(|v| v.len()),
-            )
-        })
+        b.iter(|| black_box(store.get(key(rng(&mut s) % KEYS)).expect("get").map(|v| v.len())))
     });
     g.bench_function("reader_miss", |b| {
         let r = store.reader();
-        b.iter(|| {
-            black_box(
-                r.get(key(KEYS + rng(&mut s) % KEYS))
-                    .expect("get")
-                    .is_none(),
-            )
-        })
+        b.iter(|| black_box(r.get(key(KEYS + rng(&mut s) % KEYS)).expect("get").is_none()))
     });
     g.finish();
 }
@@ -98,11 +79,7 @@ fn open(c: &mut Criterion) {
     let path = store.path().to_path_buf();
     store.close().expect("close");
     c.bench_function("open_clean_1M", |b| {
-        b.iter_batched(
-            || (),
-            |()| Store::open(&path).expect("open"),
-            BatchSize::PerIteration,
-        )
+        b.iter_batched(|| (), |()| Store::open(&path).expect("open"), BatchSize::PerIteration)
     });
     drop(dir);
 }

@@ -60,10 +60,7 @@ fn main() -> mapkv::Result<()> {
         let v = reader.get(key(i))?.expect("every key written is found");
         assert_eq!(v, value(i));
     }
-    println!(
-        "get      {} (reader, in write order)",
-        rate(KEYS, t.elapsed())
-    );
+    println!("get      {} (reader, in write order)", rate(KEYS, t.elapsed()));
     drop(reader);
 
     let t = Instant::now();
@@ -90,12 +87,8 @@ fn main() -> mapkv::Result<()> {
     for i in (0..KEYS).step_by(1000) {
         assert_eq!(store.get(key(i))?.as_deref(), Some(&value(i)[..]));
     }
-    let size = std::fs::metadata(path.join("data.mkv"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let index = std::fs::metadata(path.join("index.mkv"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let size = std::fs::metadata(path.join("data.mkv")).map(|m| m.len()).unwrap_or(0);
+    let index = std::fs::metadata(path.join("index.mkv")).map(|m| m.len()).unwrap_or(0);
     println!(
         "files    data {:.1} MiB, index {:.1} MiB; every key read back after reopen",
         size as f64 / 1048576.0,

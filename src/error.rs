@@ -135,20 +135,16 @@ impl fmt::Display for CorruptKind {
             Self::BadMagic => f.write_str("bad magic number: not a mapkv file"),
             Self::NoValidHeader => f.write_str("both header copies are damaged"),
             Self::ChecksumMismatch { expected, found } => {
-                write!(
-                    f,
-                    "checksum mismatch (stored {expected:#010x}, computed {found:#010x})"
-                )
+                write!(f, "checksum mismatch (stored {expected:#010x}, computed {found:#010x})")
             }
             Self::LengthPastEnd { end, limit } => {
                 write!(f, "length reaches byte {end}, past the end at {limit}")
             }
             Self::BadRecord { kind } => write!(f, "invalid record kind or flags {kind:#04x}"),
             Self::BadField { field, value } => write!(f, "impossible {field} {value}"),
-            Self::ForeignIndex { expected, found } => write!(
-                f,
-                "index belongs to store {found:#018x}, not this store {expected:#018x}"
-            ),
+            Self::ForeignIndex { expected, found } => {
+                write!(f, "index belongs to store {found:#018x}, not this store {expected:#018x}")
+            }
             Self::BadIndexSlot { target } => {
                 write!(f, "index slot points at {target}, which is not a record")
             }
@@ -174,11 +170,7 @@ impl fmt::Display for Error {
                  (deleting the index file makes mapkv rebuild it from the data file)",
                 file.display()
             ),
-            Self::UnsupportedVersion {
-                file,
-                found,
-                supported,
-            } => write!(
+            Self::UnsupportedVersion { file, found, supported } => write!(
                 f,
                 "{} has format version {found}, but this build of mapkv reads version \
                  {supported}; open it with a matching mapkv release",
@@ -202,16 +194,10 @@ impl fmt::Display for Error {
                  reopen the store, which recovers everything that was made durable"
             ),
             Self::KeyTooLarge { len, max } => {
-                write!(
-                    f,
-                    "key of {len} bytes is longer than the limit of {max} bytes"
-                )
+                write!(f, "key of {len} bytes is longer than the limit of {max} bytes")
             }
             Self::ValueTooLarge { len, max } => {
-                write!(
-                    f,
-                    "value of {len} bytes is longer than the limit of {max} bytes"
-                )
+                write!(f, "value of {len} bytes is longer than the limit of {max} bytes")
             }
         }
     }
@@ -228,10 +214,6 @@ impl std::error::Error for Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Self::Io { op, path: path.into(), source }
     }
 }

@@ -67,13 +67,10 @@ impl LogHeader {
     /// [`DecodeError::Corrupt`] for bad magic, checksum or fields;
     /// [`DecodeError::Version`] for a valid header of another format version.
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        let b: &[u8; HEADER_LEN] =
-            b.get(..HEADER_LEN)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(CorruptKind::TooShort {
-                    len: b.len() as u64,
-                    min: HEADER_LEN as u64,
-                })?;
+        let b: &[u8; HEADER_LEN] = b
+            .get(..HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(CorruptKind::TooShort { len: b.len() as u64, min: HEADER_LEN as u64 })?;
         if b[H_MAGIC..H_MAGIC + 8] != LOG_MAGIC {
             return Err(CorruptKind::BadMagic.into());
         }
@@ -87,25 +84,15 @@ impl LogHeader {
         }
         let data_start = get_u64(b, H_DATA_START);
         if data_start != DATA_START {
-            return Err(CorruptKind::BadField {
-                field: "data start",
-                value: data_start,
-            }
-            .into());
+            return Err(CorruptKind::BadField { field: "data start", value: data_start }.into());
         }
         let committed = get_u64(b, H_COMMITTED);
         if committed < DATA_START || !committed.is_multiple_of(RECORD_ALIGN) {
-            return Err(CorruptKind::BadField {
-                field: "committed length",
-                value: committed,
-            }
-            .into());
+            return Err(
+                CorruptKind::BadField { field: "committed length", value: committed }.into()
+            );
         }
-        Ok(Self {
-            store_id: get_u64(b, H_STORE_ID),
-            seq: get_u64(b, H_SEQ),
-            committed,
-        })
+        Ok(Self { store_id: get_u64(b, H_STORE_ID), seq: get_u64(b, H_SEQ), committed })
     }
 }
 
@@ -200,22 +187,17 @@ impl Record {
     /// [`CorruptKind::BadRecord`] for an unknown kind or nonzero reserved bits (zeros never
     /// parse), [`CorruptKind::LengthPastEnd`] if the record would run past `b`.
     pub fn decode(b: &[u8]) -> Result<Self, CorruptKind> {
-        let h: &[u8; RECORD_HEADER_LEN] = b
-            .get(..RECORD_HEADER_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(CorruptKind::LengthPastEnd {
-                end: RECORD_HEADER_LEN as u64,
-                limit: b.len() as u64,
-            })?;
+        let h: &[u8; RECORD_HEADER_LEN] =
+            b.get(..RECORD_HEADER_LEN).and_then(|s| s.try_into().ok()).ok_or(
+                CorruptKind::LengthPastEnd { end: RECORD_HEADER_LEN as u64, limit: b.len() as u64 },
+            )?;
         let kind = match h[R_KIND] {
             1 => Kind::Put,
             2 => Kind::Delete,
             k => return Err(CorruptKind::BadRecord { kind: k }),
         };
         if h[R_FLAGS] != 0 || h[R_RESERVED] != 0 || h[R_RESERVED + 1] != 0 {
-            return Err(CorruptKind::BadRecord {
-                kind: h[R_KIND] | h[R_FLAGS],
-            });
+            return Err(CorruptKind::BadRecord { kind: h[R_KIND] | h[R_FLAGS] });
         }
         let rec = Self {
             kind,
@@ -225,10 +207,7 @@ impl Record {
             prev: get_u64(h, R_PREV),
         };
         if rec.key_len as usize > MAX_KEY_LEN {
-            return Err(CorruptKind::BadField {
-                field: "key length",
-                value: rec.key_len.into(),
-            });
+            return Err(CorruptKind::BadField { field: "key length", value: rec.key_len.into() });
         }
         if kind == Kind::Delete && rec.value_len != 0 {
             return Err(CorruptKind::BadField {
@@ -237,10 +216,7 @@ impl Record {
             });
         }
         if rec.total_len() > b.len() as u64 {
-            return Err(CorruptKind::LengthPastEnd {
-                end: rec.total_len(),
-                limit: b.len() as u64,
-            });
+            return Err(CorruptKind::LengthPastEnd { end: rec.total_len(), limit: b.len() as u64 });
         }
         Ok(rec)
     }
@@ -273,10 +249,7 @@ impl Record {
         if found == self.crc {
             Ok(())
         } else {
-            Err(CorruptKind::ChecksumMismatch {
-                expected: self.crc,
-                found,
-            })
+            Err(CorruptKind::ChecksumMismatch { expected: self.crc, found })
         }
     }
 
@@ -284,13 +257,8 @@ impl Record {
     /// be exactly `len_for(key.len(), value.len())` bytes and is overwritten entirely.
     pub fn encode_into(seed: u32, kind: Kind, prev: u64, key: &[u8], value: &[u8], out: &mut [u8]) {
         debug_assert_eq!(out.len() as u64, Self::len_for(key.len(), value.len()));
-        let rec = Self {
-            kind,
-            prev,
-            crc: 0,
-            key_len: key.len() as u32,
-            value_len: value.len() as u32,
-        };
+        let rec =
+            Self { kind, prev, crc: 0, key_len: key.len() as u32, value_len: value.len() as u32 };
         let (k, v) = (Self::KEY_OFFSET as usize, rec.value_offset() as usize);
         out[..RECORD_HEADER_LEN].fill(0);
         out[R_KIND] = kind as u8;
@@ -393,18 +361,10 @@ impl IndexHeader {
             || h.capacity < MIN_SLOTS
             || Self::file_len(h.capacity) != Some(file_len)
         {
-            return Err(CorruptKind::BadField {
-                field: "index capacity",
-                value: h.capacity,
-            }
-            .into());
+            return Err(CorruptKind::BadField { field: "index capacity", value: h.capacity }.into());
         }
         if h.live > h.used || h.used > h.capacity {
-            return Err(CorruptKind::BadField {
-                field: "index count",
-                value: h.used,
-            }
-            .into());
+            return Err(CorruptKind::BadField { field: "index count", value: h.used }.into());
         }
         Ok(h)
     }
@@ -432,11 +392,7 @@ mod tests {
     use super::*;
 
     fn header() -> LogHeader {
-        LogHeader {
-            store_id: 0xfeed_beef_1234_5678,
-            seq: 7,
-            committed: DATA_START + 64,
-        }
+        LogHeader { store_id: 0xfeed_beef_1234_5678, seq: 7, committed: DATA_START + 64 }
     }
 
     #[test]
@@ -493,42 +449,27 @@ mod tests {
             assert_eq!(r.value(&b), b"value!");
             assert_eq!(r.prev, 8192);
             assert_eq!(r.verify(42, &b), Ok(()));
-            assert!(
-                r.verify(43, &b).is_err(),
-                "another store's seed must not verify"
-            );
+            assert!(r.verify(43, &b).is_err(), "another store's seed must not verify");
         }
     }
 
     #[test]
     fn zeros_never_parse_as_a_record() {
-        assert_eq!(
-            Record::decode(&[0; 64]),
-            Err(CorruptKind::BadRecord { kind: 0 })
-        );
+        assert_eq!(Record::decode(&[0; 64]), Err(CorruptKind::BadRecord { kind: 0 }));
     }
 
     #[test]
     fn record_lengths_past_the_end_are_refused() {
         let b = encoded(Kind::Put, b"key", &[1; 100]);
         for cut in 0..b.len() {
-            assert!(
-                Record::decode(&b[..cut]).is_err(),
-                "accepted a record cut at {cut}"
-            );
+            assert!(Record::decode(&b[..cut]).is_err(), "accepted a record cut at {cut}");
         }
         let mut huge = b.clone();
         put_u32(&mut huge, R_VALUE_LEN, u32::MAX);
-        assert!(matches!(
-            Record::decode(&huge),
-            Err(CorruptKind::LengthPastEnd { .. })
-        ));
+        assert!(matches!(Record::decode(&huge), Err(CorruptKind::LengthPastEnd { .. })));
         let mut long_key = b;
         put_u32(&mut long_key, R_KEY_LEN, u32::MAX);
-        assert!(matches!(
-            Record::decode(&long_key),
-            Err(CorruptKind::BadField { .. })
-        ));
+        assert!(matches!(Record::decode(&long_key), Err(CorruptKind::BadField { .. })));
     }
 
     #[test]
@@ -544,10 +485,7 @@ mod tests {
                 };
                 // Padding (after the 10-byte value at 32) is neither checksummed nor read.
                 let padding = i >= 42;
-                assert!(
-                    caught || padding,
-                    "flip of bit {bit} at byte {i} went unnoticed"
-                );
+                assert!(caught || padding, "flip of bit {bit} at byte {i} went unnoticed");
             }
         }
     }
@@ -564,13 +502,7 @@ mod tests {
 
     #[test]
     fn index_header_round_trips_and_checks_sizes() {
-        let h = IndexHeader {
-            store_id: 5,
-            capacity: 2048,
-            clean_len: 8192,
-            live: 3,
-            used: 4,
-        };
+        let h = IndexHeader { store_id: 5, capacity: 2048, clean_len: 8192, live: 3, used: 4 };
         let mut b = [0; INDEX_HEADER_LEN];
         h.encode_into(&mut b);
         let len = IndexHeader::file_len(2048).expect("fits");
@@ -579,10 +511,7 @@ mod tests {
         let mut d = b;
         d[I_LIVE] ^= 1;
         assert!(IndexHeader::decode(&d, len).is_err());
-        let bad = IndexHeader {
-            capacity: 3000,
-            ..h
-        };
+        let bad = IndexHeader { capacity: 3000, ..h };
         bad.encode_into(&mut b);
         assert!(IndexHeader::decode(&b, IndexHeader::file_len(3000).expect("fits")).is_err());
     }

@@ -67,15 +67,8 @@ impl<'a> Table<'a> {
     pub fn new(words: &'a [AtomicU64]) -> Self {
         let slots = (words.len().saturating_sub(FIRST_SLOT_WORD) / 2) as u64;
         // A power of two no larger than the words hold (header checks make it exact).
-        let cap = if slots == 0 {
-            0
-        } else {
-            1u64 << (63 - slots.leading_zeros())
-        };
-        Self {
-            words,
-            mask: cap.wrapping_sub(1),
-        }
+        let cap = if slots == 0 { 0 } else { 1u64 << (63 - slots.leading_zeros()) };
+        Self { words, mask: cap.wrapping_sub(1) }
     }
 
     /// Number of slots.
@@ -200,9 +193,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn words(cap: u64) -> Vec<AtomicU64> {
-        (0..(PAGE / 8 + 2 * cap))
-            .map(|_| AtomicU64::new(0))
-            .collect()
+        (0..(PAGE / 8 + 2 * cap)).map(|_| AtomicU64::new(0)).collect()
     }
 
     #[test]
@@ -238,27 +229,20 @@ mod tests {
         // Re-putting the deleted key finds its old slot again.
         assert_eq!(
             t.locate(5, |o| Ok(o == 300)).expect("no io"),
-            Slot::Occupied {
-                i,
-                word: 300 | DELETED
-            }
+            Slot::Occupied { i, word: 300 | DELETED }
         );
     }
 
     #[test]
     fn probes_stop_in_a_full_or_garbage_table() {
-        let w: Vec<AtomicU64> = (0..(PAGE / 8 + 2 * MIN_SLOTS))
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect();
+        let w: Vec<AtomicU64> =
+            (0..(PAGE / 8 + 2 * MIN_SLOTS)).map(|_| AtomicU64::new(u64::MAX)).collect();
         let t = Table::new(&w);
         assert_eq!(t.locate(3, |_| Ok(false)).expect("no io"), Slot::Full);
         assert_eq!(t.get(3, |_| Ok(false)).expect("no io"), None);
         // A slice too short for any slot is an empty table, not a panic.
         let short: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(1)).collect();
-        assert_eq!(
-            Table::new(&short).get(1, |_| Ok(true)).expect("no io"),
-            None
-        );
+        assert_eq!(Table::new(&short).get(1, |_| Ok(true)).expect("no io"), None);
     }
 
     #[test]

@@ -40,22 +40,15 @@ pub fn open_locked(path: &Path, writable: bool, create: bool, store: &Path) -> R
         .truncate(false)
         .open(path)
         .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound {
-                path: store.to_path_buf(),
-            },
+            io::ErrorKind::NotFound => Error::NotFound { path: store.to_path_buf() },
             _ => Error::io("open", path, e),
         })?;
-    let locked = if writable {
-        FileExt::try_lock_exclusive(&file)
-    } else {
-        FileExt::try_lock_shared(&file)
-    };
+    let locked =
+        if writable { FileExt::try_lock_exclusive(&file) } else { FileExt::try_lock_shared(&file) };
     match locked {
         Ok(()) => Ok(file),
         Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-            Err(Error::Locked {
-                path: store.to_path_buf(),
-            })
+            Err(Error::Locked { path: store.to_path_buf() })
         }
         Err(e) => Err(Error::io("lock", path, e)),
     }
@@ -66,39 +59,22 @@ pub fn open_locked(path: &Path, writable: bool, create: bool, store: &Path) -> R
 /// # Errors
 /// [`Error::Io`] if the directory cannot be opened or synced.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
 }
 
 /// Reserves disk blocks for `[0, len)` and extends the file to `len` if it is shorter, so
 /// that stores through a mapping never meet a full disk (which would raise SIGBUS).
 fn allocate(file: &File, len: u64, path: &Path) -> Result<()> {
-    let len_off = libc::off_t::try_from(len).map_err(|_| {
-        Error::io(
-            "allocate",
-            path,
-            io::Error::from(io::ErrorKind::FileTooLarge),
-        )
-    })?;
+    let len_off = libc::off_t::try_from(len)
+        .map_err(|_| Error::io("allocate", path, io::Error::from(io::ErrorKind::FileTooLarge)))?;
     // SAFETY: plain system call on a file descriptor we own; no memory is passed.
     // (fs2's `allocate` reads errno, which posix_fallocate does not set; hence the direct call.)
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
     if rc != 0 {
-        return Err(Error::io(
-            "allocate",
-            path,
-            io::Error::from_raw_os_error(rc),
-        ));
+        return Err(Error::io("allocate", path, io::Error::from_raw_os_error(rc)));
     }
-    if file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len()
-        < len
-    {
-        file.set_len(len)
-            .map_err(|e| Error::io("truncate", path, e))?;
+    if file.metadata().map_err(|e| Error::io("stat", path, e))?.len() < len {
+        file.set_len(len).map_err(|e| Error::io("truncate", path, e))?;
     }
     Ok(())
 }
@@ -108,11 +84,7 @@ fn map(file: &File, len: u64, writable: bool, path: &Path) -> Result<MmapRaw> {
         .map_err(|_| Error::io("map", path, io::Error::from(io::ErrorKind::FileTooLarge)))?;
     let mut opts = MmapOptions::new();
     opts.len(len);
-    let raw = if writable {
-        opts.map_raw(file)
-    } else {
-        opts.map_raw_read_only(file)
-    };
+    let raw = if writable { opts.map_raw(file) } else { opts.map_raw_read_only(file) };
     raw.map_err(|e| Error::io("map", path, e))
 }
 
@@ -171,11 +143,7 @@ impl LogMap {
         let base = self.raw.as_ptr() as usize;
         let start = bytes.as_ptr() as usize;
         assert!(start >= base && start + bytes.len() <= base + self.raw.len());
-        Value {
-            ptr: NonNull::from(bytes).cast(),
-            len: bytes.len(),
-            _map: Arc::clone(self),
-        }
+        Value { ptr: NonNull::from(bytes).cast(), len: bytes.len(), _map: Arc::clone(self) }
     }
 }
 
@@ -233,24 +201,11 @@ impl LogFile {
     /// # Errors
     /// [`Error::Io`] if the file cannot be inspected or mapped.
     pub fn new(file: File, path: &Path, writable: bool, data_start: u64) -> Result<Self> {
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let raw = map(&file, len, writable, path)?;
         let published = Arc::new(AtomicU64::new(data_start));
-        let map = Arc::new(LogMap {
-            raw,
-            published,
-            data_start,
-        });
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            map,
-            writable,
-            fail_next_flush: false,
-        })
+        let map = Arc::new(LogMap { raw, published, data_start });
+        Ok(Self { file, path: path.to_path_buf(), map, writable, fail_next_flush: false })
     }
 
     /// The current (largest) mapping.
@@ -277,10 +232,7 @@ impl LogFile {
     /// # Panics
     /// If `end` lowers the watermark or passes the mapping (a bug in the caller).
     pub fn publish(&mut self, end: u64) {
-        assert!(
-            end >= self.published() && end <= self.map.len(),
-            "bad publish to {end}"
-        );
+        assert!(end >= self.published() && end <= self.map.len(), "bad publish to {end}");
         self.map.published.store(end, Ordering::Release);
     }
 
@@ -292,10 +244,7 @@ impl LogFile {
     pub fn write_at(&mut self, off: u64, fill: impl FnOnce(&mut [u8]), len: usize) {
         assert!(self.writable, "write through a read-only mapping");
         let end = off.checked_add(len as u64).expect("write range overflows");
-        assert!(
-            off >= self.published() && end <= self.map.len(),
-            "write outside the tail"
-        );
+        assert!(off >= self.published() && end <= self.map.len(), "write outside the tail");
         // SAFETY: `[off, end)` is inside the mapping and unpublished, so no reader holds or
         // can create a reference to it (readers see published bytes only); `&mut self`
         // excludes every other writer and `bytes()`. The mapping is writable.
@@ -311,10 +260,7 @@ impl LogFile {
     /// If the range reaches the data area (a bug in the caller).
     pub fn write_header(&mut self, off: u64, src: &[u8]) {
         assert!(self.writable, "write through a read-only mapping");
-        assert!(
-            off + src.len() as u64 <= self.map.data_start,
-            "header write into data"
-        );
+        assert!(off + src.len() as u64 <= self.map.data_start, "header write into data");
         // SAFETY: the range is below `data_start`, which readers never read (`tail` refuses
         // it); `&mut self` excludes every other writer and `bytes()`.
         unsafe {
@@ -334,21 +280,11 @@ impl LogFile {
     /// [`Error::Io`] (ENOSPC for a full disk); nothing is changed that matters then.
     pub fn grow(&mut self, min_len: u64) -> Result<()> {
         allocate(&self.file, min_len, &self.path)?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("sync size", &self.path, e))?;
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| Error::io("stat", &self.path, e))?
-            .len();
+        self.file.sync_data().map_err(|e| Error::io("sync size", &self.path, e))?;
+        let len = self.file.metadata().map_err(|e| Error::io("stat", &self.path, e))?.len();
         let raw = map(&self.file, len, true, &self.path)?;
         let published = Arc::clone(&self.map.published);
-        self.map = Arc::new(LogMap {
-            raw,
-            published,
-            data_start: self.map.data_start,
-        });
+        self.map = Arc::new(LogMap { raw, published, data_start: self.map.data_start });
         Ok(())
     }
 
@@ -402,9 +338,7 @@ impl LogFile {
                 at += n as u64;
             }
         }
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("sync", &self.path, e))
+        self.file.sync_data().map_err(|e| Error::io("sync", &self.path, e))
     }
 }
 
@@ -433,10 +367,7 @@ impl IndexMap {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open", path, e)),
         };
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         if len % 8 != 0 || len < crate::format::PAGE {
             // Too short or ragged to hold words: treat as absent and rebuild.
             return Ok(None);
@@ -452,10 +383,7 @@ impl IndexMap {
             let mmap = unsafe { MmapOptions::new().map_copy(&file) };
             MmapRaw::from(mmap.map_err(|e| Error::io("map", path, e))?)
         };
-        Ok(Some(Self {
-            backing: Backing::File(raw),
-            path: path.to_path_buf(),
-        }))
+        Ok(Some(Self { backing: Backing::File(raw), path: path.to_path_buf() }))
     }
 
     /// Creates a zero-filled, fully allocated index file at `tmp` of `len` bytes, to be
@@ -473,19 +401,13 @@ impl IndexMap {
             .map_err(|e| Error::io("create", tmp, e))?;
         allocate(&file, len, tmp)?;
         let raw = map(&file, len, true, tmp)?;
-        Ok(Self {
-            backing: Backing::File(raw),
-            path: tmp.to_path_buf(),
-        })
+        Ok(Self { backing: Backing::File(raw), path: tmp.to_path_buf() })
     }
 
     /// An index in heap memory (read-only handles that had to rebuild).
     pub fn heap(len: u64) -> Self {
         let words = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
-        Self {
-            backing: Backing::Heap(words),
-            path: PathBuf::from("<memory>"),
-        }
+        Self { backing: Backing::Heap(words), path: PathBuf::from("<memory>") }
     }
 
     /// Renames this (temporary) file to `path`, atomically replacing the old index.

@@ -35,19 +35,9 @@ pub struct RecoveryReport {
 /// [`Error::Corrupt`] if neither slot is valid, [`Error::UnsupportedVersion`] for a valid
 /// header of another version.
 pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
-    let corrupt = |offset, kind| Error::Corrupt {
-        file: path.to_path_buf(),
-        offset,
-        kind,
-    };
+    let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
     if (bytes.len() as u64) < DATA_START {
-        return Err(corrupt(
-            0,
-            CorruptKind::TooShort {
-                len: bytes.len() as u64,
-                min: DATA_START,
-            },
-        ));
+        return Err(corrupt(0, CorruptKind::TooShort { len: bytes.len() as u64, min: DATA_START }));
     }
     let mut best: Option<LogHeader> = None;
     let mut errors = Vec::new();
@@ -68,10 +58,7 @@ pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
     match best {
         Some(h) if h.committed > bytes.len() as u64 => Err(corrupt(
             0,
-            CorruptKind::LengthPastEnd {
-                end: h.committed,
-                limit: bytes.len() as u64,
-            },
+            CorruptKind::LengthPastEnd { end: h.committed, limit: bytes.len() as u64 },
         )),
         Some(h) => Ok(h),
         None if errors.iter().all(|(_, k)| *k == CorruptKind::BadMagic) => {
@@ -96,11 +83,7 @@ pub fn distrust_index(
     };
     if h.store_id != header.store_id {
         return Some(
-            CorruptKind::ForeignIndex {
-                expected: header.store_id,
-                found: h.store_id,
-            }
-            .to_string(),
+            CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }.to_string(),
         );
     }
     if h.clean_len == 0 {
@@ -116,10 +99,7 @@ pub fn distrust_index(
         && let Ok(rec) = Record::decode(rest)
         && rec.verify(crc_seed(header.store_id), rest).is_ok()
     {
-        return Some(format!(
-            "a record follows the indexed log at {}",
-            h.clean_len
-        ));
+        return Some(format!("a record follows the indexed log at {}", h.clean_len));
     }
     None
 }
@@ -146,10 +126,7 @@ pub fn scan(
     replay: &mut dyn Replay,
 ) -> Result<RecoveryReport> {
     let seed = crc_seed(header.store_id);
-    let mut report = RecoveryReport {
-        index_rebuilt: true,
-        ..Default::default()
-    };
+    let mut report = RecoveryReport { index_rebuilt: true, ..Default::default() };
     let mut p = DATA_START;
     while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
         let checked = Record::decode(rest).and_then(|rec| rec.verify(seed, rest).map(|()| rec));
@@ -157,16 +134,9 @@ pub fn scan(
             Ok(rec) => rec,
             Err(kind) => {
                 if p < header.committed {
-                    return Err(Error::Corrupt {
-                        file: path.to_path_buf(),
-                        offset: p,
-                        kind,
-                    });
+                    return Err(Error::Corrupt { file: path.to_path_buf(), offset: p, kind });
                 }
-                let clean_end = rest
-                    .iter()
-                    .take(Record::KEY_OFFSET as usize)
-                    .all(|&b| b == 0);
+                let clean_end = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
                 if !clean_end {
                     report.cut = Some((p, kind));
                 }
@@ -181,10 +151,7 @@ pub fn scan(
         return Err(Error::Corrupt {
             file: path.to_path_buf(),
             offset: p,
-            kind: CorruptKind::LengthPastEnd {
-                end: header.committed,
-                limit: p,
-            },
+            kind: CorruptKind::LengthPastEnd { end: header.committed, limit: p },
         });
     }
     report.log_end = p;
@@ -232,12 +199,9 @@ impl Change {
                 was_live: word & DELETED == 0,
                 prev: word & !DELETED,
             }),
-            Slot::Vacant { i } => Some(Self {
-                slot: i,
-                was_vacant: true,
-                was_live: false,
-                prev: 0,
-            }),
+            Slot::Vacant { i } => {
+                Some(Self { slot: i, was_vacant: true, was_live: false, prev: 0 })
+            }
             Slot::Full => None,
         }
     }
@@ -260,11 +224,7 @@ mod tests {
             }
         }
         log.resize(log.len() + 4096, 0);
-        let h = LogHeader {
-            store_id: 9,
-            seq: 1,
-            committed,
-        };
+        let h = LogHeader { store_id: 9, seq: 1, committed };
         let mut slot = [0; HEADER_LEN];
         h.encode_into(&mut slot);
         log[..HEADER_LEN].copy_from_slice(&slot);
@@ -286,10 +246,7 @@ mod tests {
         log[20] ^= 1; // slot 0 damaged, slot 1 never written
         assert!(matches!(
             read_header(&log, Path::new("d")),
-            Err(Error::Corrupt {
-                kind: CorruptKind::NoValidHeader,
-                ..
-            })
+            Err(Error::Corrupt { kind: CorruptKind::NoValidHeader, .. })
         ));
         let mut newer = [0; HEADER_LEN];
         LogHeader { seq: 2, ..h }.encode_into(&mut newer);
@@ -323,10 +280,7 @@ mod tests {
         h.committed += 64;
         let end = DATA_START + Record::len_for(1, 1);
         let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("short log");
-        assert!(
-            matches!(err, Error::Corrupt { offset, .. } if offset == end),
-            "{err}"
-        );
+        assert!(matches!(err, Error::Corrupt { offset, .. } if offset == end), "{err}");
     }
 
     #[test]
@@ -335,10 +289,7 @@ mod tests {
         let at = |o: u64| log.get(o as usize..).filter(|_| o >= DATA_START);
         assert!(key_at(at(DATA_START), DATA_START, b"a", Path::new("i")).expect("record"));
         for bad in [0, 8, DATA_START + 4096, log.len() as u64 - 8, u64::MAX] {
-            assert!(
-                key_at(at(bad), bad, b"a", Path::new("i")).is_err(),
-                "slot {bad} accepted"
-            );
+            assert!(key_at(at(bad), bad, b"a", Path::new("i")).is_err(), "slot {bad} accepted");
         }
     }
 }

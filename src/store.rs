@@ -49,11 +49,7 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// Writable, created if missing, checksums verified at recovery only.
     pub fn new() -> Self {
-        Self {
-            read_only: false,
-            create: true,
-            verify_checksums: false,
-        }
+        Self { read_only: false, create: true, verify_checksums: false }
     }
 
     /// Open for reading only: takes a shared lock, never writes any file. After an unclean
@@ -175,25 +171,17 @@ impl Store {
         if writable && opts.create && !data_path.exists() {
             create_data_file(dir, &data_path)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&data_path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::NotFound {
-                    path: dir.to_path_buf(),
+        let file =
+            std::fs::OpenOptions::new().read(true).write(writable).open(&data_path).map_err(
+                |e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+                    _ => Error::io("open", &data_path, e),
                 },
-                _ => Error::io("open", &data_path, e),
-            })?;
+            )?;
         let log = LogFile::new(file, &data_path, writable, DATA_START)?;
         let header = recovery::read_header(log.bytes(), &data_path)?;
         let index_path = dir.join(INDEX_FILE);
-        let ctx = IndexCtx {
-            dir,
-            path: &index_path,
-            writable,
-            store_id: header.store_id,
-        };
+        let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id };
 
         let existing = IndexMap::open(&index_path, writable)?;
         let distrust = match &existing {
@@ -221,13 +209,7 @@ impl Store {
                 };
                 let mut report = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild)?;
                 report.reason = reason;
-                (
-                    rebuild.index,
-                    report.log_end,
-                    rebuild.used,
-                    rebuild.live,
-                    report,
-                )
+                (rebuild.index, report.log_end, rebuild.used, rebuild.live, report)
             }
         };
         let mut w = Writer {
@@ -299,10 +281,7 @@ impl Store {
     /// before each `get`, follows growth, and keeps every mapping it lent from alive until
     /// it is dropped, so hold one per batch of work rather than forever.
     pub fn reader(&self) -> Reader<'_> {
-        Reader {
-            store: self,
-            first: self.state.load_full(),
-        }
+        Reader { store: self, first: self.state.load_full() }
     }
 
     /// Sets `key` to `value`. Once this returns the write survives a crash of the process;
@@ -315,10 +294,7 @@ impl Store {
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (key, value) = (key.as_ref(), value.as_ref());
         if value.len() > MAX_VALUE_LEN {
-            return Err(Error::ValueTooLarge {
-                len: value.len(),
-                max: MAX_VALUE_LEN,
-            });
+            return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
         }
         self.write(Kind::Put, key, value).map(|_| ())
     }
@@ -406,9 +382,7 @@ impl Store {
     fn check_poisoned(&self) -> Result<()> {
         match self.poisoned.get() {
             None => Ok(()),
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
         }
     }
 
@@ -464,10 +438,7 @@ impl Store {
 
     fn write(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         if key.len() > MAX_KEY_LEN {
-            return Err(Error::KeyTooLarge {
-                len: key.len(),
-                max: MAX_KEY_LEN,
-            });
+            return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
         }
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -480,9 +451,8 @@ impl Store {
         let index_path = &self.index_path;
         let locate = |w: &Writer| {
             let log = w.log.map();
-            Table::new(w.index.words()).locate(hash, |off| {
-                recovery::key_at(log.tail(off), off, key, index_path)
-            })
+            Table::new(w.index.words())
+                .locate(hash, |off| recovery::key_at(log.tail(off), off, key, index_path))
         };
         let mut change = Change::from_slot(locate(w)?);
         if kind == Kind::Delete && !change.is_some_and(|c| c.was_live) {
@@ -511,11 +481,7 @@ impl Store {
         );
         w.end = end;
         w.log.publish(end);
-        let word = if kind == Kind::Delete {
-            off | DELETED
-        } else {
-            off
-        };
+        let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(w.index.words()).set(change.slot, hash, word);
         w.used += u64::from(change.was_vacant);
         match (change.was_live, kind) {
@@ -546,13 +512,7 @@ impl Store {
         let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
         let target = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
         let grown = w.log.grow(target);
-        if matches!(
-            &grown,
-            Err(Error::Io {
-                op: "sync size",
-                ..
-            })
-        ) {
+        if matches!(&grown, Err(Error::Io { op: "sync size", .. })) {
             return self.poison_on_err(grown);
         }
         grown?;
@@ -674,19 +634,13 @@ impl Reader<'_> {
 
 impl fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader")
-            .field("store", &self.store.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
     }
 }
 
 /// Writes the next header slot claiming `committed`, without flushing it.
 fn put_header(w: &mut Writer, committed: u64) {
-    let h = LogHeader {
-        store_id: w.header.store_id,
-        seq: w.header.seq + 1,
-        committed,
-    };
+    let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq + 1, committed };
     let mut b = [0; HEADER_LEN];
     h.encode_into(&mut b);
     w.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
@@ -714,11 +668,7 @@ fn create_data_file(dir: &Path, path: &Path) -> Result<()> {
     log.grow(MIN_GROWTH)?;
     let store_id = random_id();
     for (seq, slot) in HEADER_SLOTS.iter().enumerate() {
-        let h = LogHeader {
-            store_id,
-            seq: seq as u64,
-            committed: DATA_START,
-        };
+        let h = LogHeader { store_id, seq: seq as u64, committed: DATA_START };
         let mut b = [0; HEADER_LEN];
         h.encode_into(&mut b);
         log.write_header(*slot, &b);
@@ -760,21 +710,14 @@ impl IndexCtx<'_> {
         };
         let t = Table::new(map.words());
         let mut live = 0;
-        for (hash, word) in from
-            .map(|m| Table::new(m.words()))
-            .iter()
-            .flat_map(Table::occupied)
-        {
+        for (hash, word) in from.map(|m| Table::new(m.words())).iter().flat_map(Table::occupied) {
             if word & DELETED == 0 {
                 live += 1;
                 if !t.insert_new(hash, word) {
                     return Err(Error::Corrupt {
                         file: self.path.to_path_buf(),
                         offset: 0,
-                        kind: CorruptKind::BadField {
-                            field: "index occupancy",
-                            value: live,
-                        },
+                        kind: CorruptKind::BadField { field: "index occupancy", value: live },
                     });
                 }
             }
@@ -814,9 +757,7 @@ impl Replay for Rebuild<'_> {
         let mut change = Change::from_slot(locate(&self.index)?);
         let cap = Table::new(self.index.words()).capacity();
         if change.is_none_or(|c| c.was_vacant && index::needs_growth(self.used, cap)) {
-            self.index = self
-                .ctx
-                .create(index::capacity_for(self.live + 1), Some(&self.index))?;
+            self.index = self.ctx.create(index::capacity_for(self.live + 1), Some(&self.index))?;
             self.used = self.live;
             change = Change::from_slot(locate(&self.index)?);
         }
@@ -824,20 +765,13 @@ impl Replay for Rebuild<'_> {
             return Err(Error::Corrupt {
                 file: path.to_path_buf(),
                 offset: 0,
-                kind: CorruptKind::BadField {
-                    field: "index occupancy",
-                    value: self.used,
-                },
+                kind: CorruptKind::BadField { field: "index occupancy", value: self.used },
             });
         };
         if kind == Kind::Delete && c.was_vacant {
             return Ok(()); // a tombstone for a key never seen: nothing to record
         }
-        let word = if kind == Kind::Delete {
-            off | DELETED
-        } else {
-            off
-        };
+        let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(self.index.words()).set(c.slot, hash, word);
         self.used += u64::from(c.was_vacant);
         match (c.was_live, kind) {

@@ -30,11 +30,7 @@ fn check(key: u64, v: &[u8]) -> u64 {
     let version = u64::from_le_bytes(v[8..16].try_into().expect("8 bytes"));
     let len = u64::from_le_bytes(v[16..24].try_into().expect("8 bytes")) as usize;
     assert_eq!(k, key, "value of another key");
-    assert_eq!(
-        v,
-        &value(key, version, len)[..],
-        "torn value for key {key} version {version}"
-    );
+    assert_eq!(v, &value(key, version, len)[..], "torn value for key {key} version {version}");
     version
 }
 
@@ -48,11 +44,7 @@ fn held_values_survive_overwrite_delete_and_growth() {
     let b = store.get(b"b").expect("get").expect("present");
     let reader = store.reader();
     let a_ref = reader.get(b"a").expect("get").expect("present");
-    assert_eq!(
-        a_ref.as_ptr() as usize % 8,
-        0,
-        "values start on 8-byte boundaries"
-    );
+    assert_eq!(a_ref.as_ptr() as usize % 8, 0, "values start on 8-byte boundaries");
 
     store.put(b"a", value(1, 1, 100)).expect("overwrite");
     assert!(store.delete(b"b").expect("delete"));
@@ -65,10 +57,7 @@ fn held_values_survive_overwrite_delete_and_growth() {
     assert_eq!(a_ref, &value(1, 0, 100)[..]);
     assert_eq!(reader.get(b"a").expect("get"), Some(&value(1, 1, 100)[..]));
     assert_eq!(reader.get(b"b").expect("get"), None);
-    assert_eq!(
-        reader.get(2999u64.to_le_bytes()).expect("get"),
-        Some(&value(2999, 9, 4000)[..])
-    );
+    assert_eq!(reader.get(2999u64.to_le_bytes()).expect("get"), Some(&value(2999, 9, 4000)[..]));
 
     // Values outlive the store itself.
     drop(reader);
@@ -129,9 +118,7 @@ fn readers_on_threads_during_writes_and_growth() {
     for version in 2..40u64 {
         for k in (0..KEYS).step_by(version as usize % 7 + 1) {
             let len = 24 + ((k * version) % 900) as usize;
-            store
-                .put(k.to_le_bytes(), value(k, version, len))
-                .expect("put");
+            store.put(k.to_le_bytes(), value(k, version, len)).expect("put");
             done[k as usize].store(version, Ordering::Release);
         }
         if version % 10 == 0 {
@@ -154,8 +141,6 @@ fn store_is_send_and_sync_and_values_cross_threads() {
     let store = Store::open(dir.path().join("db")).expect("create");
     store.put(b"k", b"v").expect("put");
     let v = store.get(b"k").expect("get").expect("present");
-    let joined = std::thread::spawn(move || v.to_vec())
-        .join()
-        .expect("thread");
+    let joined = std::thread::spawn(move || v.to_vec()).join().expect("thread");
     assert_eq!(joined, b"v");
 }

@@ -13,11 +13,7 @@ const DATA_START: u64 = 8192;
 const REC: u64 = 40;
 
 fn flip(path: &Path, offset: u64) {
-    let f = FsOpen::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open data file");
+    let f = FsOpen::new().read(true).write(true).open(path).expect("open data file");
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).expect("read");
     b[0] ^= 0x5a;
@@ -47,15 +43,9 @@ fn a_torn_record_is_cut_and_what_followed_it_never_returns() {
         matches!(report.cut, Some((o, CorruptKind::ChecksumMismatch { .. })) if o == DATA_START + REC),
         "{report:?}"
     );
-    assert_eq!(
-        store.get(b"a").expect("get").as_deref(),
-        Some(&b"aaaaaaaa"[..])
-    );
+    assert_eq!(store.get(b"a").expect("get").as_deref(), Some(&b"aaaaaaaa"[..]));
     assert!(store.get(b"b").expect("get").is_none());
-    assert!(
-        store.get(b"c").expect("get").is_none(),
-        "a record past the cut came back"
-    );
+    assert!(store.get(b"c").expect("get").is_none(), "a record past the cut came back");
 
     // A record of exactly b's size lands where b was, so c's old bytes would sit exactly
     // where the next record is expected. Recovery zeroed them; they must stay gone.
@@ -64,14 +54,8 @@ fn a_torn_record_is_cut_and_what_followed_it_never_returns() {
     let store = Store::open(&path).expect("recover again");
     assert_eq!(store.recovery().records_replayed, 2);
     assert_eq!(store.recovery().cut, None);
-    assert!(
-        store.get(b"c").expect("get").is_none(),
-        "stale record resurrected"
-    );
-    assert_eq!(
-        store.get(b"d").expect("get").as_deref(),
-        Some(&b"dddddddd"[..])
-    );
+    assert!(store.get(b"c").expect("get").is_none(), "stale record resurrected");
+    assert_eq!(store.get(b"d").expect("get").as_deref(), Some(&b"dddddddd"[..]));
     assert_eq!(store.len(), 2);
 }
 
@@ -92,11 +76,7 @@ fn recovery_is_idempotent() {
     let second = Store::open(&path).expect("recover twice");
     assert_eq!(second.recovery().records_replayed, 200);
     assert_eq!(second.recovery().log_end, report.log_end);
-    assert_eq!(
-        second.recovery().cut,
-        None,
-        "the first recovery zeroed the torn tail"
-    );
+    assert_eq!(second.recovery().cut, None, "the first recovery zeroed the torn tail");
     assert_eq!(second.len(), 200);
     for i in 0..300u32 {
         let got = second.get(i.to_le_bytes()).expect("get");
@@ -121,25 +101,15 @@ fn damage_below_the_committed_length_is_an_error_naming_the_offset() {
     assert!(!plain.recovery().index_rebuilt);
     assert!(plain.get([3u8]).expect("unchecked read").is_some());
     drop(plain);
-    let checked = OpenOptions::new()
-        .verify_checksums(true)
-        .open(&path)
-        .expect("open");
+    let checked = OpenOptions::new().verify_checksums(true).open(&path).expect("open");
     match checked.get([3u8]) {
-        Err(Error::Corrupt {
-            offset,
-            kind: CorruptKind::ChecksumMismatch { .. },
-            file,
-        }) => {
+        Err(Error::Corrupt { offset, kind: CorruptKind::ChecksumMismatch { .. }, file }) => {
             assert_eq!(offset, bad);
             assert!(file.ends_with("data.mkv"));
         }
         other => panic!("expected a checksum error, got {other:?}"),
     }
-    assert_eq!(
-        checked.get([4u8]).expect("undamaged").as_deref(),
-        Some(&[4u8; 8][..])
-    );
+    assert_eq!(checked.get([4u8]).expect("undamaged").as_deref(), Some(&[4u8; 8][..]));
     drop(checked);
 
     // Forcing a scan finds the same damage below the committed length: an error, not a cut.
@@ -158,25 +128,12 @@ fn damaged_record_headers_give_errors_not_panics() {
     store.put(b"k", b"vvvvvvvv").expect("put");
     store.close().expect("close");
     // Value length = 0xFFFF_FFFF: the record would run far past the end of the file.
-    let f = FsOpen::new()
-        .write(true)
-        .open(path.join("data.mkv"))
-        .expect("open");
-    f.write_all_at(&u32::MAX.to_le_bytes(), DATA_START + 12)
-        .expect("write");
+    let f = FsOpen::new().write(true).open(path.join("data.mkv")).expect("open");
+    f.write_all_at(&u32::MAX.to_le_bytes(), DATA_START + 12).expect("write");
     drop(f);
     let store = Store::open(&path).expect("clean open");
     let err = store.get(b"k").expect_err("damaged header");
-    assert!(
-        matches!(
-            err,
-            Error::Corrupt {
-                kind: CorruptKind::BadIndexSlot { .. },
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Corrupt { kind: CorruptKind::BadIndexSlot { .. }, .. }), "{err}");
 }
 
 #[test]
@@ -192,9 +149,6 @@ fn writes_after_recovery_survive_the_next_crash() {
     store.simulate_crash();
     let store = Store::open(&path).expect("recover");
     assert!(store.get(b"before").expect("get").is_none());
-    assert_eq!(
-        store.get(b"after").expect("get").as_deref(),
-        Some(&b"2"[..])
-    );
+    assert_eq!(store.get(b"after").expect("get").as_deref(), Some(&b"2"[..]));
     assert_eq!(store.len(), 1);
 }

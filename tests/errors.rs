@@ -26,10 +26,7 @@ fn oversized_keys_and_values_are_refused_without_writing() {
     store.put(&key[1..], b"v").expect("64 KiB key");
     // 4 GiB of zeros: allocated lazily by the OS, never touched because the check comes first.
     let huge = vec![0u8; mapkv::MAX_VALUE_LEN + 1];
-    assert!(matches!(
-        store.put(b"k", &huge),
-        Err(Error::ValueTooLarge { .. })
-    ));
+    assert!(matches!(store.put(b"k", &huge), Err(Error::ValueTooLarge { .. })));
     drop(huge);
     assert_eq!(store.len(), 1);
     assert!(store.get(b"k").expect("get").is_none());
@@ -38,14 +35,8 @@ fn oversized_keys_and_values_are_refused_without_writing() {
 #[test]
 fn read_only_handles_refuse_writes() {
     let (_d, path) = fresh();
-    Store::open(&path)
-        .expect("create")
-        .put(b"k", b"v")
-        .expect("put");
-    let ro = OpenOptions::new()
-        .read_only(true)
-        .open(&path)
-        .expect("read-only");
+    Store::open(&path).expect("create").put(b"k", b"v").expect("put");
+    let ro = OpenOptions::new().read_only(true).open(&path).expect("read-only");
     assert!(matches!(ro.put(b"k", b"w"), Err(Error::ReadOnly)));
     assert!(matches!(ro.delete(b"k"), Err(Error::ReadOnly)));
     ro.sync().expect("sync of a read-only handle is a no-op");
@@ -55,15 +46,9 @@ fn read_only_handles_refuse_writes() {
 #[test]
 fn missing_store_without_create_is_not_found() {
     let (_d, path) = fresh();
-    let err = OpenOptions::new()
-        .create(false)
-        .open(&path)
-        .expect_err("nothing there");
+    let err = OpenOptions::new().create(false).open(&path).expect_err("nothing there");
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
-    let err = OpenOptions::new()
-        .read_only(true)
-        .open(&path)
-        .expect_err("nothing there");
+    let err = OpenOptions::new().read_only(true).open(&path).expect_err("nothing there");
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(!path.exists(), "a refused open must not create anything");
 }
@@ -93,28 +78,16 @@ fn a_failed_flush_poisons_every_later_call() {
     // Never retried and reported as success.
     assert!(matches!(store.sync(), Err(Error::Poisoned { .. })));
     assert!(matches!(store.put(b"a", b"b"), Err(Error::Poisoned { .. })));
-    assert!(matches!(
-        store.delete(b"synced"),
-        Err(Error::Poisoned { .. })
-    ));
+    assert!(matches!(store.delete(b"synced"), Err(Error::Poisoned { .. })));
     assert!(matches!(store.get(b"synced"), Err(Error::Poisoned { .. })));
-    assert!(matches!(
-        store.reader().get(b"synced"),
-        Err(Error::Poisoned { .. })
-    ));
+    assert!(matches!(store.reader().get(b"synced"), Err(Error::Poisoned { .. })));
     let msg = store.sync().expect_err("poisoned").to_string();
     assert!(msg.contains("reopen"), "the message says what to do: {msg}");
     drop(store);
     // Reopening recovers (the process did not die, so the page cache still has everything).
     let store = Store::open(&path).expect("reopen");
-    assert!(
-        store.recovery().index_rebuilt,
-        "a poisoned handle must not mark the index clean"
-    );
-    assert_eq!(
-        store.get(b"synced").expect("get").as_deref(),
-        Some(&b"1"[..])
-    );
+    assert!(store.recovery().index_rebuilt, "a poisoned handle must not mark the index clean");
+    assert_eq!(store.get(b"synced").expect("get").as_deref(), Some(&b"1"[..]));
 }
 
 fn corrupt_kind(path: &Path) -> (u64, CorruptKind) {
@@ -128,10 +101,7 @@ fn corrupt_kind(path: &Path) -> (u64, CorruptKind) {
 #[test]
 fn damaged_headers_give_precise_errors() {
     let (_d, path) = fresh();
-    Store::open(&path)
-        .expect("create")
-        .put(b"k", b"v")
-        .expect("put");
+    Store::open(&path).expect("create").put(b"k", b"v").expect("put");
     let data = path.join("data.mkv");
     let good = fs::read(&data).expect("read");
 
@@ -156,10 +126,7 @@ fn damaged_headers_give_precise_errors() {
     drop(s);
 
     fs::write(&data, &good[..100]).expect("write");
-    assert!(matches!(
-        corrupt_kind(&path),
-        (0, CorruptKind::TooShort { len: 100, .. })
-    ));
+    assert!(matches!(corrupt_kind(&path), (0, CorruptKind::TooShort { len: 100, .. })));
 }
 
 #[test]
@@ -175,11 +142,7 @@ fn a_future_format_version_is_refused() {
     }
     fs::write(&data, &bytes).expect("write");
     match Store::open(&path) {
-        Err(Error::UnsupportedVersion {
-            found: 2,
-            supported: 1,
-            ..
-        }) => {}
+        Err(Error::UnsupportedVersion { found: 2, supported: 1, .. }) => {}
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
@@ -199,10 +162,7 @@ fn a_missing_or_foreign_index_is_rebuilt_from_the_log() {
     drop(store);
 
     let other = d.path().join("other");
-    Store::open(&other)
-        .expect("create")
-        .put(b"x", b"y")
-        .expect("put");
+    Store::open(&other).expect("create").put(b"x", b"y").expect("put");
     fs::copy(other.join("index.mkv"), path.join("index.mkv")).expect("copy foreign index");
     let store = Store::open(&path).expect("rebuild");
     let reason = store.recovery().reason.clone().unwrap_or_default();
@@ -217,21 +177,12 @@ fn a_missing_or_foreign_index_is_rebuilt_from_the_log() {
 
 #[test]
 fn errors_explain_themselves() {
-    let e = Error::KeyTooLarge {
-        len: 70_000,
-        max: 65_536,
-    };
-    assert_eq!(
-        e.to_string(),
-        "key of 70000 bytes is longer than the limit of 65536 bytes"
-    );
+    let e = Error::KeyTooLarge { len: 70_000, max: 65_536 };
+    assert_eq!(e.to_string(), "key of 70000 bytes is longer than the limit of 65536 bytes");
     let e = Error::Corrupt {
         file: "db/data.mkv".into(),
         offset: 8192,
-        kind: CorruptKind::ChecksumMismatch {
-            expected: 1,
-            found: 2,
-        },
+        kind: CorruptKind::ChecksumMismatch { expected: 1, found: 2 },
     };
     let msg = e.to_string();
     assert!(

@@ -125,9 +125,7 @@ fn run(ops: Vec<Op>) -> TestResult {
 
 #[test]
 fn store_agrees_with_a_hashmap() {
-    let tests = std::env::var("MAPKV_QUICKCHECK_TESTS")
-        .ok()
-        .and_then(|s| s.parse().ok());
+    let tests = std::env::var("MAPKV_QUICKCHECK_TESTS").ok().and_then(|s| s.parse().ok());
     QuickCheck::new()
         .tests(tests.unwrap_or(60))
         .rng(Gen::new(200))
@@ -167,9 +165,6 @@ fn many_distinct_keys_survive_crash_and_reopen() {
     }
     store.close().expect("close");
     let store = Store::open(&path).expect("clean reopen");
-    assert!(
-        !store.recovery().index_rebuilt,
-        "a clean close must not need a rebuild"
-    );
+    assert!(!store.recovery().index_rebuilt, "a clean close must not need a rebuild");
     assert_eq!(store.len(), live);
 }

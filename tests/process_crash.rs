@@ -64,9 +64,7 @@ fn dispatch_child_role() {
 /// Writes one marked line to stdout and flushes it; exits quietly if the parent is gone.
 fn report(line: &str) {
     let mut out = std::io::stdout().lock();
-    let ok = out
-        .write_all(format!("{MARK}{line}\n").as_bytes())
-        .and_then(|()| out.flush());
+    let ok = out.write_all(format!("{MARK}{line}\n").as_bytes()).and_then(|()| out.flush());
     if ok.is_err() {
         std::process::exit(70);
     }
@@ -259,15 +257,11 @@ fn second_writer_process_is_refused_at_once_and_changes_nothing() {
     let stderr = stderr.join().unwrap_or_default();
     let ctx = format!("child {status}, lines {lines:?}, stderr:\n{stderr}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("writable=locked micros=")),
+        lines.iter().any(|l| l.starts_with("writable=locked micros=")),
         "a second process opening the store writable must get Locked naming the store; {ctx}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l == "readonly=locked" || l.starts_with("readonly=ok")),
+        lines.iter().any(|l| l == "readonly=locked" || l.starts_with("readonly=ok")),
         "a read-only open by a second process may be refused with Locked or succeed; {ctx}"
     );
     assert_eq!(status.code(), Some(0), "{ctx}");
@@ -281,10 +275,7 @@ fn second_writer_process_is_refused_at_once_and_changes_nothing() {
         "the refused process changed the set of files"
     );
     for (name, bytes) in &before {
-        assert!(
-            after[name] == *bytes,
-            "the refused process changed the bytes of {name}"
-        );
+        assert!(after[name] == *bytes, "the refused process changed the bytes of {name}");
     }
     assert_eq!(store.len(), len);
     for i in 0..N {
@@ -296,21 +287,13 @@ fn second_writer_process_is_refused_at_once_and_changes_nothing() {
         }
     }
     // The holder is undisturbed: it still writes, and closes cleanly.
-    store
-        .put(b"after", b"the refusal")
-        .expect("put after refusal");
+    store.put(b"after", b"the refusal").expect("put after refusal");
     assert_eq!(store.len(), len + 1);
     store.close().expect("close");
     let store = Store::open(&dir).expect("reopen");
-    assert!(
-        !store.recovery().index_rebuilt,
-        "clean close must not need a rebuild"
-    );
+    assert!(!store.recovery().index_rebuilt, "clean close must not need a rebuild");
     assert_eq!(store.len(), len + 1);
-    assert_eq!(
-        store.get(b"after").expect("get").as_deref(),
-        Some(&b"the refusal"[..])
-    );
+    assert_eq!(store.get(b"after").expect("get").as_deref(), Some(&b"the refusal"[..]));
 }
 
 /// Child role `hold`: opens the store writable, writes one key, says "ready", then waits to
@@ -372,30 +355,17 @@ fn lock_left_by_a_killed_process_does_not_block() {
         .read_only(true)
         .open(&dir)
         .expect("read-only open after the holder was killed");
-    assert_eq!(
-        ro.get(b"held").expect("get").as_deref(),
-        Some(&b"by the child"[..])
-    );
+    assert_eq!(ro.get(b"held").expect("get").as_deref(), Some(&b"by the child"[..]));
     drop(ro);
     let store = Store::open(&dir).expect("writable open after the holder was killed");
-    assert!(
-        t.elapsed() < DID_NOT_BLOCK,
-        "opening took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < DID_NOT_BLOCK, "opening took {:?}", t.elapsed());
     assert!(
         store.recovery().index_rebuilt,
         "the killed writer never closed: the index must be rebuilt ({:?})",
         store.recovery()
     );
-    assert_eq!(
-        store.get(b"held").expect("get").as_deref(),
-        Some(&b"by the child"[..])
-    );
-    assert_eq!(
-        store.get(b"before").expect("get").as_deref(),
-        Some(&b"the child"[..])
-    );
+    assert_eq!(store.get(b"held").expect("get").as_deref(), Some(&b"by the child"[..]));
+    assert_eq!(store.get(b"before").expect("get").as_deref(), Some(&b"the child"[..]));
     assert_eq!(store.len(), 2);
     store.close().expect("close");
 }
@@ -434,11 +404,9 @@ fn key_bytes(id: u32) -> Vec<u8> {
     }
     let mut k = format!("k{id}/").into_bytes();
     let extra = (id.wrapping_mul(7) % 53) as usize;
-    k.extend((0..extra).map(|i| {
-        (id as u8)
-            .wrapping_mul(31)
-            .wrapping_add((i as u8).wrapping_mul(13))
-    }));
+    k.extend(
+        (0..extra).map(|i| (id as u8).wrapping_mul(31).wrapping_add((i as u8).wrapping_mul(13))),
+    );
     k
 }
 
@@ -484,9 +452,7 @@ impl Ops {
         let r = &mut self.0;
         match r.below(1000) {
             0..4 => Op::Sync,
-            4..204 => Op::Delete {
-                key: r.below(u64::from(KEYS)) as u32,
-            },
+            4..204 => Op::Delete { key: r.below(u64::from(KEYS)) as u32 },
             _ => {
                 // A hot set of keys is overwritten often; the rest now and then.
                 let key = if r.below(2) == 0 {
@@ -623,11 +589,7 @@ fn check_all(store: &Store, model: &Model, ctx: &str) {
             model.get(&key)
         );
     }
-    assert_eq!(
-        store.len(),
-        model.len() as u64,
-        "len disagrees with the live keys; {ctx}"
-    );
+    assert_eq!(store.len(), model.len() as u64, "len disagrees with the live keys; {ctx}");
 }
 
 #[test]
@@ -648,11 +610,7 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
         // in start-up or in the writer's own recovery of a store left dirty; odd rounds
         // count it from the first acknowledged put, so they always kill after a write.
         let after_first_put = round % 2 == 1;
-        let max_ms = if !after_first_put && plan.below(2) == 0 {
-            40
-        } else {
-            300
-        };
+        let max_ms = if !after_first_put && plan.below(2) == 0 { 40 } else { 300 };
         let delay = Duration::from_millis(5 + plan.below(max_ms - 4));
         // Odd rounds check through a read-only handle, which leaves the store dirty: the
         // next writer recovers it (and may be killed while doing so).
@@ -795,16 +753,8 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
             "round {round}: delay {delay:?}{}, writer open {open_micros:?} us, acked {acked}, \
              in flight {in_flight:?} (took effect {took_effect:?}), checked {}, rebuilt {}, \
              replayed {}, cut {:?}",
-            if after_first_put {
-                " after 1st put"
-            } else {
-                ""
-            },
-            if check_read_only {
-                "read-only"
-            } else {
-                "writable"
-            },
+            if after_first_put { " after 1st put" } else { "" },
+            if check_read_only { "read-only" } else { "writable" },
             report.index_rebuilt,
             report.records_replayed,
             report.cut
@@ -819,11 +769,7 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
 
     // Whatever the last round left, a writable open recovers the same state.
     let store = Store::open(&dir).expect("final open");
-    check_all(
-        &store,
-        &model,
-        &format!("final writable open, base seed {base}"),
-    );
+    check_all(&store, &model, &format!("final writable open, base seed {base}"));
     store.close().expect("final close");
     eprintln!("{}", summary.join("\n"));
     assert!(
