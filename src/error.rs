@@ -38,10 +38,13 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u32,
     },
-    /// Another handle (in this or another process) has the store open for writing.
+    /// Another handle (in this or another process) holds the store: a writer excludes
+    /// every other handle, and readers exclude a writer.
     Locked {
         /// The store directory.
         path: PathBuf,
+        /// Whether the refused open asked for read-only access.
+        read_only: bool,
     },
     /// `OpenOptions::create(false)` and there is no store at `path`.
     NotFound {
@@ -124,6 +127,12 @@ pub enum CorruptKind {
         /// The offset the slot holds.
         target: u64,
     },
+    /// Zeros where a record should start, with data again further on: a write that never
+    /// reached the disk.
+    ZeroGap {
+        /// Where nonzero bytes resume.
+        data_at: u64,
+    },
 }
 
 impl fmt::Display for CorruptKind {
@@ -148,6 +157,9 @@ impl fmt::Display for CorruptKind {
             Self::BadIndexSlot { target } => {
                 write!(f, "index slot points at {target}, which is not a record")
             }
+            Self::ZeroGap { data_at } => {
+                write!(f, "zeros where a record should start, with data again at byte {data_at}")
+            }
         }
     }
 }
@@ -164,22 +176,32 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Self::Corrupt { file, offset, kind } => write!(
-                f,
-                "{} is damaged at byte {offset}: {kind}; restore it from a backup \
-                 (deleting the index file makes mapkv rebuild it from the data file)",
-                file.display()
-            ),
+            Self::Corrupt { file, offset, kind } => {
+                write!(f, "{} is damaged at byte {offset}: {kind}; ", file.display())?;
+                if file.extension().is_some_and(|e| e == "mkv")
+                    && file.file_stem().is_some_and(|s| s == "index")
+                {
+                    f.write_str("delete the index file and mapkv rebuilds it from the data file")
+                } else {
+                    f.write_str("restore the store from a backup")
+                }
+            }
             Self::UnsupportedVersion { file, found, supported } => write!(
                 f,
                 "{} has format version {found}, but this build of mapkv reads version \
                  {supported}; open it with a matching mapkv release",
                 file.display()
             ),
-            Self::Locked { path } => write!(
+            Self::Locked { path, read_only: false } => write!(
                 f,
-                "store {} is open for writing by another handle or process; close that one \
-                 first (or open read-only)",
+                "store {} is in use by another handle or process (one writer excludes all \
+                 others, and readers exclude a writer); close the other handle first",
+                path.display()
+            ),
+            Self::Locked { path, read_only: true } => write!(
+                f,
+                "store {} is open for writing by another handle or process; close the writer \
+                 first, then open it read-only",
                 path.display()
             ),
             Self::NotFound { path } => write!(

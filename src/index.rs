@@ -101,8 +101,9 @@ impl<'a> Table<'a> {
         (&self.words[w], &self.words[w + 1])
     }
 
-    /// Finds the live record offset for a key with `hash`. `is_key(offset)` says whether
-    /// the record at `offset` holds the key; it is called only for slots whose hash matches.
+    /// Finds the live record offset for a key with `hash`. `is_key(slot, offset)` says
+    /// whether the record at `offset` holds the key; it is called only for slots whose hash
+    /// matches.
     ///
     /// # Errors
     /// Whatever `is_key` returns.
@@ -110,7 +111,7 @@ impl<'a> Table<'a> {
     pub fn get(
         &self,
         hash: u64,
-        mut is_key: impl FnMut(u64) -> Result<bool>,
+        mut is_key: impl FnMut(u64, u64) -> Result<bool>,
     ) -> Result<Option<u64>> {
         let h = slot_hash(hash);
         let mut i = h & self.mask;
@@ -123,7 +124,7 @@ impl<'a> Table<'a> {
             if found == h {
                 let word = u64::from_le(ow.load(Ordering::Acquire));
                 // A deleted slot may be this key's; if so the chain ends empty further on.
-                if word & DELETED == 0 && is_key(word)? {
+                if word & DELETED == 0 && is_key(i, word)? {
                     return Ok(Some(word));
                 }
             }
@@ -133,11 +134,16 @@ impl<'a> Table<'a> {
     }
 
     /// Finds the slot a key has or would take (writer side). `is_key` is called with the
-    /// offset (without `DELETED`) of every slot whose hash matches, deleted ones included.
+    /// slot and offset (without `DELETED`) of every slot whose hash matches, deleted ones
+    /// included.
     ///
     /// # Errors
     /// Whatever `is_key` returns.
-    pub fn locate(&self, hash: u64, mut is_key: impl FnMut(u64) -> Result<bool>) -> Result<Slot> {
+    pub fn locate(
+        &self,
+        hash: u64,
+        mut is_key: impl FnMut(u64, u64) -> Result<bool>,
+    ) -> Result<Slot> {
         let h = slot_hash(hash);
         let mut i = h & self.mask;
         for _ in 0..self.capacity() {
@@ -148,7 +154,7 @@ impl<'a> Table<'a> {
             }
             if found == h {
                 let word = u64::from_le(ow.load(Ordering::Acquire));
-                if is_key(word & !DELETED)? {
+                if is_key(i, word & !DELETED)? {
                     return Ok(Slot::Occupied { i, word });
                 }
             }
@@ -165,6 +171,11 @@ impl<'a> Table<'a> {
         hw.store(slot_hash(hash).to_le(), Ordering::Release);
     }
 
+    /// Byte offset of slot `i` in the index file (for error reports).
+    pub fn slot_offset(i: u64) -> u64 {
+        PAGE + i * crate::format::SLOT_LEN
+    }
+
     /// Every occupied slot as `(hash, offset word)`, in slot order.
     pub fn occupied(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         (0..self.capacity()).filter_map(move |i| {
@@ -177,7 +188,7 @@ impl<'a> Table<'a> {
     /// Inserts a slot known to be absent (rebuilding a table): no key comparison.
     /// Returns false if the table is full.
     pub fn insert_new(&self, hash: u64, word: u64) -> bool {
-        match self.locate(hash, |_| Ok(false)) {
+        match self.locate(hash, |_, _| Ok(false)) {
             Ok(Slot::Vacant { i }) => {
                 self.set(i, hash, word);
                 true
@@ -202,15 +213,15 @@ mod tests {
         let t = Table::new(&w);
         // Three keys with the same hash, told apart by their offsets (the "records").
         for off in [8, 16, 24] {
-            match t.locate(77, |o| Ok(o == off)).expect("no io") {
+            match t.locate(77, |_, o| Ok(o == off)).expect("no io") {
                 Slot::Vacant { i } => t.set(i, 77, off),
                 s => panic!("unexpected {s:?}"),
             }
         }
         for off in [8, 16, 24] {
-            assert_eq!(t.get(77, |o| Ok(o == off)).expect("no io"), Some(off));
+            assert_eq!(t.get(77, |_, o| Ok(o == off)).expect("no io"), Some(off));
         }
-        assert_eq!(t.get(77, |_| Ok(false)).expect("no io"), None);
+        assert_eq!(t.get(77, |_, _| Ok(false)).expect("no io"), None);
     }
 
     #[test]
@@ -220,15 +231,15 @@ mod tests {
         assert!(t.insert_new(5, 100));
         assert!(t.insert_new(5, 200));
         // Delete the first key: its slot keeps the hash, so the second stays reachable.
-        let Slot::Occupied { i, .. } = t.locate(5, |o| Ok(o == 100)).expect("no io") else {
+        let Slot::Occupied { i, .. } = t.locate(5, |_, o| Ok(o == 100)).expect("no io") else {
             panic!("first key lost")
         };
         t.set(i, 5, 300 | DELETED);
-        assert_eq!(t.get(5, |o| Ok(o == 100 || o == 300)).expect("no io"), None);
-        assert_eq!(t.get(5, |o| Ok(o == 200)).expect("no io"), Some(200));
+        assert_eq!(t.get(5, |_, o| Ok(o == 100 || o == 300)).expect("no io"), None);
+        assert_eq!(t.get(5, |_, o| Ok(o == 200)).expect("no io"), Some(200));
         // Re-putting the deleted key finds its old slot again.
         assert_eq!(
-            t.locate(5, |o| Ok(o == 300)).expect("no io"),
+            t.locate(5, |_, o| Ok(o == 300)).expect("no io"),
             Slot::Occupied { i, word: 300 | DELETED }
         );
     }
@@ -238,11 +249,11 @@ mod tests {
         let w: Vec<AtomicU64> =
             (0..(PAGE / 8 + 2 * MIN_SLOTS)).map(|_| AtomicU64::new(u64::MAX)).collect();
         let t = Table::new(&w);
-        assert_eq!(t.locate(3, |_| Ok(false)).expect("no io"), Slot::Full);
-        assert_eq!(t.get(3, |_| Ok(false)).expect("no io"), None);
+        assert_eq!(t.locate(3, |_, _| Ok(false)).expect("no io"), Slot::Full);
+        assert_eq!(t.get(3, |_, _| Ok(false)).expect("no io"), None);
         // A slice too short for any slot is an empty table, not a panic.
         let short: Vec<AtomicU64> = (0..10).map(|_| AtomicU64::new(1)).collect();
-        assert_eq!(Table::new(&short).get(1, |_| Ok(true)).expect("no io"), None);
+        assert_eq!(Table::new(&short).get(1, |_, _| Ok(true)).expect("no io"), None);
     }
 
     #[test]
@@ -256,7 +267,7 @@ mod tests {
             let hash = key % 37;
             let off = key * 8;
             let del = n % 3 == 0;
-            match t.locate(hash, |o| Ok(o == off)).expect("no io") {
+            match t.locate(hash, |_, o| Ok(o == off)).expect("no io") {
                 Slot::Occupied { i, .. } | Slot::Vacant { i } => {
                     t.set(i, hash, if del { off | DELETED } else { off })
                 }
@@ -265,7 +276,7 @@ mod tests {
             model.insert(key, !del);
         }
         for key in 0..700u64 {
-            let got = t.get(key % 37, |o| Ok(o == key * 8)).expect("no io");
+            let got = t.get(key % 37, |_, o| Ok(o == key * 8)).expect("no io");
             let live = model.get(&key).copied().unwrap_or(false);
             assert_eq!(got.is_some(), live, "key {key}");
         }

@@ -41,3 +41,9 @@ pub use store::{OpenOptions, Reader, Store};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// Test seams for crash simulation and fault injection. Not part of the supported API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::os::{Observer, Op};
+}

@@ -28,29 +28,28 @@ use crate::error::{Error, Result};
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("mapkv maps whole files and needs a 64-bit address space");
 
-/// Opens (or creates) a file for the store and takes its lock without waiting.
+/// Takes the store's lock without waiting: an `flock` on the store directory itself,
+/// exclusive for a writer, shared for a read-only handle. Locking the directory (rather than
+/// a file in it) works on read-only file systems and for stores copied without any extra
+/// file. The lock lasts as long as the returned handle; the kernel drops it when the
+/// process dies, so a killed process never leaves a stale lock.
 ///
 /// # Errors
-/// [`Error::Locked`] if another handle holds a conflicting lock; [`Error::Io`] otherwise.
-pub fn open_locked(path: &Path, writable: bool, create: bool, store: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .create(writable && create)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound { path: store.to_path_buf() },
-            _ => Error::io("open", path, e),
-        })?;
+/// [`Error::NotFound`] if `dir` does not exist, [`Error::Locked`] if another handle holds a
+/// conflicting lock, [`Error::Io`] otherwise.
+pub fn lock_dir(dir: &Path, writable: bool) -> Result<File> {
+    let file = File::open(dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+        _ => Error::io("open", dir, e),
+    })?;
     let locked =
         if writable { FileExt::try_lock_exclusive(&file) } else { FileExt::try_lock_shared(&file) };
     match locked {
         Ok(()) => Ok(file),
         Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-            Err(Error::Locked { path: store.to_path_buf() })
+            Err(Error::Locked { path: dir.to_path_buf(), read_only: !writable })
         }
-        Err(e) => Err(Error::io("lock", path, e)),
+        Err(e) => Err(Error::io("lock", dir, e)),
     }
 }
 
@@ -58,20 +57,25 @@ pub fn open_locked(path: &Path, writable: bool, create: bool, store: &Path) -> R
 ///
 /// # Errors
 /// [`Error::Io`] if the directory cannot be opened or synced.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
+pub fn sync_dir(seam: &Seam, dir: &Path) -> Result<()> {
+    seam.run(Op::SyncDir { path: dir }, || File::open(dir).and_then(|d| d.sync_all()))
+        .map_err(|e| Error::io("sync directory", dir, e))
 }
 
-/// Reserves disk blocks for `[0, len)` and extends the file to `len` if it is shorter, so
-/// that stores through a mapping never meet a full disk (which would raise SIGBUS).
-fn allocate(file: &File, len: u64, path: &Path) -> Result<()> {
-    let len_off = libc::off_t::try_from(len)
-        .map_err(|_| Error::io("allocate", path, io::Error::from(io::ErrorKind::FileTooLarge)))?;
-    // SAFETY: plain system call on a file descriptor we own; no memory is passed.
-    // (fs2's `allocate` reads errno, which posix_fallocate does not set; hence the direct call.)
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
-    if rc != 0 {
-        return Err(Error::io("allocate", path, io::Error::from_raw_os_error(rc)));
+/// Reserves disk blocks for `[from, len)` and extends the file to `len` if it is shorter,
+/// so that stores through a mapping never meet a full disk (which would raise SIGBUS).
+/// Cheap where the blocks are already allocated.
+fn allocate(file: &File, from: u64, len: u64, path: &Path) -> Result<()> {
+    let too_large = || Error::io("allocate", path, io::Error::from(io::ErrorKind::FileTooLarge));
+    let off = libc::off_t::try_from(from).map_err(|_| too_large())?;
+    let n = libc::off_t::try_from(len.saturating_sub(from)).map_err(|_| too_large())?;
+    if n > 0 {
+        // SAFETY: plain system call on a file descriptor we own; no memory is passed. (fs2's
+        // `allocate` reads errno, which posix_fallocate does not set; hence the direct call.)
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, n) };
+        if rc != 0 {
+            return Err(Error::io("allocate", path, io::Error::from_raw_os_error(rc)));
+        }
     }
     if file.metadata().map_err(|e| Error::io("stat", path, e))?.len() < len {
         file.set_len(len).map_err(|e| Error::io("truncate", path, e))?;
@@ -88,15 +92,23 @@ fn map(file: &File, len: u64, writable: bool, path: &Path) -> Result<MmapRaw> {
     raw.map_err(|e| Error::io("map", path, e))
 }
 
-fn flush_map(raw: &MmapRaw, from: u64, to: u64, path: &Path) -> Result<()> {
+fn flush_map(seam: &Seam, raw: &MmapRaw, from: u64, to: u64, path: &Path) -> Result<()> {
     let page = crate::format::PAGE;
     let start = from / page * page;
     let end = to.min(raw.len() as u64);
     if start >= end {
         return Ok(());
     }
-    raw.flush_range(start as usize, (end - start) as usize)
-        .map_err(|e| Error::io("flush (msync)", path, e))
+    seam.run(Op::Flush { path, from: start, to: end }, || {
+        raw.flush_range(start as usize, (end - start) as usize)
+    })
+    .map_err(|e| Error::io("flush (msync)", path, e))
+}
+
+/// Extends and reserves as `allocate`, seen by the seam.
+fn extend(seam: &Seam, file: &File, from: u64, len: u64, path: &Path) -> Result<()> {
+    seam.run(Op::Extend { path, len }, || Ok(())).map_err(|e| Error::io("allocate", path, e))?;
+    allocate(file, from, len, path)
 }
 
 // ---- data file --------------------------------------------------------------------------
@@ -114,6 +126,12 @@ impl LogMap {
     /// Length of this mapping.
     pub fn len(&self) -> u64 {
         self.raw.len() as u64
+    }
+
+    /// Whether the log has been published past the end of this mapping (a newer mapping
+    /// exists).
+    pub fn outgrown(&self) -> bool {
+        self.published.load(Ordering::Acquire) > self.len()
     }
 
     /// The published bytes from `off` to the end of what this mapping and the watermark
@@ -138,11 +156,15 @@ impl LogMap {
     /// that keeps the mapping alive.
     ///
     /// # Panics
-    /// If `bytes` does not lie inside this mapping (a bug in the caller).
+    /// If `bytes` does not lie in the published part of this mapping (a bug in the caller).
     pub fn value(self: &Arc<Self>, bytes: &[u8]) -> Value {
         let base = self.raw.as_ptr() as usize;
         let start = bytes.as_ptr() as usize;
-        assert!(start >= base && start + bytes.len() <= base + self.raw.len());
+        let published = self.published.load(Ordering::Acquire).min(self.len()) as usize;
+        assert!(
+            start >= base + self.data_start as usize && start + bytes.len() <= base + published,
+            "value outside the published log"
+        );
         Value { ptr: NonNull::from(bytes).cast(), len: bytes.len(), _map: Arc::clone(self) }
     }
 }
@@ -191,8 +213,7 @@ pub struct LogFile {
     path: PathBuf,
     map: Arc<LogMap>,
     writable: bool,
-    /// Test seam: the next flush fails with EIO instead of reaching the device.
-    fail_next_flush: bool,
+    seam: Seam,
 }
 
 impl LogFile {
@@ -200,12 +221,22 @@ impl LogFile {
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be inspected or mapped.
-    pub fn new(file: File, path: &Path, writable: bool, data_start: u64) -> Result<Self> {
+    pub fn new(
+        file: File,
+        path: &Path,
+        writable: bool,
+        data_start: u64,
+        seam: &Seam,
+    ) -> Result<Self> {
         let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        if writable {
+            // Re-reserve blocks a sparse copy may have turned into holes (cheap otherwise).
+            allocate(&file, 0, len, path)?;
+        }
         let raw = map(&file, len, writable, path)?;
         let published = Arc::new(AtomicU64::new(data_start));
         let map = Arc::new(LogMap { raw, published, data_start });
-        Ok(Self { file, path: path.to_path_buf(), map, writable, fail_next_flush: false })
+        Ok(Self { file, path: path.to_path_buf(), map, writable, seam: seam.clone() })
     }
 
     /// The current (largest) mapping.
@@ -252,6 +283,8 @@ impl LogFile {
             std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(off as usize), len)
         };
         fill(dst);
+        // A crash point for the simulator: the bytes are written but not yet published.
+        let _ = self.seam.run(Op::Append { path: &self.path, off, len: len as u64 }, || Ok(()));
     }
 
     /// Writes `src` into the header area `[off, off + src.len())`, below `data_start`.
@@ -279,10 +312,14 @@ impl LogFile {
     /// # Errors
     /// [`Error::Io`] (ENOSPC for a full disk); nothing is changed that matters then.
     pub fn grow(&mut self, min_len: u64) -> Result<()> {
-        allocate(&self.file, min_len, &self.path)?;
-        self.file.sync_data().map_err(|e| Error::io("sync size", &self.path, e))?;
-        let len = self.file.metadata().map_err(|e| Error::io("stat", &self.path, e))?.len();
-        let raw = map(&self.file, len, true, &self.path)?;
+        let path = &self.path;
+        extend(&self.seam, &self.file, self.map.len(), min_len, path)?;
+        self.seam
+            .run(Op::SyncFile { path }, || self.file.sync_data())
+            .map_err(|e| Error::io("sync size", path, e))?;
+        let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let raw = map(&self.file, len, true, path)?;
+        let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));
         let published = Arc::clone(&self.map.published);
         self.map = Arc::new(LogMap { raw, published, data_start: self.map.data_start });
         Ok(())
@@ -292,17 +329,8 @@ impl LogFile {
     ///
     /// # Errors
     /// [`Error::Io`]; the caller must poison the store.
-    pub fn flush(&mut self, from: u64, to: u64) -> Result<()> {
-        if std::mem::take(&mut self.fail_next_flush) {
-            let eio = io::Error::from_raw_os_error(libc::EIO);
-            return Err(Error::io("flush (msync)", &self.path, eio));
-        }
-        flush_map(&self.map.raw, from, to, &self.path)
-    }
-
-    /// Test seam: makes the next [`flush`](Self::flush) fail as a dying disk would.
-    pub fn fail_next_flush(&mut self) {
-        self.fail_next_flush = true;
+    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+        flush_map(&self.seam, &self.map.raw, from, to, &self.path)
     }
 
     /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs.
@@ -323,22 +351,27 @@ impl LogFile {
             // range is unpublished, so no reader can observe it changing.
             unsafe { libc::fallocate(fd, mode | libc::FALLOC_FL_KEEP_SIZE, off, n) == 0 }
         };
-        // Zero the range keeping its blocks; else punch it out and reserve blocks again
-        // (tmpfs); else write the zeros by hand.
-        let zeroed = len == 0
-            || fallocate(libc::FALLOC_FL_ZERO_RANGE)
-            || fallocate(libc::FALLOC_FL_PUNCH_HOLE)
-                && allocate(&self.file, from + len, &self.path).is_ok();
-        if !zeroed {
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = from;
-            while at < from + len {
-                let n = (from + len - at).min(zeros.len() as u64) as usize;
-                self.write_at(at, |d| d.copy_from_slice(&zeros[..n]), n);
-                at += n as u64;
+        // Zero the range keeping its blocks; else punch it out (it reads as zeros) and
+        // reserve the blocks again; else, where neither exists, write the zeros.
+        let seam_op = Op::Zero { path: &self.path, from, to: from + len };
+        self.seam.run(seam_op, || Ok(())).map_err(|e| Error::io("zero", &self.path, e))?;
+        if len > 0 && !fallocate(libc::FALLOC_FL_ZERO_RANGE) {
+            if fallocate(libc::FALLOC_FL_PUNCH_HOLE) {
+                allocate(&self.file, from, from + len, &self.path)?;
+            } else {
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = from;
+                while at < from + len {
+                    let n = (from + len - at).min(zeros.len() as u64) as usize;
+                    self.write_at(at, |d| d.copy_from_slice(&zeros[..n]), n);
+                    at += n as u64;
+                }
             }
         }
-        self.file.sync_data().map_err(|e| Error::io("sync", &self.path, e))
+        let path = &self.path;
+        self.seam
+            .run(Op::SyncFile { path }, || self.file.sync_data())
+            .map_err(|e| Error::io("sync", path, e))
     }
 }
 
@@ -354,6 +387,7 @@ enum Backing {
 pub struct IndexMap {
     backing: Backing,
     path: PathBuf,
+    seam: Seam,
 }
 
 impl IndexMap {
@@ -361,7 +395,7 @@ impl IndexMap {
     ///
     /// # Errors
     /// [`Error::Io`].
-    pub fn open(path: &Path, writable: bool) -> Result<Option<Self>> {
+    pub fn open(path: &Path, writable: bool, seam: &Seam) -> Result<Option<Self>> {
         let file = match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -373,6 +407,7 @@ impl IndexMap {
             return Ok(None);
         }
         let raw = if writable {
+            allocate(&file, 0, len, path)?; // re-reserve holes left by a sparse copy
             map(&file, len, true, path)?
         } else {
             // Atomic loads are only guaranteed sound on writable memory, so a read-only
@@ -383,7 +418,7 @@ impl IndexMap {
             let mmap = unsafe { MmapOptions::new().map_copy(&file) };
             MmapRaw::from(mmap.map_err(|e| Error::io("map", path, e))?)
         };
-        Ok(Some(Self { backing: Backing::File(raw), path: path.to_path_buf() }))
+        Ok(Some(Self { backing: Backing::File(raw), path: path.to_path_buf(), seam: seam.clone() }))
     }
 
     /// Creates a zero-filled, fully allocated index file at `tmp` of `len` bytes, to be
@@ -391,23 +426,25 @@ impl IndexMap {
     ///
     /// # Errors
     /// [`Error::Io`].
-    pub fn create(tmp: &Path, len: u64) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
+    pub fn create(tmp: &Path, len: u64, seam: &Seam) -> Result<Self> {
+        let file = seam
+            .run(Op::Create { path: tmp }, || {
+                OpenOptions::new().read(true).write(true).create(true).truncate(true).open(tmp)
+            })
             .map_err(|e| Error::io("create", tmp, e))?;
-        allocate(&file, len, tmp)?;
+        extend(seam, &file, 0, len, tmp)?;
         let raw = map(&file, len, true, tmp)?;
-        Ok(Self { backing: Backing::File(raw), path: tmp.to_path_buf() })
+        Ok(Self { backing: Backing::File(raw), path: tmp.to_path_buf(), seam: seam.clone() })
     }
 
     /// An index in heap memory (read-only handles that had to rebuild).
     pub fn heap(len: u64) -> Self {
         let words = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
-        Self { backing: Backing::Heap(words), path: PathBuf::from("<memory>") }
+        Self {
+            backing: Backing::Heap(words),
+            path: PathBuf::from("<memory>"),
+            seam: Seam::default(),
+        }
     }
 
     /// Renames this (temporary) file to `path`, atomically replacing the old index.
@@ -415,7 +452,7 @@ impl IndexMap {
     /// # Errors
     /// [`Error::Io`].
     pub fn install(&mut self, path: &Path) -> Result<()> {
-        std::fs::rename(&self.path, path).map_err(|e| Error::io("rename", &self.path, e))?;
+        rename(&self.seam, &self.path, path)?;
         self.path = path.to_path_buf();
         Ok(())
     }
@@ -445,8 +482,146 @@ impl IndexMap {
     /// [`Error::Io`]; the caller must poison the store.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
         match &self.backing {
-            Backing::File(raw) => flush_map(raw, from, to, &self.path),
+            Backing::File(raw) => flush_map(&self.seam, raw, from, to, &self.path),
             Backing::Heap(_) => Ok(()),
         }
+    }
+}
+
+/// Renames `from` to `to`, replacing `to` atomically (durable after [`sync_dir`]).
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn rename(seam: &Seam, from: &Path, to: &Path) -> Result<()> {
+    seam.run(Op::Rename { from, to }, || std::fs::rename(from, to))
+        .map_err(|e| Error::io("rename", from, e))
+}
+
+/// Creates (truncating) a file for reading and writing.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn create(seam: &Seam, path: &Path) -> Result<File> {
+    seam.run(Op::Create { path }, || {
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
+    })
+    .map_err(|e| Error::io("create", path, e))
+}
+
+// ---- test seam --------------------------------------------------------------------------
+
+/// An operation of the OS layer whose effect on durability matters, as a crash simulator
+/// sees it. Test seam: not part of the supported API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op<'a> {
+    /// `msync(MS_SYNC)` of bytes `[from, to)` of a mapped file.
+    Flush {
+        /// The file.
+        path: &'a Path,
+        /// First byte (page-aligned).
+        from: u64,
+        /// End of the range.
+        to: u64,
+    },
+    /// `fdatasync` of a whole file (data and size).
+    SyncFile {
+        /// The file.
+        path: &'a Path,
+    },
+    /// `fsync` of a directory: makes created and renamed names durable.
+    SyncDir {
+        /// The directory.
+        path: &'a Path,
+    },
+    /// Blocks reserved and the size raised to `len` (durable only after a sync).
+    Extend {
+        /// The file.
+        path: &'a Path,
+        /// The new size.
+        len: u64,
+    },
+    /// The file was mapped anew, `len` bytes.
+    Remap {
+        /// The file.
+        path: &'a Path,
+        /// The mapping's length.
+        len: u64,
+    },
+    /// `from` renamed over `to` (durable only after a directory sync).
+    Rename {
+        /// Old name.
+        from: &'a Path,
+        /// New name.
+        to: &'a Path,
+    },
+    /// A file created empty (or truncated to empty).
+    Create {
+        /// The file.
+        path: &'a Path,
+    },
+    /// Bytes `[from, to)` about to be zeroed (recovery).
+    Zero {
+        /// The file.
+        path: &'a Path,
+        /// First byte.
+        from: u64,
+        /// End.
+        to: u64,
+    },
+    /// A record was copied into the log at `[off, off + len)` and is not yet published.
+    Append {
+        /// The data file.
+        path: &'a Path,
+        /// Where the record starts.
+        off: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+/// Sees every [`Op`] of one store, before and after (test seam: crash simulation and fault
+/// injection). Not part of the supported API.
+pub trait Observer: Send + Sync {
+    /// Called before `op`; an error makes `op` fail with it, as a failing disk would.
+    ///
+    /// # Errors
+    /// The error to inject.
+    fn before(&self, op: Op<'_>) -> io::Result<()> {
+        let _ = op;
+        Ok(())
+    }
+    /// Called after `op` succeeded.
+    fn after(&self, op: Op<'_>) {
+        let _ = op;
+    }
+}
+
+/// The seam of one store: an optional [`Observer`]. Without one it costs a branch.
+#[derive(Clone, Default)]
+pub struct Seam(Option<Arc<dyn Observer>>);
+
+impl Seam {
+    /// A seam reporting to `observer`.
+    pub fn new(observer: Option<Arc<dyn Observer>>) -> Self {
+        Self(observer)
+    }
+
+    fn run<T>(&self, op: Op<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        match &self.0 {
+            None => f(),
+            Some(o) => {
+                o.before(op)?;
+                let r = f()?;
+                o.after(op);
+                Ok(r)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Seam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Seam(observed)" } else { "Seam" })
     }
 }

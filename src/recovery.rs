@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
-    DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, Record,
-    VERSION, crc_seed,
+    DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, RECORD_ALIGN,
+    Record, VERSION, crc_seed,
 };
 use crate::index::{DELETED, Slot, Table};
 
@@ -104,6 +104,10 @@ pub fn distrust_index(
     None
 }
 
+/// How far past a zeroed record header the scan looks for data, to tell a lost page from
+/// the clean end of the log.
+const GAP_WINDOW: usize = 1 << 20;
+
 /// Receives the records found by [`scan`], in log order.
 pub trait Replay {
     /// Applies the record at `off` for `key` (a put or a tombstone).
@@ -136,10 +140,16 @@ pub fn scan(
                 if p < header.committed {
                     return Err(Error::Corrupt { file: path.to_path_buf(), offset: p, kind });
                 }
-                let clean_end = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
-                if !clean_end {
-                    report.cut = Some((p, kind));
-                }
+                let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
+                report.cut = if zeros {
+                    // The clean end, unless data follows (a page that never reached disk).
+                    // Past the end everything is zero (DESIGN.md §2), so look a little way.
+                    let window = &rest[..rest.len().min(GAP_WINDOW)];
+                    let data = window.iter().position(|&b| b != 0);
+                    data.map(|d| (p, CorruptKind::ZeroGap { data_at: p + d as u64 }))
+                } else {
+                    Some((p, kind))
+                };
                 break;
             }
         };
@@ -158,21 +168,32 @@ pub fn scan(
     Ok(report)
 }
 
-/// Whether the record at the start of `rest` (found at `off`) has key `key`. A slot
-/// pointing at anything but a record (`rest` is `None` when `off` is outside the log) is
-/// index damage.
+/// Whether the record at the start of `rest` (found at `off`, named by index slot `slot`)
+/// has key `key`. A slot naming anything but a record (`rest` is `None` when `off` is
+/// outside the log) is index damage.
 ///
 /// # Errors
-/// [`Error::Corrupt`] naming the index file.
-pub fn key_at(rest: Option<&[u8]>, off: u64, key: &[u8], index_path: &Path) -> Result<bool> {
-    let bad = || Error::Corrupt {
+/// [`Error::Corrupt`] naming the index file and the slot's offset in it.
+pub fn key_at(
+    rest: Option<&[u8]>,
+    slot: u64,
+    off: u64,
+    key: &[u8],
+    index_path: &Path,
+) -> Result<bool> {
+    let rec = rest
+        .filter(|_| off.is_multiple_of(RECORD_ALIGN))
+        .and_then(|rest| Record::decode(rest).ok().map(|r| r.key(rest) == key));
+    rec.ok_or_else(|| bad_slot(index_path, slot, off))
+}
+
+/// The error for index slot `slot` naming `target`, which is not a usable record.
+pub fn bad_slot(index_path: &Path, slot: u64, target: u64) -> Error {
+    Error::Corrupt {
         file: index_path.to_path_buf(),
-        offset: 0,
-        kind: CorruptKind::BadIndexSlot { target: off },
-    };
-    let rest = rest.ok_or_else(bad)?;
-    let rec = Record::decode(rest).map_err(|_| bad())?;
-    Ok(rec.key(rest) == key)
+        offset: Table::slot_offset(slot),
+        kind: CorruptKind::BadIndexSlot { target },
+    }
 }
 
 /// The state change of one record on an index: which slot to write and how the counters
@@ -275,6 +296,20 @@ mod tests {
     }
 
     #[test]
+    fn a_zeroed_record_with_data_after_it_is_reported_as_a_gap() {
+        let recs: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")];
+        let (mut log, h) = log_with(&recs, 1);
+        let second = DATA_START as usize + Record::len_for(1, 1) as usize;
+        log[second..second + 32].fill(0); // the second record's page never reached disk
+        let rep = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("recovered");
+        let third = second as u64 + 32;
+        assert_eq!(rep.cut, Some((second as u64, CorruptKind::ZeroGap { data_at: third })));
+        // Without data after it, zeros are simply the end.
+        let (log, h) = log_with(&recs[..1], 1);
+        assert_eq!(scan(&log, &h, Path::new("d"), &mut Count(0)).expect("clean").cut, None);
+    }
+
+    #[test]
     fn log_ending_before_committed_length_is_corruption() {
         let (log, mut h) = log_with(&[(b"a", b"1")], 1);
         h.committed += 64;
@@ -287,9 +322,13 @@ mod tests {
     fn key_at_refuses_slots_that_do_not_point_at_records() {
         let (log, _) = log_with(&[(b"a", b"1")], 1);
         let at = |o: u64| log.get(o as usize..).filter(|_| o >= DATA_START);
-        assert!(key_at(at(DATA_START), DATA_START, b"a", Path::new("i")).expect("record"));
-        for bad in [0, 8, DATA_START + 4096, log.len() as u64 - 8, u64::MAX] {
-            assert!(key_at(at(bad), bad, b"a", Path::new("i")).is_err(), "slot {bad} accepted");
+        assert!(key_at(at(DATA_START), 0, DATA_START, b"a", Path::new("i")).expect("record"));
+        for bad in [0, 8, DATA_START + 4, DATA_START + 4096, log.len() as u64 - 8, u64::MAX] {
+            let err = key_at(at(bad), 3, bad, b"a", Path::new("i")).expect_err("bad slot");
+            assert!(
+                matches!(err, Error::Corrupt { offset: 4144, .. }),
+                "slot {bad} accepted or misreported: {err}"
+            );
         }
     }
 }

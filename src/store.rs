@@ -17,16 +17,15 @@ use parking_lot::Mutex;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
     DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
-    PAGE, Record, crc_seed,
+    PAGE, RECORD_ALIGN, Record, crc_seed,
 };
 use crate::index::{self, DELETED, Table};
-use crate::os::{self, IndexMap, LogFile, LogMap, Value};
+use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{self, Change, RecoveryReport, Replay};
 
 const DATA_FILE: &str = "data.mkv";
 const INDEX_FILE: &str = "index.mkv";
 const INDEX_TMP: &str = "index.mkv.tmp";
-const LOCK_FILE: &str = "lock";
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
 /// Largest growth step: growth is geometric up to here, then linear.
@@ -38,6 +37,7 @@ pub struct OpenOptions {
     read_only: bool,
     create: bool,
     verify_checksums: bool,
+    seam: Seam,
 }
 
 impl Default for OpenOptions {
@@ -49,7 +49,7 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// Writable, created if missing, checksums verified at recovery only.
     pub fn new() -> Self {
-        Self { read_only: false, create: true, verify_checksums: false }
+        Self { read_only: false, create: true, verify_checksums: false, seam: Seam::default() }
     }
 
     /// Open for reading only: takes a shared lock, never writes any file. After an unclean
@@ -69,6 +69,14 @@ impl OpenOptions {
     /// still validated, so damaged bytes give an error, never a panic or a wild read.
     pub fn verify_checksums(&mut self, yes: bool) -> &mut Self {
         self.verify_checksums = yes;
+        self
+    }
+
+    /// Test seam: reports every durability-relevant operation to `observer`, which may also
+    /// make it fail. Not part of the supported API.
+    #[doc(hidden)]
+    pub fn observer(&mut self, observer: Arc<dyn Observer>) -> &mut Self {
+        self.seam = Seam::new(Some(observer));
         self
     }
 
@@ -96,8 +104,9 @@ struct State {
 enum Lookup<'s> {
     Found(&'s [u8]),
     Absent,
-    /// The index named a record this view's mapping does not reach: use a newer view.
-    Stale(u64),
+    /// The index named a record (at slot, offset) this view's mapping does not reach: use
+    /// a newer view.
+    Stale(u64, u64),
 }
 
 /// Everything only the writer touches.
@@ -116,6 +125,7 @@ struct Writer {
     used: u64,
     /// Holds the store's lock (exclusive for a writer, shared for a reader) while open.
     _lock: std::fs::File,
+    seam: Seam,
 }
 
 /// A zero-copy, memory-mapped key-value store. `Send + Sync`: share it with `Arc`.
@@ -162,14 +172,18 @@ impl Store {
 
     fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Self> {
         let writable = !opts.read_only;
-        if writable && opts.create {
+        let seam = &opts.seam;
+        if writable && opts.create && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            // The directory's own name must be durable before anything synced inside it.
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
         }
         // The lock comes first: an opener that is refused has changed nothing.
-        let lock = os::open_locked(&dir.join(LOCK_FILE), writable, opts.create, dir)?;
+        let lock = os::lock_dir(dir, writable)?;
         let data_path = dir.join(DATA_FILE);
         if writable && opts.create && !data_path.exists() {
-            create_data_file(dir, &data_path)?;
+            create_data_file(seam, dir, &data_path)?;
         }
         let file =
             std::fs::OpenOptions::new().read(true).write(writable).open(&data_path).map_err(
@@ -178,40 +192,39 @@ impl Store {
                     _ => Error::io("open", &data_path, e),
                 },
             )?;
-        let log = LogFile::new(file, &data_path, writable, DATA_START)?;
+        let log = LogFile::new(file, &data_path, writable, DATA_START, seam)?;
         let header = recovery::read_header(log.bytes(), &data_path)?;
         let index_path = dir.join(INDEX_FILE);
-        let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id };
+        let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id, seam };
 
-        let existing = IndexMap::open(&index_path, writable)?;
+        let existing = IndexMap::open(&index_path, writable, seam)?;
+        let old_header = existing
+            .as_ref()
+            .and_then(|m| IndexHeader::decode(&Table::new(m.words()).header_bytes(), m.len()).ok());
         let distrust = match &existing {
             None => Some("the index file is missing or truncated".to_string()),
             Some(map) => {
                 recovery::distrust_index(&Table::new(map.words()), map.len(), &header, log.bytes())
             }
         };
-        let (index, end, used, live, report) = match (existing, distrust) {
-            (Some(map), None) => {
-                let h = IndexHeader::decode(&Table::new(map.words()).header_bytes(), map.len())
-                    .map_err(|_| Error::Corrupt {
-                        file: index_path.clone(),
-                        offset: 0,
-                        kind: CorruptKind::BadMagic,
-                    })?;
-                (map, h.clean_len, h.used, h.live, RecoveryReport::default())
+        let (index, used, live, report) = match (existing, old_header, distrust) {
+            (Some(map), Some(h), None) => {
+                let report = RecoveryReport { log_end: h.clean_len, ..RecoveryReport::default() };
+                (map, h.used, h.live, report)
             }
-            (_, reason) => {
-                let mut rebuild = Rebuild {
-                    index: ctx.create(index::capacity_for(0), None)?,
-                    used: 0,
-                    live: 0,
-                    ctx: &ctx,
-                };
+            (_, old, reason) => {
+                // Size the new index from the old one's count, bounded by what the log can
+                // hold (a count read off disk is never trusted for an allocation).
+                let most = log.bytes().len() as u64 / Record::KEY_OFFSET;
+                let hint = old.map_or(0, |h| h.live).min(most);
+                let (index, _) = ctx.create(None, hint)?;
+                let mut rebuild = Rebuild { index, used: 0, live: 0, ctx: &ctx };
                 let mut report = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild)?;
                 report.reason = reason;
-                (rebuild.index, report.log_end, rebuild.used, rebuild.live, report)
+                (rebuild.index, rebuild.used, rebuild.live, report)
             }
         };
+        let end = report.log_end;
         let mut w = Writer {
             log,
             index: Arc::new(index),
@@ -221,13 +234,14 @@ impl Store {
             index_clean: !report.index_rebuilt,
             used,
             _lock: lock,
+            seam: seam.clone(),
         };
         w.log.publish(end);
         if writable && report.index_rebuilt {
             // Stale bytes past the cut must never parse later; then record the new end.
             w.log.zero_tail(end)?;
             write_header(&mut w, end)?;
-            os::sync_dir(dir)?; // the rebuilt index's name, so a stale one cannot return
+            os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
         }
         let state = Arc::new(State {
             log: Arc::clone(w.log.map()),
@@ -268,9 +282,9 @@ impl Store {
             match self.lookup(state, hash, key)? {
                 Lookup::Found(bytes) => return Ok(Some(state.log.value(bytes))),
                 Lookup::Absent => return Ok(None),
-                Lookup::Stale(off) => match state.next.get() {
+                Lookup::Stale(slot, off) => match state.next.get() {
                     Some(next) => state = next,
-                    None => return Err(self.bad_slot(off)),
+                    None => return Err(recovery::bad_slot(&self.index_path, slot, off)),
                 },
             }
         }
@@ -393,31 +407,34 @@ impl Store {
         r
     }
 
-    fn bad_slot(&self, target: u64) -> Error {
-        Error::Corrupt {
-            file: self.index_path.clone(),
-            offset: 0,
-            kind: CorruptKind::BadIndexSlot { target },
-        }
-    }
-
     /// Searches one view. Bytes come only from the published part of the mapping.
     #[inline]
     fn lookup<'s>(&self, state: &'s State, hash: u64, key: &[u8]) -> Result<Lookup<'s>> {
         let table = Table::new(state.index.words());
         let mut stale = None;
         let mut found = None;
-        let hit = table.get(hash, |off| {
-            let Some(rest) = state.log.tail(off) else {
-                stale = Some(off);
-                return Ok(false);
+        let bad = |slot, off| recovery::bad_slot(&self.index_path, slot, off);
+        let hit = table.get(hash, |slot, off| {
+            let rec = state
+                .log
+                .tail(off)
+                .filter(|_| off.is_multiple_of(RECORD_ALIGN))
+                .map(|rest| Record::decode(rest).map(|rec| (rec, rest)));
+            let (rec, rest) = match rec {
+                Some(Ok(r)) => r,
+                // The record lies (partly) past this view's mapping: the log grew since
+                // this view was loaded.
+                _ if state.log.outgrown() => {
+                    stale = Some((slot, off));
+                    return Ok(false);
+                }
+                _ => return Err(bad(slot, off)),
             };
-            let rec = Record::decode(rest).map_err(|_| self.bad_slot(off))?;
             if rec.key(rest) != key {
                 return Ok(false);
             }
             if rec.kind != Kind::Put {
-                return Err(self.bad_slot(off));
+                return Err(bad(slot, off));
             }
             if self.verify {
                 rec.verify(self.seed, rest).map_err(|kind| Error::Corrupt {
@@ -431,7 +448,7 @@ impl Store {
         })?;
         Ok(match (hit, found, stale) {
             (Some(_), Some(v), _) => Lookup::Found(v),
-            (_, _, Some(off)) => Lookup::Stale(off),
+            (_, _, Some((slot, off))) => Lookup::Stale(slot, off),
             _ => Lookup::Absent,
         })
     }
@@ -451,8 +468,9 @@ impl Store {
         let index_path = &self.index_path;
         let locate = |w: &Writer| {
             let log = w.log.map();
-            Table::new(w.index.words())
-                .locate(hash, |off| recovery::key_at(log.tail(off), off, key, index_path))
+            Table::new(w.index.words()).locate(hash, |slot, off| {
+                recovery::key_at(log.tail(off), slot, off, key, index_path)
+            })
         };
         let mut change = Change::from_slot(locate(w)?);
         if kind == Kind::Delete && !change.is_some_and(|c| c.was_live) {
@@ -466,10 +484,10 @@ impl Store {
             self.grow_index(w)?;
             change = Change::from_slot(locate(w)?);
         }
-        let change = change.ok_or_else(|| self.bad_slot(0))?;
+        let change = change.ok_or_else(|| self.index_full(w.used))?;
         let len = Record::len_for(key.len(), value.len());
         let off = w.end;
-        let end = off.checked_add(len).ok_or_else(|| self.bad_slot(off))?;
+        let end = off.saturating_add(len);
         if end > w.log.map().len() {
             self.grow_log(w, end)?;
         }
@@ -526,15 +544,25 @@ impl Store {
             path: &self.index_path,
             writable: true,
             store_id: self.store_id,
+            seam: &w.seam,
         };
-        let live = self.len();
-        let new = ctx.create(index::capacity_for(live + 1), Some(&w.index))?;
+        let (new, live) = ctx.create(Some(&w.index), 0)?;
         w.index = Arc::new(new);
+        // Counts from the slots themselves: this also heals counts read off a damaged header.
         w.used = live;
+        self.live.store(live, Ordering::Relaxed);
         // The new file is marked dirty from birth.
         w.index_clean = false;
         self.publish_state(w);
         Ok(())
+    }
+
+    fn index_full(&self, used: u64) -> Error {
+        Error::Corrupt {
+            file: self.index_path.clone(),
+            offset: 0,
+            kind: CorruptKind::BadField { field: "index occupancy", value: used },
+        }
     }
 
     /// Writes the index header with `clean_len` (0 = dirty) and flushes it.
@@ -569,7 +597,7 @@ impl Store {
         put_header(w, end);
         self.poison_on_err(w.log.flush(0, PAGE * 2))?;
         self.poison_on_err(w.index.flush(0, u64::MAX))?;
-        self.poison_on_err(os::sync_dir(&self.dir))?;
+        self.poison_on_err(os::sync_dir(&w.seam, &self.dir))?;
         self.mark_index(w, end)?;
         Ok(())
     }
@@ -590,11 +618,6 @@ impl Store {
     /// What was written stays in the page cache, as after `kill -9`.
     pub fn simulate_crash(self) {
         self.abandoned.store(true, Ordering::Relaxed);
-    }
-
-    /// Makes the next flush of the data file fail with EIO.
-    pub fn fail_next_flush(&self) {
-        self.writer.lock().log.fail_next_flush();
     }
 }
 
@@ -623,9 +646,9 @@ impl Reader<'_> {
             match self.store.lookup(state, hash, key)? {
                 Lookup::Found(bytes) => return Ok(Some(bytes)),
                 Lookup::Absent => return Ok(None),
-                Lookup::Stale(off) => match state.next.get() {
+                Lookup::Stale(slot, off) => match state.next.get() {
                     Some(next) => state = next,
-                    None => return Err(self.store.bad_slot(off)),
+                    None => return Err(recovery::bad_slot(&self.store.index_path, slot, off)),
                 },
             }
         }
@@ -640,7 +663,7 @@ impl fmt::Debug for Reader<'_> {
 
 /// Writes the next header slot claiming `committed`, without flushing it.
 fn put_header(w: &mut Writer, committed: u64) {
-    let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq + 1, committed };
+    let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq.wrapping_add(1), committed };
     let mut b = [0; HEADER_LEN];
     h.encode_into(&mut b);
     w.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
@@ -655,16 +678,10 @@ fn write_header(w: &mut Writer, committed: u64) -> Result<()> {
 
 /// Creates an empty data file: both header slots written, blocks allocated, under a
 /// temporary name renamed into place, so a crash never leaves a half-made store.
-fn create_data_file(dir: &Path, path: &Path) -> Result<()> {
+fn create_data_file(seam: &Seam, dir: &Path, path: &Path) -> Result<()> {
     let tmp = dir.join("data.mkv.tmp");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    let mut log = LogFile::new(file, &tmp, true, DATA_START)?;
+    let file = os::create(seam, &tmp)?;
+    let mut log = LogFile::new(file, &tmp, true, DATA_START, seam)?;
     log.grow(MIN_GROWTH)?;
     let store_id = random_id();
     for (seq, slot) in HEADER_SLOTS.iter().enumerate() {
@@ -674,8 +691,8 @@ fn create_data_file(dir: &Path, path: &Path) -> Result<()> {
         log.write_header(*slot, &b);
     }
     log.flush(0, 2 * PAGE)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
-    os::sync_dir(dir)
+    os::rename(seam, &tmp, path)?;
+    os::sync_dir(seam, dir)
 }
 
 /// A random 64-bit id, from the standard library's randomly keyed hasher.
@@ -696,43 +713,41 @@ struct IndexCtx<'a> {
     path: &'a Path,
     writable: bool,
     store_id: u64,
+    seam: &'a Seam,
 }
 
 impl IndexCtx<'_> {
-    /// A new, empty index of `capacity` slots holding the live slots of `from`, installed
-    /// as the store's index file (or in memory for a read-only handle). Marked dirty.
-    fn create(&self, capacity: u64, from: Option<&IndexMap>) -> Result<IndexMap> {
-        let len = IndexHeader::file_len(capacity).expect("capacity_for bounds the size");
+    /// A new index holding the live slots of `from`, with room for at least `keys` more
+    /// than that, installed as the store's index file (or in memory for a read-only
+    /// handle). Marked dirty. Returns it with the number of live keys it holds.
+    fn create(&self, from: Option<&IndexMap>, keys: u64) -> Result<(IndexMap, u64)> {
+        let old = from.map(|m| Table::new(m.words()));
+        let live_slots = || old.iter().flat_map(Table::occupied).filter(|(_, w)| w & DELETED == 0);
+        let live = live_slots().count() as u64;
+        let capacity = index::capacity_for(live.saturating_add(keys).saturating_add(1));
+        let full = || Error::Corrupt {
+            file: self.path.to_path_buf(),
+            offset: 0,
+            kind: CorruptKind::BadField { field: "index capacity", value: capacity },
+        };
+        let len = IndexHeader::file_len(capacity).ok_or_else(full)?;
         let mut map = if self.writable {
-            IndexMap::create(&self.dir.join(INDEX_TMP), len)?
+            IndexMap::create(&self.dir.join(INDEX_TMP), len, self.seam)?
         } else {
             IndexMap::heap(len)
         };
         let t = Table::new(map.words());
-        let mut live = 0;
-        for (hash, word) in from.map(|m| Table::new(m.words())).iter().flat_map(Table::occupied) {
-            if word & DELETED == 0 {
-                live += 1;
-                if !t.insert_new(hash, word) {
-                    return Err(Error::Corrupt {
-                        file: self.path.to_path_buf(),
-                        offset: 0,
-                        kind: CorruptKind::BadField { field: "index occupancy", value: live },
-                    });
-                }
+        for (hash, word) in live_slots() {
+            if !t.insert_new(hash, word) {
+                return Err(full());
             }
         }
-        t.write_header(&IndexHeader {
-            store_id: self.store_id,
-            capacity,
-            clean_len: 0,
-            live,
-            used: live,
-        });
+        let h = IndexHeader { store_id: self.store_id, capacity, clean_len: 0, live, used: live };
+        t.write_header(&h);
         if self.writable {
             map.install(self.path)?;
         }
-        Ok(map)
+        Ok((map, live))
     }
 }
 
@@ -749,16 +764,15 @@ impl Replay for Rebuild<'_> {
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
         let path = self.ctx.path;
         let locate = |index: &IndexMap| {
-            Table::new(index.words()).locate(hash, |o| {
+            Table::new(index.words()).locate(hash, |slot, o| {
                 let rest = log.get(o as usize..).filter(|_| o >= DATA_START);
-                recovery::key_at(rest, o, key, path)
+                recovery::key_at(rest, slot, o, key, path)
             })
         };
         let mut change = Change::from_slot(locate(&self.index)?);
         let cap = Table::new(self.index.words()).capacity();
         if change.is_none_or(|c| c.was_vacant && index::needs_growth(self.used, cap)) {
-            self.index = self.ctx.create(index::capacity_for(self.live + 1), Some(&self.index))?;
-            self.used = self.live;
+            (self.index, self.used) = self.ctx.create(Some(&self.index), 0)?;
             change = Change::from_slot(locate(&self.index)?);
         }
         let Some(c) = change else {

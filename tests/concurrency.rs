@@ -144,3 +144,65 @@ fn store_is_send_and_sync_and_values_cross_threads() {
     let joined = std::thread::spawn(move || v.to_vec()).join().expect("thread");
     assert_eq!(joined, b"v");
 }
+
+/// Length of a record with a `klen`-byte key and a `vlen`-byte value (DESIGN.md §2).
+fn record_len(klen: u64, vlen: u64) -> u64 {
+    (24 + klen).div_ceil(8) * 8 + vlen.div_ceil(8) * 8
+}
+
+#[test]
+fn a_record_straddling_the_growth_boundary_is_found_not_reported_corrupt() {
+    // The record that makes the file grow starts inside the old mapping and ends past it.
+    // Readers that loaded the old mapping just before must follow to the new one.
+    let errors = Arc::new(AtomicU64::new(0));
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let store = Arc::new(Store::open(&path).expect("create"));
+        store.put(b"hot", [1u8; 8]).expect("put");
+        let mut end = 8192 + record_len(3, 8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, stop, errors) = (store.clone(), stop.clone(), errors.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = if t == 0 {
+                            store.get(b"hot").map(|v| v.map(|v| v.len()))
+                        } else {
+                            store.reader().get(b"hot").map(|v| v.map(<[u8]>::len))
+                        };
+                        match r {
+                            Ok(Some(8 | 4000)) => {}
+                            other => {
+                                eprintln!("reader saw {other:?}");
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            let file_len = std::fs::metadata(path.join("data.mkv")).expect("stat").len();
+            // Fill until 16 bytes are left, then write a record that cannot fit.
+            while file_len - end - 16 >= record_len(1, 4000) + 32 {
+                store.put(b"f", [0u8; 4000]).expect("put");
+                end += record_len(1, 4000);
+            }
+            let v = file_len - end - 16 - 32;
+            store.put(b"f", vec![0u8; v as usize]).expect("put");
+            end += record_len(1, v);
+            assert_eq!(file_len - end, 16, "the test lost track of the log's layout");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            store.put(b"hot", [2u8; 4000]).expect("put across the boundary");
+            end += record_len(3, 4000);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().expect("reader thread");
+        }
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "readers saw errors across growth");
+}

@@ -4,6 +4,10 @@
 use std::fs;
 use std::path::Path;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mapkv::testing::{Observer, Op};
 use mapkv::{CorruptKind, Error, OpenOptions, Store};
 
 fn fresh() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -59,20 +63,40 @@ fn a_second_writer_in_the_same_process_is_locked_out() {
     let store = Store::open(&path).expect("create");
     store.put(b"k", b"v").expect("put");
     let err = Store::open(&path).expect_err("second writer");
-    assert!(matches!(err, Error::Locked { .. }), "{err}");
-    assert!(err.to_string().contains("open for writing"), "{err}");
+    assert!(matches!(err, Error::Locked { read_only: false, .. }), "{err}");
+    assert!(err.to_string().contains("in use by another handle"), "{err}");
+    let err = OpenOptions::new().read_only(true).open(&path).expect_err("reader vs writer");
+    assert!(matches!(err, Error::Locked { read_only: true, .. }), "{err}");
+    assert!(err.to_string().contains("close the writer"), "{err}");
     drop(store);
     Store::open(&path).expect("free again after the first handle is dropped");
+}
+
+/// Fails the next msync of the data file with EIO once armed, as a dying disk would.
+#[derive(Default)]
+struct FailingDisk {
+    armed: AtomicBool,
+}
+
+impl Observer for FailingDisk {
+    fn before(&self, op: Op<'_>) -> std::io::Result<()> {
+        let data_flush = matches!(op, Op::Flush { path, .. } if path.ends_with("data.mkv"));
+        if data_flush && self.armed.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        Ok(())
+    }
 }
 
 #[test]
 fn a_failed_flush_poisons_every_later_call() {
     let (_d, path) = fresh();
-    let store = Store::open(&path).expect("create");
+    let disk = Arc::new(FailingDisk::default());
+    let store = OpenOptions::new().observer(disk.clone()).open(&path).expect("create");
     store.put(b"synced", b"1").expect("put");
     store.sync().expect("sync");
     store.put(b"unsynced", b"2").expect("put");
-    store.fail_next_flush();
+    disk.armed.store(true, Ordering::SeqCst);
     let err = store.sync().expect_err("injected EIO");
     assert!(matches!(err, Error::Io { .. }), "{err}");
     // Never retried and reported as success.

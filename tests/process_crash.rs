@@ -166,10 +166,10 @@ fn child_try_open(dir: &Path) -> i32 {
     let took = t.elapsed();
     let mut code = 0;
     match writable {
-        Err(Error::Locked { path }) if path == dir => {
+        Err(Error::Locked { path, .. }) if path == dir => {
             report(&format!("writable=locked micros={}", took.as_micros()));
         }
-        Err(Error::Locked { path }) => {
+        Err(Error::Locked { path, .. }) => {
             report(&format!("writable=locked-wrong-path {}", path.display()));
             code = 3;
         }
