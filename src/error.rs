@@ -127,6 +127,12 @@ pub enum CorruptKind {
         /// The offset the slot holds.
         target: u64,
     },
+    /// The index does not point at the latest record of a key (the record at `record`), or
+    /// points at a record that is not its key's latest.
+    IndexDisagrees {
+        /// The record concerned.
+        record: u64,
+    },
     /// Zeros where a record should start, with data again further on: a write that never
     /// reached the disk.
     ZeroGap {
@@ -157,6 +163,10 @@ impl fmt::Display for CorruptKind {
             Self::BadIndexSlot { target } => {
                 write!(f, "index slot points at {target}, which is not a record")
             }
+            Self::IndexDisagrees { record } => write!(
+                f,
+                "index and log disagree about the latest record of the key at byte {record}"
+            ),
             Self::ZeroGap { data_at } => {
                 write!(f, "zeros where a record should start, with data again at byte {data_at}")
             }

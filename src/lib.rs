@@ -35,7 +35,7 @@ pub use error::{CorruptKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;
 pub use recovery::RecoveryReport;
-pub use store::{OpenOptions, Reader, Store};
+pub use store::{OpenOptions, Problem, Reader, Store, VerifyReport};
 
 /// The README's examples, run as doctests.
 #[cfg(doctest)]
