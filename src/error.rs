@@ -141,6 +141,20 @@ pub enum CorruptKind {
     },
 }
 
+impl CorruptKind {
+    /// The same fault with positions measured from the start of the file rather than from
+    /// `base` (where the decoded structure starts).
+    pub(crate) fn at(self, base: u64) -> Self {
+        match self {
+            Self::LengthPastEnd { end, limit } => Self::LengthPastEnd {
+                end: end.saturating_add(base),
+                limit: limit.saturating_add(base),
+            },
+            other => other,
+        }
+    }
+}
+
 impl fmt::Display for CorruptKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -188,12 +202,16 @@ impl fmt::Display for Error {
             }
             Self::Corrupt { file, offset, kind } => {
                 write!(f, "{} is damaged at byte {offset}: {kind}; ", file.display())?;
-                if file.extension().is_some_and(|e| e == "mkv")
-                    && file.file_stem().is_some_and(|s| s == "index")
-                {
-                    f.write_str("delete the index file and mapkv rebuilds it from the data file")
-                } else {
-                    f.write_str("restore the store from a backup")
+                let index = file.file_name().is_some_and(|n| n == "index.mkv");
+                match kind {
+                    CorruptKind::BadIndexSlot { .. } => f.write_str(
+                        "either the index or data.mkv is damaged: Store::verify tells which (if \
+                         only the index, deleting it makes mapkv rebuild it from data.mkv)",
+                    ),
+                    _ if index => f.write_str(
+                        "delete the index file and mapkv rebuilds it from the data file",
+                    ),
+                    _ => f.write_str("restore the store from a backup"),
                 }
             }
             Self::UnsupportedVersion { file, found, supported } => write!(

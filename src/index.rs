@@ -25,9 +25,10 @@ pub fn slot_hash(hash: u64) -> u64 {
     hash.max(1)
 }
 
-/// Slots needed to hold `keys` keys at about half load.
+/// Slots needed to hold `keys` keys at about half load (saturating: an absurd count gives a
+/// capacity whose file size does not exist, which callers turn into an error).
 pub fn capacity_for(keys: u64) -> u64 {
-    keys.saturating_mul(2).next_power_of_two().max(MIN_SLOTS)
+    keys.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 63).max(MIN_SLOTS)
 }
 
 /// Whether a table of `capacity` slots with `used` occupied ones must grow before taking one
@@ -176,12 +177,12 @@ impl<'a> Table<'a> {
         PAGE + i * crate::format::SLOT_LEN
     }
 
-    /// Every occupied slot as `(hash, offset word)`, in slot order.
-    pub fn occupied(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    /// Every occupied slot as `(slot, hash, offset word)`, in slot order.
+    pub fn occupied(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         (0..self.capacity()).filter_map(move |i| {
             let (hw, ow) = self.slot(i);
             let h = u64::from_le(hw.load(Ordering::Acquire));
-            (h != 0).then(|| (h, u64::from_le(ow.load(Ordering::Acquire))))
+            (h != 0).then(|| (i, h, u64::from_le(ow.load(Ordering::Acquire))))
         })
     }
 

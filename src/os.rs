@@ -42,16 +42,31 @@ pub fn lock_dir(dir: &Path, writable: bool) -> Result<File> {
         io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
         _ => Error::io("open", dir, e),
     })?;
-    let locked =
-        if writable { FileExt::try_lock_exclusive(&file) } else { FileExt::try_lock_shared(&file) };
-    match locked {
-        Ok(()) => Ok(file),
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-            Err(Error::Locked { path: dir.to_path_buf(), read_only: !writable })
+    let contended = fs2::lock_contended_error().raw_os_error();
+    // A process being spawned by any thread of this one holds a copy of every descriptor,
+    // and with it the lock, between its fork and its exec (close-on-exec cannot help
+    // earlier). So a lock this process just released can look taken for a moment: retry
+    // briefly before saying `Locked`. A real holder is still reported within milliseconds.
+    for attempt in 0..LOCK_ATTEMPTS {
+        let locked = if writable {
+            FileExt::try_lock_exclusive(&file)
+        } else {
+            FileExt::try_lock_shared(&file)
+        };
+        match locked {
+            Ok(()) => return Ok(file),
+            Err(e) if e.raw_os_error() == contended && attempt + 1 < LOCK_ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) if e.raw_os_error() == contended => break,
+            Err(e) => return Err(Error::io("lock", dir, e)),
         }
-        Err(e) => Err(Error::io("lock", dir, e)),
     }
+    Err(Error::Locked { path: dir.to_path_buf(), read_only: !writable })
 }
+
+/// How many times `lock_dir` tries, a millisecond apart, before reporting `Locked`.
+const LOCK_ATTEMPTS: u32 = 20;
 
 /// Makes a directory entry (a created or renamed file) durable.
 ///

@@ -133,7 +133,9 @@ pub fn scan(
     let mut report = RecoveryReport { index_rebuilt: true, ..Default::default() };
     let mut p = DATA_START;
     while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
-        let checked = Record::decode(rest).and_then(|rec| rec.verify(seed, rest).map(|()| rec));
+        let checked = Record::decode(rest)
+            .and_then(|rec| rec.verify(seed, rest).map(|()| rec))
+            .map_err(|k| k.at(p));
         let rec = match checked {
             Ok(rec) => rec,
             Err(kind) => {
@@ -186,7 +188,7 @@ pub fn check_log(log: &[u8], store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
                 p += rec.total_len();
             }
             Err(kind) => {
-                problems.push((p, kind));
+                problems.push((p, kind.at(p)));
                 break;
             }
         }

@@ -175,14 +175,15 @@ impl Store {
         let seam = &opts.seam;
         if writable && opts.create && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-            // The directory's own name must be durable before anything synced inside it.
-            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-            os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
         }
         // The lock comes first: an opener that is refused has changed nothing.
         let lock = os::lock_dir(dir, writable)?;
         let data_path = dir.join(DATA_FILE);
         if writable && opts.create && !data_path.exists() {
+            // The directory's own name must be durable before anything synced inside it
+            // (done here, not when creating the directory, so a retried open redoes it).
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
             create_data_file(seam, dir, &data_path)?;
         }
         let file =
@@ -398,7 +399,8 @@ impl Store {
             store_id: self.store_id,
             seam: &w.seam,
         };
-        let (index, _) = ctx.create(None, self.len())?;
+        let hint = self.len().min(log.len() as u64 / Record::KEY_OFFSET);
+        let (index, _) = ctx.create(None, hint)?;
         let mut rebuilt = Rebuild { index, used: 0, live: 0, ctx: &ctx };
         let (records, damaged) = recovery::check_log(log, self.store_id);
         let mut report = VerifyReport { log_end: w.end, records, ..VerifyReport::default() };
@@ -414,18 +416,21 @@ impl Store {
         recovery::scan(log, &header, &data_path, &mut rebuilt)?;
         report.live_keys = rebuilt.live;
         let (truth, disk) = (Table::new(rebuilt.index.words()), Table::new(w.index.words()));
-        let mismatch = |record| Problem {
+        let mismatch = |offset, record| Problem {
             file: self.index_path.clone(),
-            offset: 0,
+            offset,
             kind: CorruptKind::IndexDisagrees { record },
         };
-        // Every live key of the log is in the index at its latest record, and the index
-        // holds no live slot the log does not.
-        for (a, b) in [(&truth, &disk), (&disk, &truth)] {
-            for (hash, word) in a.occupied().filter(|(_, w)| w & DELETED == 0) {
-                if b.get(hash, |_, off| Ok(off == word))?.is_none() {
-                    report.problems.push(mismatch(word));
-                }
+        // Every live key of the log is in the index at its latest record...
+        for (_, hash, word) in truth.occupied().filter(|(_, _, w)| w & DELETED == 0) {
+            if disk.get(hash, |_, off| Ok(off == word))?.is_none() {
+                report.problems.push(mismatch(0, word));
+            }
+        }
+        // ...and the index holds no live slot the log does not.
+        for (slot, hash, word) in disk.occupied().filter(|(_, _, w)| w & DELETED == 0) {
+            if truth.get(hash, |_, off| Ok(off == word))?.is_none() {
+                report.problems.push(mismatch(Table::slot_offset(slot), word));
             }
         }
         if rebuilt.live != self.len() {
@@ -564,11 +569,14 @@ impl Store {
         let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(w.index.words()).set(change.slot, hash, word);
         w.used += u64::from(change.was_vacant);
+        // Only the writer changes the count, so load-then-store does not race. Saturating:
+        // a count read off a damaged (but checksummed) header must not wrap.
+        let live = self.live.load(Ordering::Relaxed);
         match (change.was_live, kind) {
-            (false, Kind::Put) => self.live.fetch_add(1, Ordering::Relaxed),
-            (true, Kind::Delete) => self.live.fetch_sub(1, Ordering::Relaxed),
-            _ => 0,
-        };
+            (false, Kind::Put) => self.live.store(live.saturating_add(1), Ordering::Relaxed),
+            (true, Kind::Delete) => self.live.store(live.saturating_sub(1), Ordering::Relaxed),
+            _ => {}
+        }
         Ok(change.was_live)
     }
 
@@ -590,8 +598,12 @@ impl Store {
     fn grow_log(&self, w: &mut Writer, min_end: u64) -> Result<()> {
         let len = w.log.map().len();
         let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
-        let target = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
-        let grown = w.log.grow(target);
+        let wanted = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
+        let mut grown = w.log.grow(wanted);
+        if is_enospc(&grown) {
+            // No room for the geometric step: take just what this write needs.
+            grown = w.log.grow(min_end.div_ceil(PAGE) * PAGE);
+        }
         if matches!(&grown, Err(Error::Io { op: "sync size", .. })) {
             return self.poison_on_err(grown);
         }
@@ -761,6 +773,10 @@ impl fmt::Debug for Reader<'_> {
     }
 }
 
+fn is_enospc<T>(r: &Result<T>) -> bool {
+    matches!(r, Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC))
+}
+
 /// Writes the next header slot claiming `committed`, without flushing it.
 fn put_header(w: &mut Writer, committed: u64) {
     let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq.wrapping_add(1), committed };
@@ -822,7 +838,8 @@ impl IndexCtx<'_> {
     /// handle). Marked dirty. Returns it with the number of live keys it holds.
     fn create(&self, from: Option<&IndexMap>, keys: u64) -> Result<(IndexMap, u64)> {
         let old = from.map(|m| Table::new(m.words()));
-        let live_slots = || old.iter().flat_map(Table::occupied).filter(|(_, w)| w & DELETED == 0);
+        let live_slots =
+            || old.iter().flat_map(Table::occupied).filter(|(_, _, w)| w & DELETED == 0);
         let live = live_slots().count() as u64;
         let capacity = index::capacity_for(live.saturating_add(keys).saturating_add(1));
         let full = || Error::Corrupt {
@@ -837,7 +854,7 @@ impl IndexCtx<'_> {
             IndexMap::heap(len)
         };
         let t = Table::new(map.words());
-        for (hash, word) in live_slots() {
+        for (_, hash, word) in live_slots() {
             if !t.insert_new(hash, word) {
                 return Err(full());
             }

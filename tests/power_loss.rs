@@ -1,0 +1,507 @@
+//! Guards the power-loss promise with a crash simulator: at every flush, every step of
+//! growth, index growth, the middle of appends and recovery itself, it builds the disk
+//! images a power cut could leave (each page written since its last flush old or new, each
+//! unsynced size old or new, each unsynced name old or new) and checks that each one opens,
+//! holds every synced write, equals the model after some prefix of the history, verifies,
+//! recovers twice to the same state, and keeps writes made after recovery.
+//!
+//! Scale it with `MAPKV_SIM_SEEDS` (workloads, default 2), `MAPKV_SIM_OPS` (operations per
+//! workload, default 120), `MAPKV_SIM_SAMPLES` (random images per crash point beyond the
+//! structured ones, default 4) and `MAPKV_SIM_EXHAUSTIVE` (enumerate every image up to this
+//! many dirty pages, default 8; 12 for long runs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mapkv::testing::{Observer, Op};
+use mapkv::{OpenOptions, Store};
+
+const PAGE: usize = 4096;
+const KEYS: u64 = 40;
+
+type State = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Clone, Debug)]
+enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+fn apply(state: &mut State, w: &Write) {
+    match w {
+        Write::Put(k, v) => {
+            state.insert(k.clone(), v.clone());
+        }
+        Write::Delete(k) => {
+            state.remove(k);
+        }
+    }
+}
+
+/// The history of writes and how much of it is durable.
+#[derive(Default)]
+struct History {
+    writes: Vec<Write>,
+    /// Number of writes a returned `sync` (or clean close) made durable, and the state then.
+    synced: usize,
+    synced_state: State,
+    /// Whether `writes.last()` is still in progress (it may or may not have happened).
+    in_flight: bool,
+}
+
+impl History {
+    /// Every state a power cut now may legally leave: after `synced` writes or any later
+    /// prefix, up to all of them.
+    fn allowed(&self) -> Vec<State> {
+        let mut s = self.synced_state.clone();
+        let mut out = vec![s.clone()];
+        for w in &self.writes[self.synced..] {
+            apply(&mut s, w);
+            out.push(s.clone());
+        }
+        out
+    }
+}
+
+/// One file's durable content, and its live content once it has lost its name.
+struct FileState {
+    durable: Vec<u8>,
+    unlinked_live: Option<Vec<u8>>,
+}
+
+/// What the simulated disk has made durable, tracked from the OS layer's operations.
+#[derive(Default)]
+struct Disk {
+    files: Vec<FileState>,
+    durable_names: BTreeMap<String, usize>,
+    live_names: BTreeMap<String, usize>,
+}
+
+struct Sim {
+    dir: PathBuf,
+    disk: Mutex<Disk>,
+    history: Mutex<History>,
+    rng: Mutex<u64>,
+    samples: usize,
+    /// Enumerate every combination up to this many independent choices.
+    exhaustive: usize,
+    /// Check one crash point in this many appends.
+    append_stride: u64,
+    appends: Mutex<u64>,
+    checked: Mutex<Stats>,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Stats {
+    points: u64,
+    images: u64,
+    exhaustive_points: u64,
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
+/// One independent choice a power cut makes.
+#[derive(Clone, Debug)]
+enum Choice {
+    /// Which file a name refers to (old or new), either of which may be absent.
+    Name { name: String, old: Option<usize>, new: Option<usize> },
+    /// Whether a file's new size reached the disk.
+    Size { file: usize },
+    /// Whether one page of a file reached the disk.
+    Page { file: usize, page: usize },
+}
+
+impl Sim {
+    fn in_store(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path())
+    }
+
+    fn live_bytes(&self, disk: &Disk, file: usize) -> Vec<u8> {
+        if let Some(b) = &disk.files[file].unlinked_live {
+            return b.clone();
+        }
+        let name = disk.live_names.iter().find(|(_, f)| **f == file).map(|(n, _)| n.clone());
+        name.and_then(|n| std::fs::read(self.dir.join(n)).ok()).unwrap_or_default()
+    }
+
+    /// Builds and checks the crash images of this moment.
+    fn crash_point(&self, label: &str) {
+        let disk = self.disk.lock().expect("disk");
+        let names: BTreeSet<&String> =
+            disk.durable_names.keys().chain(disk.live_names.keys()).collect();
+        let mut choices = Vec::new();
+        let mut fixed: BTreeMap<String, usize> = BTreeMap::new();
+        let mut involved = BTreeSet::new();
+        for name in names {
+            let (old, new) = (disk.durable_names.get(name), disk.live_names.get(name));
+            if old == new {
+                if let Some(&f) = old {
+                    fixed.insert(name.clone(), f);
+                    involved.insert(f);
+                }
+            } else {
+                involved.extend(old.copied());
+                involved.extend(new.copied());
+                choices.push(Choice::Name {
+                    name: name.clone(),
+                    old: old.copied(),
+                    new: new.copied(),
+                });
+            }
+        }
+        let live: BTreeMap<usize, Vec<u8>> =
+            involved.iter().map(|&f| (f, self.live_bytes(&disk, f))).collect();
+        // Data file pages first, in file order, so "prefixes" mean log prefixes.
+        let mut order: Vec<usize> = involved.iter().copied().collect();
+        order.sort_by_key(|f| disk.durable_names.get("data.mkv").is_none_or(|d| d != f));
+        for &f in &order {
+            let (old, new) = (&disk.files[f].durable, &live[&f]);
+            if old.len() != new.len() {
+                choices.push(Choice::Size { file: f });
+            }
+            for page in 0..old.len().max(new.len()).div_ceil(PAGE) {
+                if page_of(old, page) != page_of(new, page) {
+                    choices.push(Choice::Page { file: f, page });
+                }
+            }
+        }
+        let picks = self.picks(choices.len());
+        let mut stats = self.checked.lock().expect("stats");
+        stats.points += 1;
+        stats.exhaustive_points += u64::from(choices.len() <= self.exhaustive);
+        drop(stats);
+        let history = self.history.lock().expect("history");
+        let allowed = history.allowed();
+        for (n, pick) in picks.iter().enumerate() {
+            let image = tempfile::tempdir().expect("tempdir");
+            let store_dir = image.path().join("db");
+            std::fs::create_dir(&store_dir).expect("mkdir");
+            let mut names = fixed.clone();
+            let mut size_new = BTreeSet::new();
+            let mut page_new = BTreeSet::new();
+            for (c, &new) in choices.iter().zip(pick) {
+                match c {
+                    Choice::Name { name, old, new: newf } => {
+                        if let Some(f) = if new { newf } else { old } {
+                            names.insert(name.clone(), *f);
+                        }
+                    }
+                    Choice::Size { file } if new => {
+                        size_new.insert(*file);
+                    }
+                    Choice::Page { file, page } if new => {
+                        page_new.insert((*file, *page));
+                    }
+                    _ => {}
+                }
+            }
+            for (name, f) in &names {
+                let (old, new) = (&disk.files[*f].durable, &live[f]);
+                let len = if size_new.contains(f) { new.len() } else { old.len() };
+                let mut bytes = vec![0u8; len];
+                for page in 0..len.div_ceil(PAGE) {
+                    let src = if page_new.contains(&(*f, page)) { new } else { old };
+                    let (a, b) = (page * PAGE, ((page + 1) * PAGE).min(len));
+                    if a < src.len() {
+                        let b2 = b.min(src.len());
+                        bytes[a..b2].copy_from_slice(&src[a..b2]);
+                    }
+                }
+                write_sparse(&store_dir.join(name), &bytes);
+            }
+            let what = format!("{label}, image {n} of {} ({} choices)", picks.len(), choices.len());
+            check_image(&store_dir, &allowed, n % 4 == 0, &what);
+            self.checked.lock().expect("stats").images += 1;
+        }
+    }
+
+    /// Which images to build for `n` choices: all of them when few; otherwise all old, all
+    /// new, single flips, prefixes and suffixes (spread over the choices), and a seeded
+    /// random sample.
+    fn picks(&self, n: usize) -> Vec<Vec<bool>> {
+        if n <= self.exhaustive {
+            return (0..1u32 << n).map(|m| (0..n).map(|i| m >> i & 1 == 1).collect()).collect();
+        }
+        let mut out = vec![vec![false; n], vec![true; n]];
+        let spread = |k: usize| (0..k).map(move |j| j * n / k);
+        for i in spread(6) {
+            let mut one = vec![false; n];
+            one[i] = true;
+            out.push(one);
+            let mut all_but = vec![true; n];
+            all_but[i] = false;
+            out.push(all_but);
+        }
+        for k in spread(6).skip(1) {
+            out.push((0..n).map(|i| i < k).collect());
+            out.push((0..n).map(|i| i >= n - k).collect());
+        }
+        let mut rng = self.rng.lock().expect("rng");
+        for _ in 0..self.samples {
+            out.push((0..n).map(|_| next(&mut rng) & 1 == 1).collect());
+        }
+        out
+    }
+}
+
+/// Writes `bytes` leaving all-zero pages as holes (images are mostly zero tail).
+fn write_sparse(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).expect("create image file");
+    f.set_len(bytes.len() as u64).expect("size image file");
+    for (n, page) in bytes.chunks(PAGE).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            f.write_all_at(page, (n * PAGE) as u64).expect("write image page");
+        }
+    }
+}
+
+fn page_of(b: &[u8], page: usize) -> &[u8] {
+    let a = (page * PAGE).min(b.len());
+    &b[a..((page + 1) * PAGE).min(b.len())]
+}
+
+/// Reads every key of the universe.
+fn contents(store: &Store) -> State {
+    let reader = store.reader();
+    (0..KEYS)
+        .filter_map(|i| {
+            let k = key(i);
+            let v = reader.get(&k).expect("read after recovery");
+            v.map(|v| (k, v.to_vec()))
+        })
+        .collect()
+}
+
+fn check_image(dir: &Path, allowed: &[State], deep: bool, what: &str) {
+    let store = match OpenOptions::new().verify_checksums(true).open(dir) {
+        Ok(s) => s,
+        Err(e) => panic!("{what}: open failed: {e}"),
+    };
+    let state = contents(&store);
+    assert!(
+        allowed.contains(&state),
+        "{what}: recovered state is no prefix of the history ({} keys; allowed prefixes {}..{})",
+        state.len(),
+        allowed.first().map_or(0, State::len),
+        allowed.last().map_or(0, State::len),
+    );
+    assert_eq!(store.len(), state.len() as u64, "{what}: len disagrees with contents");
+    let report = store.verify().expect("verify runs");
+    assert!(report.is_ok(), "{what}: verify found {:?}", report.problems);
+    if !deep {
+        return;
+    }
+    // Recovering again (after a crash right after recovery) gives the same state.
+    store.simulate_crash();
+    let again = Store::open(dir).unwrap_or_else(|e| panic!("{what}: second recovery: {e}"));
+    assert_eq!(contents(&again), state, "{what}: recovering twice changed the state");
+    // Writes made after recovery survive the next crash.
+    again.put(b"after-recovery", b"kept").expect("write after recovery");
+    again.sync().expect("sync after recovery");
+    again.simulate_crash();
+    let third = Store::open(dir).unwrap_or_else(|e| panic!("{what}: third open: {e}"));
+    assert_eq!(
+        third.get(b"after-recovery").expect("get").as_deref(),
+        Some(&b"kept"[..]),
+        "{what}: a write made after recovery was lost"
+    );
+    assert_eq!(contents(&third), state, "{what}: state changed after a later write");
+}
+
+struct Probe(Arc<Sim>);
+
+impl Observer for Probe {
+    fn before(&self, op: Op<'_>) -> std::io::Result<()> {
+        if std::thread::panicking() {
+            return Ok(()); // a failed check is unwinding through a store's drop
+        }
+        let sim = &self.0;
+        let label = format!("before {op:?}");
+        match op {
+            Op::Append { .. } => {
+                let mut n = sim.appends.lock().expect("appends");
+                *n += 1;
+                if (*n).is_multiple_of(sim.append_stride) {
+                    drop(n);
+                    sim.crash_point(&label);
+                }
+            }
+            Op::Flush { path, .. }
+            | Op::SyncFile { path }
+            | Op::Extend { path, .. }
+            | Op::Remap { path, .. }
+            | Op::Create { path }
+            | Op::Zero { path, .. }
+                if sim.in_store(path) =>
+            {
+                sim.crash_point(&label)
+            }
+            Op::SyncDir { path } if path == sim.dir => sim.crash_point(&label),
+            Op::Rename { from, to } if sim.in_store(from) => {
+                sim.crash_point(&label);
+                // The file losing its name keeps its live content for later images.
+                let mut disk = sim.disk.lock().expect("disk");
+                if let Some(&old) = disk.live_names.get(&name_of(to)) {
+                    let live = std::fs::read(to).unwrap_or_default();
+                    disk.files[old].unlinked_live = Some(live);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn after(&self, op: Op<'_>) {
+        if std::thread::panicking() {
+            return;
+        }
+        let sim = &self.0;
+        let mut disk = sim.disk.lock().expect("disk");
+        let disk = &mut *disk;
+        match op {
+            Op::Create { path } if sim.in_store(path) => {
+                disk.files.push(FileState { durable: Vec::new(), unlinked_live: None });
+                disk.live_names.insert(name_of(path), disk.files.len() - 1);
+            }
+            Op::Flush { path, from, to } if sim.in_store(path) => {
+                let f = disk.live_names[&name_of(path)];
+                let live = std::fs::read(path).expect("read live file");
+                // msync persists the range and (like fdatasync) the size.
+                let d = &mut disk.files[f].durable;
+                d.resize(live.len(), 0);
+                let (a, b) = (from as usize, (to as usize).min(live.len()));
+                d[a..b].copy_from_slice(&live[a..b]);
+            }
+            Op::SyncFile { path } if sim.in_store(path) => {
+                let f = disk.live_names[&name_of(path)];
+                disk.files[f].durable = std::fs::read(path).expect("read live file");
+            }
+            Op::Rename { from, to } if sim.in_store(from) => {
+                let f = disk.live_names.remove(&name_of(from)).expect("renamed file is known");
+                disk.live_names.insert(name_of(to), f);
+            }
+            Op::SyncDir { path } if path == sim.dir => {
+                disk.durable_names = disk.live_names.clone();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:02}").into_bytes()
+}
+
+/// Runs one seeded workload of puts, deletes, syncs, clean reopens and process crashes,
+/// checking crash images throughout. Returns what was checked.
+fn run_workload(seed: u64, ops: usize) -> Stats {
+    let samples = env("MAPKV_SIM_SAMPLES");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("db");
+    let sim = Arc::new(Sim {
+        dir: dir.clone(),
+        disk: Mutex::default(),
+        history: Mutex::default(),
+        rng: Mutex::new(seed | 1),
+        samples: samples.unwrap_or(4),
+        exhaustive: env("MAPKV_SIM_EXHAUSTIVE").unwrap_or(8),
+        append_stride: 9,
+        appends: Mutex::new(0),
+        checked: Mutex::default(),
+    });
+    let open =
+        || OpenOptions::new().observer(Arc::new(Probe(sim.clone()))).open(&dir).expect("open");
+    let mut store = open();
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for n in 0..ops {
+        let r = next(&mut rng) % 100;
+        let k = key(next(&mut rng) % KEYS);
+        let write = match r {
+            0..=54 => {
+                // Mostly small values, some large ones so that the log grows past 1 MiB.
+                let len =
+                    if r < 6 { 20_000 + next(&mut rng) % 40_000 } else { next(&mut rng) % 600 };
+                let v: Vec<u8> = (0..len).map(|i| (i as u8) ^ (n as u8)).collect();
+                Some(Write::Put(k, v))
+            }
+            55..=74 => Some(Write::Delete(k)),
+            _ => None,
+        };
+        if let Some(w) = write {
+            {
+                let mut h = sim.history.lock().expect("history");
+                h.writes.push(w.clone());
+                h.in_flight = true;
+            }
+            match &w {
+                Write::Put(k, v) => store.put(k, v).expect("put"),
+                Write::Delete(k) => {
+                    store.delete(k).expect("delete");
+                }
+            }
+            sim.history.lock().expect("history").in_flight = false;
+            continue;
+        }
+        let mark_synced = |sim: &Sim| {
+            let mut h = sim.history.lock().expect("history");
+            h.synced = h.writes.len();
+            let mut s = State::new();
+            for w in &h.writes {
+                apply(&mut s, w);
+            }
+            h.synced_state = s;
+        };
+        match r {
+            75..=90 => {
+                store.sync().expect("sync");
+                mark_synced(&sim);
+            }
+            91..=95 => {
+                store.close().expect("close");
+                mark_synced(&sim);
+                store = open();
+            }
+            _ => {
+                // A process crash: the page cache keeps everything; reopening recovers,
+                // and the recovery itself is crash-tested.
+                store.simulate_crash();
+                store = open();
+            }
+        }
+    }
+    // The end of the run is a crash point too.
+    sim.crash_point("end of workload");
+    drop(store);
+    *sim.checked.lock().expect("stats")
+}
+
+#[test]
+fn power_loss_at_every_crash_point_keeps_a_synced_prefix() {
+    let seeds = env("MAPKV_SIM_SEEDS").unwrap_or(2);
+    let ops = env("MAPKV_SIM_OPS").unwrap_or(120);
+    let mut total = Stats::default();
+    for seed in 1..=seeds {
+        let s = run_workload(seed, ops);
+        eprintln!("seed {seed}: {s:?}");
+        total.points += s.points;
+        total.images += s.images;
+        total.exhaustive_points += s.exhaustive_points;
+    }
+    eprintln!("total: {total:?}");
+    assert!(total.points > 50 && total.images > total.points, "the simulator checked little");
+}
