@@ -18,6 +18,7 @@ use mapkv::testing::{Observer, Op};
 use mapkv::{OpenOptions, Store};
 
 const PAGE: usize = 4096;
+/// Keys the workload writes, past the prefilled ones.
 const KEYS: u64 = 40;
 
 type State = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -42,6 +43,8 @@ fn apply(state: &mut State, w: &Write) {
 /// The history of writes and how much of it is durable.
 #[derive(Default)]
 struct History {
+    /// The durable state the workload started from.
+    base: State,
     writes: Vec<Write>,
     /// Number of writes a returned `sync` (or clean close) made durable, and the state then.
     synced: usize,
@@ -90,6 +93,8 @@ struct Sim {
     append_stride: u64,
     appends: Mutex<u64>,
     checked: Mutex<Stats>,
+    /// Keys `0..universe` are read back from every image.
+    universe: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -97,6 +102,8 @@ struct Stats {
     points: u64,
     images: u64,
     exhaustive_points: u64,
+    /// Size of the index file at the end.
+    index_len: u64,
 }
 
 fn name_of(path: &Path) -> String {
@@ -220,7 +227,7 @@ impl Sim {
                 write_sparse(&store_dir.join(name), &bytes);
             }
             let what = format!("{label}, image {n} of {} ({} choices)", picks.len(), choices.len());
-            check_image(&store_dir, &allowed, n % 4 == 0, &what);
+            check_image(&store_dir, &allowed, self.universe, n % 4 == 0, &what);
             self.checked.lock().expect("stats").images += 1;
         }
     }
@@ -272,9 +279,9 @@ fn page_of(b: &[u8], page: usize) -> &[u8] {
 }
 
 /// Reads every key of the universe.
-fn contents(store: &Store) -> State {
+fn contents(store: &Store, universe: u64) -> State {
     let reader = store.reader();
-    (0..KEYS)
+    (0..universe)
         .filter_map(|i| {
             let k = key(i);
             let v = reader.get(&k).expect("read after recovery");
@@ -283,7 +290,8 @@ fn contents(store: &Store) -> State {
         .collect()
 }
 
-fn check_image(dir: &Path, allowed: &[State], deep: bool, what: &str) {
+fn check_image(dir: &Path, allowed: &[State], universe: u64, deep: bool, what: &str) {
+    let contents = |s: &Store| contents(s, universe);
     let store = match OpenOptions::new().verify_checksums(true).open(dir) {
         Ok(s) => s,
         Err(e) => panic!("{what}: open failed: {e}"),
@@ -408,8 +416,9 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 /// Runs one seeded workload of puts, deletes, syncs, clean reopens and process crashes,
-/// checking crash images throughout. Returns what was checked.
-fn run_workload(seed: u64, ops: usize) -> Stats {
+/// checking crash images throughout, on a store first filled (unobserved, cleanly closed)
+/// with `prefill` keys. Returns what was checked.
+fn run_workload(seed: u64, ops: usize, prefill: u64) -> Stats {
     let samples = env("MAPKV_SIM_SAMPLES");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("db");
@@ -423,14 +432,39 @@ fn run_workload(seed: u64, ops: usize) -> Stats {
         append_stride: 9,
         appends: Mutex::new(0),
         checked: Mutex::default(),
+        universe: prefill + KEYS,
     });
+    if prefill > 0 {
+        let plain = Store::open(&dir).expect("create");
+        let mut state = State::new();
+        for i in 0..prefill {
+            plain.put(key(i), key(i)).expect("prefill");
+            state.insert(key(i), key(i));
+        }
+        plain.close().expect("close");
+        // What a clean close left is durable, names included.
+        let mut disk = sim.disk.lock().expect("disk");
+        for entry in std::fs::read_dir(&dir).expect("list store") {
+            let entry = entry.expect("entry");
+            let bytes = std::fs::read(entry.path()).expect("read");
+            disk.files.push(FileState { durable: bytes, unlinked_live: None });
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let id = disk.files.len() - 1;
+            disk.durable_names.insert(name.clone(), id);
+            disk.live_names.insert(name, id);
+        }
+        drop(disk);
+        let mut h = sim.history.lock().expect("history");
+        h.synced_state = state.clone();
+        h.base = state;
+    }
     let open =
         || OpenOptions::new().observer(Arc::new(Probe(sim.clone()))).open(&dir).expect("open");
     let mut store = open();
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for n in 0..ops {
         let r = next(&mut rng) % 100;
-        let k = key(next(&mut rng) % KEYS);
+        let k = key(prefill + next(&mut rng) % KEYS);
         let write = match r {
             0..=54 => {
                 // Mostly small values, some large ones so that the log grows past 1 MiB.
@@ -460,7 +494,7 @@ fn run_workload(seed: u64, ops: usize) -> Stats {
         let mark_synced = |sim: &Sim| {
             let mut h = sim.history.lock().expect("history");
             h.synced = h.writes.len();
-            let mut s = State::new();
+            let mut s = h.base.clone();
             for w in &h.writes {
                 apply(&mut s, w);
             }
@@ -487,7 +521,9 @@ fn run_workload(seed: u64, ops: usize) -> Stats {
     // The end of the run is a crash point too.
     sim.crash_point("end of workload");
     drop(store);
-    *sim.checked.lock().expect("stats")
+    let mut stats = *sim.checked.lock().expect("stats");
+    stats.index_len = std::fs::metadata(dir.join("index.mkv")).map_or(0, |m| m.len());
+    stats
 }
 
 #[test]
@@ -496,7 +532,7 @@ fn power_loss_at_every_crash_point_keeps_a_synced_prefix() {
     let ops = env("MAPKV_SIM_OPS").unwrap_or(120);
     let mut total = Stats::default();
     for seed in 1..=seeds {
-        let s = run_workload(seed, ops);
+        let s = run_workload(seed, ops, 0);
         eprintln!("seed {seed}: {s:?}");
         total.points += s.points;
         total.images += s.images;
@@ -504,4 +540,15 @@ fn power_loss_at_every_crash_point_keeps_a_synced_prefix() {
     }
     eprintln!("total: {total:?}");
     assert!(total.points > 50 && total.images > total.points, "the simulator checked little");
+}
+
+#[test]
+fn power_loss_during_index_growth_keeps_a_synced_prefix() {
+    // 700 keys fill a fresh 1024-slot index to its limit (704): the workload's new keys
+    // make it grow, with crash points at the new file's creation, sizing and rename.
+    let ops = env("MAPKV_SIM_OPS").unwrap_or(120) / 2;
+    let s = run_workload(99, ops, 700);
+    eprintln!("index growth: {s:?}");
+    assert!(s.points > 10 && s.images > s.points, "the simulator checked little");
+    assert!(s.index_len > 4096 + 16 * 1024, "the index never grew past 1024 slots");
 }

@@ -376,7 +376,8 @@ const CRASH_TEST: &str = "kill_9_at_any_moment_loses_nothing_put_or_delete_retur
 /// Rounds of spawn, write, kill, check, all on one directory.
 const ROUNDS: u64 = 16;
 /// Keys a writer chooses from (ids; see `key_bytes`).
-const KEYS: u32 = 400;
+/// More than the 704 keys a fresh index holds, so rounds cross index growth too.
+const KEYS: u32 = 1500;
 /// A writer's sequence ends here; it then idles until killed.
 const MAX_OPS: u64 = 10_000;
 
@@ -776,4 +777,6 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
         rounds_with_writes > 0,
         "no round killed a writer after it wrote: the test checked nothing"
     );
+    // A fresh index (1024 slots) holds 704 keys; more live keys mean it grew on the way.
+    assert!(model.len() > 704, "only {} live keys: the rounds never grew the index", model.len());
 }
