@@ -46,6 +46,16 @@ fn reads(c: &mut Criterion) {
     g.bench_function("store_get_hit", |b| {
         b.iter(|| black_box(store.get(key(rng(&mut s) % KEYS)).expect("get").map(|v| v.len())))
     });
+    g.bench_function("reader_get_many_16", |b| {
+        let r = store.reader();
+        let mut keys = [[0u8; 24]; 16];
+        b.iter(|| {
+            for k in &mut keys {
+                *k = key(rng(&mut s) % KEYS);
+            }
+            black_box(r.get_many(&keys).expect("get_many").len())
+        })
+    });
     g.bench_function("reader_miss", |b| {
         let r = store.reader();
         b.iter(|| black_box(r.get(key(KEYS + rng(&mut s) % KEYS)).expect("get").is_none()))

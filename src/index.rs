@@ -134,6 +134,35 @@ impl<'a> Table<'a> {
         Ok(None)
     }
 
+    /// The offset in the first live slot whose hash matches, without comparing keys: a
+    /// guess at where a lookup will go, for prefetching.
+    #[inline]
+    pub fn first_match(&self, hash: u64) -> Option<u64> {
+        let h = slot_hash(hash);
+        let mut i = h & self.mask;
+        for _ in 0..self.capacity().min(64) {
+            let (hw, ow) = self.slot(i);
+            match u64::from_le(hw.load(Ordering::Relaxed)) {
+                0 => return None,
+                found if found == h => {
+                    let word = u64::from_le(ow.load(Ordering::Relaxed));
+                    if word & DELETED == 0 {
+                        return Some(word);
+                    }
+                }
+                _ => {}
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// The index's word where the probe for `hash` starts (for prefetching).
+    #[inline]
+    pub fn home_word(&self, hash: u64) -> usize {
+        FIRST_SLOT_WORD + 2 * (slot_hash(hash) & self.mask) as usize
+    }
+
     /// Finds the slot a key has or would take (writer side). `is_key` is called with the
     /// slot and offset (without `DELETED`) of every slot whose hash matches, deleted ones
     /// included.

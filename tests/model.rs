@@ -53,6 +53,18 @@ fn check_all(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), Str
             return Err(format!("key {k}: got {got:?}"));
         }
     }
+    // The batched lookup answers exactly as single gets, in order (with a repeat and a
+    // key never written).
+    let keys: Vec<Vec<u8>> = (0..48u8).chain([3, 200]).map(key).collect();
+    let many = reader.get_many(&keys).map_err(|e| e.to_string())?;
+    for (k, got) in keys.iter().zip(&many) {
+        if *got != model.get(k).map(Vec::as_slice) {
+            return Err(format!("get_many for key {k:?}: got {got:?}"));
+        }
+    }
+    if many.len() != keys.len() {
+        return Err(format!("get_many returned {} answers for {} keys", many.len(), keys.len()));
+    }
     Ok(())
 }
 
