@@ -21,6 +21,7 @@ pub const LOG_MAGIC: [u8; 8] = *b"MAPKVLOG";
 pub const HEADER_LEN: usize = 64;
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = H_MAGIC + 8;
+const _: () = assert!(H_MAGIC == 0, "check_envelope reads the magic at 0");
 const H_SLOT_LEN: usize = H_VERSION + 4;
 const H_STORE_ID: usize = H_SLOT_LEN + 4;
 const H_SEQ: usize = H_STORE_ID + 8;
@@ -71,17 +72,7 @@ impl LogHeader {
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())
             .ok_or(CorruptKind::TooShort { len: b.len() as u64, min: HEADER_LEN as u64 })?;
-        if b[H_MAGIC..H_MAGIC + 8] != LOG_MAGIC {
-            return Err(CorruptKind::BadMagic.into());
-        }
-        let (expected, found) = (get_u32(b, H_CRC), crc32fast::hash(&b[..H_CRC]));
-        if expected != found {
-            return Err(CorruptKind::ChecksumMismatch { expected, found }.into());
-        }
-        let version = get_u32(b, H_VERSION);
-        if version != VERSION {
-            return Err(DecodeError::Version(version));
-        }
+        check_envelope(b, &LOG_MAGIC, H_CRC, H_VERSION)?;
         let data_start = get_u64(b, H_DATA_START);
         if data_start != DATA_START {
             return Err(CorruptKind::BadField { field: "data start", value: data_start }.into());
@@ -290,6 +281,7 @@ pub const SLOT_LEN: u64 = 16;
 /// Least number of slots.
 pub const MIN_SLOTS: u64 = 1024;
 const I_MAGIC: usize = 0;
+const _: () = assert!(I_MAGIC == 0, "check_envelope reads the magic at 0");
 const I_VERSION: usize = 8;
 const I_STORE_ID: usize = 16;
 const I_CAPACITY: usize = 24;
@@ -339,17 +331,7 @@ impl IndexHeader {
     /// # Errors
     /// As [`LogHeader::decode`], plus impossible capacity or counts.
     pub fn decode(b: &[u8; INDEX_HEADER_LEN], file_len: u64) -> Result<Self, DecodeError> {
-        if b[I_MAGIC..I_MAGIC + 8] != INDEX_MAGIC {
-            return Err(CorruptKind::BadMagic.into());
-        }
-        let (expected, found) = (get_u32(b, I_CRC), crc32fast::hash(&b[..I_CRC]));
-        if expected != found {
-            return Err(CorruptKind::ChecksumMismatch { expected, found }.into());
-        }
-        let version = get_u32(b, I_VERSION);
-        if version != VERSION {
-            return Err(DecodeError::Version(version));
-        }
+        check_envelope(b, &INDEX_MAGIC, I_CRC, I_VERSION)?;
         let h = Self {
             store_id: get_u64(b, I_STORE_ID),
             capacity: get_u64(b, I_CAPACITY),
@@ -371,6 +353,28 @@ impl IndexHeader {
 }
 
 // ---- helpers ----------------------------------------------------------------------------
+
+/// Checks what both headers share: the magic at 0, the CRC-32 at `crc_at` of every byte
+/// before it, and the version at `version_at` (checked last, so that a damaged header is
+/// reported as damage, not as another version).
+fn check_envelope(
+    b: &[u8],
+    magic: &[u8; 8],
+    crc_at: usize,
+    version_at: usize,
+) -> Result<(), DecodeError> {
+    if b[..8] != magic[..] {
+        return Err(CorruptKind::BadMagic.into());
+    }
+    let (expected, found) = (get_u32(b, crc_at), crc32fast::hash(&b[..crc_at]));
+    if expected != found {
+        return Err(CorruptKind::ChecksumMismatch { expected, found }.into());
+    }
+    match get_u32(b, version_at) {
+        VERSION => Ok(()),
+        other => Err(DecodeError::Version(other)),
+    }
+}
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());

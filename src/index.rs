@@ -102,9 +102,33 @@ impl<'a> Table<'a> {
         (&self.words[w], &self.words[w + 1])
     }
 
+    /// Walks the probe sequence of `hash`: calls `hit(slot, offset word)` for every slot
+    /// whose hash matches and stops at the first that it accepts, or at an empty slot.
+    /// Bounded by the capacity, so a damaged table cannot loop.
+    #[inline]
+    fn probe(&self, hash: u64, mut hit: impl FnMut(u64, u64) -> Result<bool>) -> Result<Slot> {
+        let h = slot_hash(hash);
+        let mut i = h & self.mask;
+        for _ in 0..self.capacity() {
+            let (hw, ow) = self.slot(i);
+            let found = u64::from_le(hw.load(Ordering::Acquire));
+            if found == 0 {
+                return Ok(Slot::Vacant { i });
+            }
+            if found == h {
+                let word = u64::from_le(ow.load(Ordering::Acquire));
+                if hit(i, word)? {
+                    return Ok(Slot::Occupied { i, word });
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        Ok(Slot::Full)
+    }
+
     /// Finds the live record offset for a key with `hash`. `is_key(slot, offset)` says
-    /// whether the record at `offset` holds the key; it is called only for slots whose hash
-    /// matches.
+    /// whether the record at `offset` holds the key; it is called only for live slots whose
+    /// hash matches. A deleted slot may be this key's: then the chain ends empty further on.
     ///
     /// # Errors
     /// Whatever `is_key` returns.
@@ -114,47 +138,18 @@ impl<'a> Table<'a> {
         hash: u64,
         mut is_key: impl FnMut(u64, u64) -> Result<bool>,
     ) -> Result<Option<u64>> {
-        let h = slot_hash(hash);
-        let mut i = h & self.mask;
-        for _ in 0..self.capacity() {
-            let (hw, ow) = self.slot(i);
-            let found = u64::from_le(hw.load(Ordering::Acquire));
-            if found == 0 {
-                return Ok(None);
-            }
-            if found == h {
-                let word = u64::from_le(ow.load(Ordering::Acquire));
-                // A deleted slot may be this key's; if so the chain ends empty further on.
-                if word & DELETED == 0 && is_key(i, word)? {
-                    return Ok(Some(word));
-                }
-            }
-            i = (i + 1) & self.mask;
-        }
-        Ok(None)
+        let slot = self.probe(hash, |i, word| Ok(word & DELETED == 0 && is_key(i, word)?))?;
+        Ok(match slot {
+            Slot::Occupied { word, .. } => Some(word),
+            Slot::Vacant { .. } | Slot::Full => None,
+        })
     }
 
     /// The offset in the first live slot whose hash matches, without comparing keys: a
     /// guess at where a lookup will go, for prefetching.
     #[inline]
     pub fn first_match(&self, hash: u64) -> Option<u64> {
-        let h = slot_hash(hash);
-        let mut i = h & self.mask;
-        for _ in 0..self.capacity().min(64) {
-            let (hw, ow) = self.slot(i);
-            match u64::from_le(hw.load(Ordering::Relaxed)) {
-                0 => return None,
-                found if found == h => {
-                    let word = u64::from_le(ow.load(Ordering::Relaxed));
-                    if word & DELETED == 0 {
-                        return Some(word);
-                    }
-                }
-                _ => {}
-            }
-            i = (i + 1) & self.mask;
-        }
-        None
+        self.get(hash, |_, _| Ok(true)).ok().flatten()
     }
 
     /// The index's word where the probe for `hash` starts (for prefetching).
@@ -174,23 +169,7 @@ impl<'a> Table<'a> {
         hash: u64,
         mut is_key: impl FnMut(u64, u64) -> Result<bool>,
     ) -> Result<Slot> {
-        let h = slot_hash(hash);
-        let mut i = h & self.mask;
-        for _ in 0..self.capacity() {
-            let (hw, ow) = self.slot(i);
-            let found = u64::from_le(hw.load(Ordering::Acquire));
-            if found == 0 {
-                return Ok(Slot::Vacant { i });
-            }
-            if found == h {
-                let word = u64::from_le(ow.load(Ordering::Acquire));
-                if is_key(i, word & !DELETED)? {
-                    return Ok(Slot::Occupied { i, word });
-                }
-            }
-            i = (i + 1) & self.mask;
-        }
-        Ok(Slot::Full)
+        self.probe(hash, |i, word| is_key(i, word & !DELETED))
     }
 
     /// Points slot `i` at `word` for a key with `hash`. For an empty slot the offset is
