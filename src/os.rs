@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fs2::FileExt;
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 
@@ -104,7 +104,13 @@ fn map(file: &File, len: u64, writable: bool, path: &Path) -> Result<MmapRaw> {
     let mut opts = MmapOptions::new();
     opts.len(len);
     let raw = if writable { opts.map_raw(file) } else { opts.map_raw_read_only(file) };
-    raw.map_err(|e| Error::io("map", path, e))
+    let raw = raw.map_err(|e| Error::io("map", path, e))?;
+    // Random access, and no readahead: with readahead the kernel fills the page cache in
+    // large folios (up to 2 MiB), zeroing them ahead of the writer and, worse, writing a
+    // whole dirty folio back at each msync, so a one-record sync would write 2 MiB. Only
+    // advice: if it fails, everything still works, just slower.
+    let _ = raw.advise(Advice::Random);
+    Ok(raw)
 }
 
 fn flush_map(seam: &Seam, raw: &MmapRaw, from: u64, to: u64, path: &Path) -> Result<()> {
@@ -288,6 +294,13 @@ impl LogFile {
         // only through `&mut self` (so not during this borrow); readers on other threads
         // only read. Another process writing the file is outside Rust's model (DESIGN.md).
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.map.raw.len()) }
+    }
+
+    /// Advises the kernel that the log is about to be read front to back (recovery,
+    /// verify) or, with `false`, randomly again (the default; see `map`).
+    pub fn advise_sequential(&self, sequential: bool) {
+        let advice = if sequential { Advice::Sequential } else { Advice::Random };
+        let _ = self.map.raw.advise(advice);
     }
 
     /// The published length.

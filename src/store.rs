@@ -220,7 +220,10 @@ impl Store {
                 let hint = old.map_or(0, |h| h.live).min(most);
                 let (index, _) = ctx.create(None, hint)?;
                 let mut rebuild = Rebuild { index, used: 0, live: 0, ctx: &ctx };
-                let mut report = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild)?;
+                log.advise_sequential(true);
+                let scanned = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild);
+                log.advise_sequential(false);
+                let mut report = scanned?;
                 report.reason = reason;
                 (rebuild.index, rebuild.used, rebuild.live, report)
             }
