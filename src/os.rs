@@ -65,6 +65,9 @@ pub fn lock_dir(dir: &Path, writable: bool) -> Result<File> {
     Err(Error::Locked { path: dir.to_path_buf(), read_only: !writable })
 }
 
+/// The data file is faulted in ahead of the writer this many bytes at a time.
+const POPULATE_CHUNK: u64 = 256 << 10;
+
 /// How many times `lock_dir` tries, a millisecond apart, before reporting `Locked`.
 const LOCK_ATTEMPTS: u32 = 20;
 
@@ -333,6 +336,13 @@ impl LogFile {
             std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(off as usize), len)
         };
         fill(dst);
+        // Entering a new chunk: fault the next one in with one call rather than a page
+        // fault per page (its pages are written within the next few puts anyway).
+        if off / POPULATE_CHUNK != end / POPULATE_CHUNK {
+            let start = end / POPULATE_CHUNK * POPULATE_CHUNK;
+            let n = POPULATE_CHUNK.min(self.map.len().saturating_sub(start));
+            let _ = self.map.raw.advise_range(Advice::PopulateWrite, start as usize, n as usize);
+        }
         // A crash point for the simulator: the bytes are written but not yet published.
         let _ = self.seam.run(Op::Append { path: &self.path, off, len: len as u64 }, || Ok(()));
     }
