@@ -1,0 +1,553 @@
+//! Side-by-side benchmark: mapkv against LMDB (heed), redb, fjall, sled and candystore.
+//!
+//!     cargo run --release --manifest-path bench-compare/Cargo.toml -- --keys 1000000
+//!     cargo run --release --manifest-path bench-compare/Cargo.toml -- --quick
+//!
+//! The parent process runs a physical-limits probe and then each engine in its own child
+//! process (this binary re-executed with `--engine NAME`), so peak RSS is per engine. It
+//! prints a markdown table per workload and writes results/results.json, results/RESULTS.md
+//! and results/chart.png. See README.md.
+
+mod data;
+mod engines;
+mod probe;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use data::{Keys, ReadStats, Values, shuffled};
+use engines::Res;
+
+/// One timed workload's outcome.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Metric {
+    /// Operations per run.
+    pub ops: u64,
+    /// Seconds of each run; the reported figure is their median.
+    pub runs_s: Vec<f64>,
+    /// Operations per second, from the median run.
+    pub ops_per_sec: f64,
+    /// Bytes of values read per second (large-value reads only).
+    pub bytes_per_sec: Option<f64>,
+}
+
+impl Metric {
+    fn new(ops: u64, mut runs_s: Vec<f64>) -> Self {
+        let secs = median(&mut runs_s.clone());
+        runs_s.shrink_to_fit();
+        Metric { ops, runs_s, ops_per_sec: ops as f64 / secs, bytes_per_sec: None }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct EngineResult {
+    pub engine: String,
+    pub config: String,
+    /// Workload id -> metric; a workload the engine cannot run is absent.
+    pub workloads: BTreeMap<String, Metric>,
+    /// Why a workload is absent.
+    pub skipped: BTreeMap<String, String>,
+    /// Sum of file sizes after the bulk load (durable).
+    pub file_bytes: u64,
+    /// Allocated blocks * 512 after the bulk load.
+    pub alloc_bytes: u64,
+    /// VmRSS before opening the engine (the harness's own keys and orders).
+    pub rss_before_kib: u64,
+    /// VmHWM after the main workloads (N keys), before the large-value phase.
+    pub peak_rss_main_kib: u64,
+    /// VmHWM at the end, large-value phase included.
+    pub peak_rss_kib: u64,
+    /// Wall time of the child process's whole run.
+    pub wall_s: f64,
+    pub error: Option<String>,
+}
+
+/// Workloads in report order: id, short label (chart), title.
+pub const WORKLOADS: &[(&str, &str, &str)] = &[
+    ("bulk_load", "bulk load", "Bulk load: N puts in one transaction/batch, durable at the end"),
+    (
+        "put_durable",
+        "durable put",
+        "Individual durable writes: 3 rounds of 1000 x (one put + durable commit)",
+    ),
+    (
+        "batch_durable",
+        "batches",
+        "Batch writes: 100 batches of 1000 puts, durable after each batch",
+    ),
+    ("get_1t", "get 1 thr", "Random reads, 1 thread: N gets of present keys in random order"),
+    ("get_2t", "get 2 thr", "Random reads, 2 threads: each thread N gets (ops/s of both together)"),
+    ("miss", "miss", "Random misses: N/10 gets of absent keys"),
+    ("remove", "remove", "Removals: N/2 deletes in one transaction/batch, durable at the end"),
+    (
+        "put_nosync",
+        "put no-sync",
+        "Individual writes, not synced: N/10 single-key commits in each engine's non-durable mode",
+    ),
+    ("large_150", "read 150 B", "Reads of 150 B values: N/10 keys, random order, every byte read"),
+    ("large_4k", "read 4 KiB", "Reads of 4 KiB values: N/50 keys, random order, every byte read"),
+    (
+        "large_1m",
+        "read 1 MiB",
+        "Reads of 1 MiB values: N/5000 keys (at least 20), random order, every byte read",
+    ),
+];
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Args {
+    keys: usize,
+    quick: bool,
+    engine: Option<String>,
+    engines: Vec<String>,
+    probe: bool,
+    out: Option<PathBuf>,
+    no_probe: bool,
+    render: bool,
+}
+
+fn parse_args() -> Res<Args> {
+    let mut a = Args {
+        keys: 0,
+        quick: false,
+        engine: None,
+        engines: engines::ENGINES.iter().map(|s| s.to_string()).collect(),
+        probe: false,
+        out: None,
+        no_probe: false,
+        render: false,
+    };
+    let env_keys = std::env::var("BENCH_KEYS").ok().and_then(|s| s.replace('_', "").parse().ok());
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--keys" | "-n" => {
+                a.keys = it.next().ok_or("--keys needs a number")?.replace('_', "").parse()?
+            }
+            "--quick" => a.quick = true,
+            "--engine" => a.engine = Some(it.next().ok_or("--engine needs a name")?),
+            "--engines" => {
+                a.engines = it
+                    .next()
+                    .ok_or("--engines needs a comma-separated list")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect();
+                for e in &a.engines {
+                    if !engines::ENGINES.contains(&e.as_str()) {
+                        return Err(
+                            format!("unknown engine {e:?}; known: {:?}", engines::ENGINES).into()
+                        );
+                    }
+                }
+            }
+            "--probe" => a.probe = true,
+            "--no-probe" => a.no_probe = true,
+            "--render" => a.render = true,
+            "--out" => a.out = Some(it.next().ok_or("--out needs a path")?.into()),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench-compare [--keys N | --quick] [--engines a,b,..] [--no-probe]\n\
+                     N defaults to $BENCH_KEYS or 1000000; --quick means N = 100000.\n\
+                     bench-compare --render: redraw RESULTS.md and chart.png from results.json.\n\
+                     engines: {}",
+                    engines::ENGINES.join(",")
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)").into()),
+        }
+    }
+    if a.keys == 0 {
+        a.keys = if a.quick { 100_000 } else { env_keys.unwrap_or(1_000_000) };
+    }
+    Ok(a)
+}
+
+fn main() -> Res<()> {
+    let args = parse_args()?;
+    if args.probe {
+        let dir = temp_dir("probe");
+        let p = probe::run(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = p?;
+        std::fs::write(args.out.as_ref().ok_or("--out")?, serde_json::to_vec(&p)?)?;
+        return Ok(());
+    }
+    if let Some(engine) = &args.engine {
+        let result = run_engine(engine, args.keys);
+        std::fs::write(args.out.as_ref().ok_or("--out")?, serde_json::to_vec_pretty(&result)?)?;
+        return Ok(());
+    }
+    if args.render {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        let rep: report::Report =
+            serde_json::from_slice(&std::fs::read(dir.join("results.json"))?)?;
+        return write_outputs(&rep, &dir);
+    }
+    parent(&args)
+}
+
+fn write_outputs(rep: &report::Report, results_dir: &Path) -> Res<()> {
+    let md = report::markdown(rep);
+    println!("{md}");
+    std::fs::write(results_dir.join("results.json"), serde_json::to_vec_pretty(rep)?)?;
+    std::fs::write(results_dir.join("RESULTS.md"), &md)?;
+    match report::chart(rep, &results_dir.join("chart.png")) {
+        Ok(()) => eprintln!("wrote {}", results_dir.join("chart.png").display()),
+        Err(e) => eprintln!("chart not drawn: {e}"),
+    }
+    eprintln!(
+        "wrote {} and {} (total {:.0} s)",
+        results_dir.join("results.json").display(),
+        results_dir.join("RESULTS.md").display(),
+        rep.total_wall_s
+    );
+    Ok(())
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("mapkv-bench-{what}-{}", std::process::id()))
+}
+
+// ---- parent -------------------------------------------------------------------------------
+
+fn parent(args: &Args) -> Res<()> {
+    let results_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&results_dir)?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let machine = report::Machine::collect();
+    println!(
+        "bench-compare: {} keys, engines {:?}\nmachine: {} x {}, kernel {}, temp dir {} on {}\n\
+         All data stays in the page cache (caches are never dropped).\n",
+        args.keys,
+        args.engines,
+        machine.nproc,
+        machine.cpu,
+        machine.kernel,
+        machine.temp_dir,
+        machine.temp_fs,
+    );
+
+    let probe = if args.no_probe {
+        None
+    } else {
+        eprintln!("[probe] pointer chasing over 1 GiB, one-page msync and fdatasync ...");
+        let out = results_dir.join(format!("tmp-probe-{}.json", std::process::id()));
+        let st = Command::new(&exe).arg("--probe").arg("--out").arg(&out).status()?;
+        let p = if st.success() {
+            Some(serde_json::from_slice::<probe::Probe>(&std::fs::read(&out)?)?)
+        } else {
+            eprintln!("[probe] failed: {st}");
+            None
+        };
+        let _ = std::fs::remove_file(&out);
+        if let Some(p) = &p {
+            eprintln!(
+                "[probe] dependent miss {:.1} ns, msync {:.1} us, fdatasync {:.1} us",
+                p.chase_ns, p.msync_us, p.fdatasync_us
+            );
+        }
+        p
+    };
+
+    let mut results = Vec::new();
+    for engine in &args.engines {
+        eprintln!("[{engine}] running in a child process ...");
+        let out = results_dir.join(format!("tmp-{engine}-{}.json", std::process::id()));
+        let st = Command::new(&exe)
+            .arg("--engine")
+            .arg(engine)
+            .arg("--keys")
+            .arg(args.keys.to_string())
+            .arg("--out")
+            .arg(&out)
+            .status()?;
+        let r = match std::fs::read(&out) {
+            Ok(bytes) if st.success() => serde_json::from_slice::<EngineResult>(&bytes)?,
+            _ => EngineResult {
+                engine: engine.clone(),
+                config: engines::guarantee(engine).into(),
+                error: Some(format!("child process failed: {st}")),
+                ..Default::default()
+            },
+        };
+        let _ = std::fs::remove_file(&out);
+        if let Some(e) = &r.error {
+            eprintln!("[{engine}] ERROR: {e}");
+        }
+        eprintln!("[{engine}] done in {:.1} s, peak RSS {} MiB", r.wall_s, r.peak_rss_kib / 1024);
+        results.push(r);
+    }
+
+    let rep = report::Report {
+        machine,
+        keys: args.keys,
+        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        versions: report::versions(),
+        probe,
+        engines: results,
+        total_wall_s: started.elapsed().as_secs_f64(),
+    };
+    write_outputs(&rep, &results_dir)
+}
+
+// ---- child: one engine --------------------------------------------------------------------
+
+fn run_engine(engine: &str, n: usize) -> EngineResult {
+    let mut r = EngineResult {
+        engine: engine.into(),
+        config: engines::guarantee(engine).into(),
+        ..Default::default()
+    };
+    let dir = temp_dir(engine);
+    let t = Instant::now();
+    if let Err(e) = workloads(engine, n, &dir, &mut r) {
+        r.error = Some(e.to_string());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    r.wall_s = t.elapsed().as_secs_f64();
+    r.peak_rss_kib = status_kib("VmHWM");
+    r
+}
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (apparent bytes, allocated bytes) of every file under `dir`.
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else { return total };
+    for e in entries.flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_dir() {
+            let (a, b) = disk_usage(&e.path());
+            total.0 += a;
+            total.1 += b;
+        } else {
+            total.0 += md.len();
+            total.1 += md.blocks() * 512;
+        }
+    }
+    total
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let t = Instant::now();
+    let v = f();
+    (t.elapsed().as_secs_f64(), v)
+}
+
+fn log(engine: &str, what: &str, m: &Metric) {
+    eprintln!(
+        "[{engine}] {what:<14} {:>12.0} ops/s {:>10.3} us/op{}",
+        m.ops_per_sec,
+        1e6 / m.ops_per_sec,
+        m.bytes_per_sec.map(|b| format!("  {:.2} GB/s", b / 1e9)).unwrap_or_default()
+    );
+}
+
+fn check_reads(s: ReadStats, expect: u64, len: usize) -> Res<()> {
+    if s.found != expect || s.bytes != expect * len as u64 {
+        return Err(format!(
+            "read check failed: found {} of {expect}, {} bytes (expected {})",
+            s.found,
+            s.bytes,
+            expect * len as u64
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn workloads(engine: &str, n: usize, dir: &Path, r: &mut EngineResult) -> Res<()> {
+    const VALUE_LEN: usize = 150;
+    /// Runs of each read phase; the median is reported.
+    const RUNS: usize = 5;
+    let keys = Keys::random(n, 1);
+    let vals = Values::new(VALUE_LEN, 101);
+    let order1 = shuffled(n, 11);
+    let order2 = shuffled(n, 12);
+    let n_nosync = (n / 10).max(1);
+    let nosync_keys = Keys::random(n_nosync, 2);
+    let durable_keys = Keys::random(3 * 1000, 3);
+    let batch_keys = Keys::random(100 * 1000, 4);
+    let miss_keys = Keys::random((n / 10).max(1), 5);
+    let miss_order: Vec<u32> = (0..miss_keys.len() as u32).collect();
+    r.rss_before_kib = status_kib("VmRSS");
+
+    let _ = std::fs::remove_dir_all(dir);
+    let mut db = engines::open(engine, dir)?;
+    let put = |m: &mut EngineResult, id: &str, metric: Metric| {
+        log(engine, id, &metric);
+        m.workloads.insert(id.into(), metric);
+    };
+
+    // 1. Bulk load: one transaction or batch, durable at the end.
+    let (s, res) = time(|| db.write_batch(&keys, 0..n, &vals));
+    res?;
+    put(r, "bulk_load", Metric::new(n as u64, vec![s]));
+    (r.file_bytes, r.alloc_bytes) = disk_usage(dir);
+    eprintln!(
+        "[{engine}] size after load: {:.1} MiB in files, {:.1} MiB allocated",
+        r.file_bytes as f64 / (1 << 20) as f64,
+        r.alloc_bytes as f64 / (1 << 20) as f64
+    );
+
+    // 4. Random reads, 1 thread then 2 threads; median of RUNS.
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let (s, st) = time(|| db.read(&keys, &order1, false));
+        check_reads(st, n as u64, VALUE_LEN)?;
+        runs.push(s);
+    }
+    put(r, "get_1t", Metric::new(n as u64, runs));
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let db_ref: &dyn engines::Engine = &*db;
+        let (s, st) = time(|| {
+            std::thread::scope(|sc| {
+                let a = sc.spawn(|| db_ref.read(&keys, &order1, false));
+                let b = sc.spawn(|| db_ref.read(&keys, &order2, false));
+                (a.join().unwrap(), b.join().unwrap())
+            })
+        });
+        check_reads(st.0, n as u64, VALUE_LEN)?;
+        check_reads(st.1, n as u64, VALUE_LEN)?;
+        runs.push(s);
+    }
+    put(r, "get_2t", Metric::new(2 * n as u64, runs));
+
+    // 5. Misses.
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let (s, st) = time(|| db.read(&miss_keys, &miss_order, false));
+        if st.found != 0 {
+            return Err(format!("{} of the absent keys were found", st.found).into());
+        }
+        runs.push(s);
+    }
+    put(r, "miss", Metric::new(miss_keys.len() as u64, runs));
+
+    // Individual non-durable writes (each engine's page-cache mode; see engines.rs).
+    let (s, res) = time(|| db.put_each(&nosync_keys, 0..n_nosync, &vals));
+    res?;
+    put(r, "put_nosync", Metric::new(n_nosync as u64, vec![s]));
+
+    // 2. Individual durable writes: 3 rounds of 1000.
+    let mut runs = Vec::new();
+    for round in 0..3 {
+        let (s, res) = time(|| -> Res<()> {
+            for i in round * 1000..(round + 1) * 1000 {
+                db.put_durable(durable_keys.get(i), vals.get(i))?;
+            }
+            Ok(())
+        });
+        res?;
+        runs.push(s);
+    }
+    put(r, "put_durable", Metric::new(1000, runs));
+
+    // 3. Batch writes: 100 x 1000, durable after each.
+    let (s, res) = time(|| -> Res<()> {
+        for b in 0..100 {
+            db.write_batch(&batch_keys, b * 1000..(b + 1) * 1000, &vals)?;
+        }
+        Ok(())
+    });
+    res?;
+    put(r, "batch_durable", Metric::new(100_000, vec![s]));
+
+    // 6. Removals of N/2 keys in one transaction or batch, durable at the end.
+    let (s, res) = time(|| db.remove_batch(&keys, 0..n / 2));
+    res?;
+    put(r, "remove", Metric::new((n / 2) as u64, vec![s]));
+    // The removed keys are gone, the rest still there.
+    let sample: Vec<u32> = (0..n as u32).step_by((n / 1000).max(1)).collect();
+    let st = db.read(&keys, &sample, false);
+    let expect = sample.iter().filter(|&&i| i as usize >= n / 2).count() as u64;
+    if st.found != expect {
+        return Err(format!("after removals found {} of {expect} sampled keys", st.found).into());
+    }
+
+    db.close()?;
+    std::fs::remove_dir_all(dir)?;
+    r.peak_rss_main_kib = status_kib("VmHWM");
+
+    // 8. Large values: a fresh store per size, loaded durably in batches of <= 64 MiB, then
+    // read in random order touching every byte; median of RUNS.
+    drop((keys, order1, order2, nosync_keys, batch_keys, miss_keys));
+    let scale = |c: usize| ((c as f64 * n as f64 / 1e6).round() as usize).max(20);
+    for (id, len, count) in [
+        ("large_150", 150usize, scale(100_000)),
+        ("large_4k", 4096, scale(20_000)),
+        ("large_1m", 1 << 20, scale(200)),
+    ] {
+        let sub = dir.join(id);
+        let mut db = engines::open(engine, &sub)?;
+        if len > db.max_value_len() {
+            r.skipped
+                .insert(id.into(), format!("values are limited to {} bytes", db.max_value_len()));
+            eprintln!("[{engine}] {id}: skipped (max value {} bytes)", db.max_value_len());
+            db.close()?;
+            std::fs::remove_dir_all(dir)?;
+            continue;
+        }
+        let keys = Keys::random(count, 20 + len as u64);
+        let vals = Values::new(len, 200 + len as u64);
+        let per_batch = ((64 << 20) / len).max(1);
+        let mut start = 0;
+        while start < count {
+            let end = (start + per_batch).min(count);
+            db.write_batch(&keys, start..end, &vals)?;
+            start = end;
+        }
+        let order = shuffled(count, 30);
+        // Enough passes over the keys that one run reads about 1 GiB (N = 1M; less for a
+        // smaller N, at least 64 MiB), so a run lasts long enough to time.
+        let target = ((1u64 << 30) as f64 * (n as f64 / 1e6)).max((64 << 20) as f64);
+        let passes = (target / (count * len) as f64).ceil().max(1.0) as usize;
+        let mut runs = Vec::new();
+        for _ in 0..RUNS {
+            let (s, res) = time(|| -> Res<()> {
+                for _ in 0..passes {
+                    let st = db.read(&keys, &order, true);
+                    check_reads(st, count as u64, len)?;
+                    std::hint::black_box(st.checksum);
+                }
+                Ok(())
+            });
+            res?;
+            runs.push(s);
+        }
+        let mut m = Metric::new((count * passes) as u64, runs);
+        m.bytes_per_sec = Some(m.ops_per_sec * len as f64);
+        put(r, id, m);
+        db.close()?;
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}
