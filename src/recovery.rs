@@ -115,7 +115,15 @@ pub trait Replay {
     /// # Errors
     /// Whatever applying it returns (index growth I/O).
     fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()>;
+
+    /// A record with `key` will be applied soon: start loading what `apply` will touch.
+    fn prefetch(&mut self, key: &[u8]) {
+        let _ = key;
+    }
 }
+
+/// How many records the scan looks ahead to prefetch their index slots.
+const LOOKAHEAD: usize = 8;
 
 /// Scans every record from `DATA_START`, checking its checksum, and feeds it to `replay`.
 /// A bad record below `committed` is corruption; at or past it, it is a torn tail: the scan
@@ -132,7 +140,22 @@ pub fn scan(
     let seed = crc_seed(header.store_id);
     let mut report = RecoveryReport { index_rebuilt: true, ..Default::default() };
     let mut p = DATA_START;
+    // `ahead` runs LOOKAHEAD records in front of `p`, so the index slots of records about
+    // to be applied are already on their way from memory (random inserts dominate a scan).
+    let mut ahead = DATA_START;
+    let mut step_ahead = |replay: &mut dyn Replay| {
+        let rec =
+            log.get(ahead as usize..).and_then(|rest| Record::decode(rest).ok().map(|r| (r, rest)));
+        if let Some((rec, rest)) = rec {
+            replay.prefetch(rec.key(rest));
+            ahead += rec.total_len();
+        }
+    };
+    for _ in 0..LOOKAHEAD {
+        step_ahead(replay);
+    }
     while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
+        step_ahead(replay);
         let checked = Record::decode(rest)
             .and_then(|rec| rec.verify(seed, rest).map(|()| rec))
             .map_err(|k| k.at(p));

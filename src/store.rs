@@ -924,6 +924,11 @@ struct Rebuild<'a> {
 }
 
 impl Replay for Rebuild<'_> {
+    fn prefetch(&mut self, key: &[u8]) {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
+        self.index.prefetch(Table::new(self.index.words()).home_word(hash));
+    }
+
     fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()> {
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
         let path = self.ctx.path;
