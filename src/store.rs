@@ -281,17 +281,8 @@ impl Store {
         let key = key.as_ref();
         let hash = self.hash(key);
         let guard = self.state.load();
-        let mut state: &State = &guard;
-        loop {
-            match self.lookup(state, hash, key)? {
-                Lookup::Found(bytes) => return Ok(Some(state.log.value(bytes))),
-                Lookup::Absent => return Ok(None),
-                Lookup::Stale(slot, off) => match state.next.get() {
-                    Some(next) => state = next,
-                    None => return Err(recovery::bad_slot(&self.index_path, slot, off)),
-                },
-            }
-        }
+        let found = self.find(&guard, hash, key)?;
+        Ok(found.map(|(state, bytes)| state.log.value(bytes)))
     }
 
     /// A read view for hot loops: its [`Reader::get`] returns plain `&[u8]` borrowed from
@@ -475,6 +466,27 @@ impl Store {
             let _ = self.poisoned.set(e.to_string());
         }
         r
+    }
+
+    /// Searches `state`, following newer views while the index names a record that this
+    /// view's mapping does not reach. Returns the value and the view it was found in.
+    #[inline]
+    fn find<'s>(
+        &self,
+        mut state: &'s State,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<Option<(&'s State, &'s [u8])>> {
+        loop {
+            match self.lookup(state, hash, key)? {
+                Lookup::Found(bytes) => return Ok(Some((state, bytes))),
+                Lookup::Absent => return Ok(None),
+                Lookup::Stale(slot, off) => match state.next.get() {
+                    Some(next) => state = next,
+                    None => return Err(recovery::bad_slot(&self.index_path, slot, off)),
+                },
+            }
+        }
     }
 
     /// Searches one view. Bytes come only from the published part of the mapping.
@@ -767,17 +779,7 @@ impl Reader<'_> {
 
     #[inline]
     fn get_hashed(&self, hash: u64, key: &[u8]) -> Result<Option<&[u8]>> {
-        let mut state = self.latest();
-        loop {
-            match self.store.lookup(state, hash, key)? {
-                Lookup::Found(bytes) => return Ok(Some(bytes)),
-                Lookup::Absent => return Ok(None),
-                Lookup::Stale(slot, off) => match state.next.get() {
-                    Some(next) => state = next,
-                    None => return Err(recovery::bad_slot(&self.store.index_path, slot, off)),
-                },
-            }
-        }
+        Ok(self.store.find(self.latest(), hash, key)?.map(|(_, bytes)| bytes))
     }
 }
 
