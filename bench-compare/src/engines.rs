@@ -5,8 +5,9 @@
 //! > survives power loss.
 //!
 //! Every write phase of the harness ends durable (a sync, a durable commit or a flush), so
-//! the durable phases compare like with like. Only the "individual writes, no sync" phase
-//! uses each engine's non-durable mode, and there two peers give less than mapkv (redb's
+//! the durable phases compare like with like. Only the "individual writes, no sync" phase,
+//! the YCSB writes and the writer killed in the recovery test use each engine's non-durable
+//! mode, and there two peers give less than mapkv (redb's
 //! `Durability::None` and sled's buffered writes can lose returned writes on kill -9): see
 //! `guarantee()` and README.md.
 //!
@@ -17,6 +18,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::data::{Keys, ReadStats, Values, fold, read_loop};
+use crate::ycsb::{self, Op};
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -33,6 +35,14 @@ pub trait Engine: Sync {
     fn remove_batch(&mut self, keys: &Keys, range: Range<usize>) -> Res<()>;
     /// Looks up `keys[i]` for each `i` in `order`; with `touch`, folds every byte read.
     fn read(&self, keys: &Keys, order: &[u32], touch: bool) -> ReadStats;
+    /// Runs pre-generated YCSB operations (see `ycsb::run`); each read and each write is its
+    /// own operation (LMDB and redb: one read transaction per read, one write transaction per
+    /// write), writes in the engine's non-durable mode (as `put_each`).
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats>;
+    /// mapkv only: (index rebuilt, records replayed) from the last open.
+    fn recovery_report(&self) -> Option<(bool, u64)> {
+        None
+    }
     /// Largest value the engine stores (candystore: 65,471 bytes).
     fn max_value_len(&self) -> usize {
         usize::MAX
@@ -80,9 +90,7 @@ pub fn guarantee(engine: &str) -> &'static str {
 pub fn open(engine: &str, dir: &Path) -> Res<Box<dyn Engine>> {
     std::fs::create_dir_all(dir)?;
     Ok(match engine {
-        "mapkv" => {
-            Box::new(MapKv { store: mapkv::Store::open(dir.join("store"))? })
-        }
+        "mapkv" => Box::new(MapKv { store: mapkv::Store::open(dir.join("store"))? }),
         "lmdb" => Box::new(Lmdb::open(dir)?),
         "redb" => Box::new(Redb::open(dir)?),
         "fjall" => Box::new(Fjall::open(dir)?),
@@ -134,6 +142,20 @@ impl Engine for MapKv {
             reader.get(k).expect("mapkv get").and_then(|v| measure(v, touch))
         })
     }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        let st = &self.store;
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| Ok(st.get(k)?.and_then(|v| ycsb::seen(&v, buf))),
+            |k, v| Ok(st.put(k, v)?),
+        )
+    }
+    fn recovery_report(&self) -> Option<(bool, u64)> {
+        let r = self.store.recovery();
+        Some((r.index_rebuilt, r.records_replayed))
+    }
     fn close(self: Box<Self>) -> Res<()> {
         Ok(self.store.close()?)
     }
@@ -157,15 +179,19 @@ impl Lmdb {
         // Not WRITE_MAP: tried, it made durable commits 3-4x slower here (LMDB then msyncs
         // the map) and bulk loads no faster.
         unsafe { opts.flags(heed::EnvFlags::NO_SYNC) };
-        // SAFETY: the directory is fresh and used by this process only.
+        // SAFETY: the directory is used by one process at a time (a writer child that the
+        // harness kills, then the harness).
         let env = unsafe { opts.open(&path)? };
-        let wtxn = env.write_txn()?;
+        // The unnamed database always exists: open it with a read transaction, so that
+        // reopening an existing environment writes nothing.
+        let rtxn = env.read_txn()?;
         let db = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                let db = opener.create_database(wtxn, None)?;
+            .open_databases_and_commit(rtxn, |opener, rtxn| -> heed::Result<_> {
+                let db = opener.open_database(rtxn, None)?;
                 Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
             })?
-            .unwrap_commit();
+            .unwrap_commit()
+            .ok_or("LMDB: no unnamed database")?;
         Ok(Lmdb { env, db })
     }
 
@@ -215,6 +241,23 @@ impl Engine for Lmdb {
             self.db.get(&txn, k).expect("lmdb get").and_then(|v| measure(v, touch))
         })
     }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        let (env, db) = (&self.env, self.db);
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| {
+                let txn = env.read_txn()?;
+                Ok(db.get(&txn, k)?.and_then(|v| ycsb::seen(v, buf)))
+            },
+            |k, v| {
+                let mut txn = env.write_txn()?;
+                db.put(&mut txn, k, v)?;
+                Ok(txn.commit()?)
+            },
+        )
+    }
     fn close(self: Box<Self>) -> Res<()> {
         let Lmdb { env, db: _ } = *self;
         env.prepare_for_closing().wait();
@@ -232,10 +275,15 @@ struct Redb {
 
 impl Redb {
     fn open(dir: &Path) -> Res<Self> {
-        let db = redb::Database::builder().create(dir.join("db.redb"))?;
-        let txn = db.begin_write()?;
-        txn.open_table(REDB_TABLE)?;
-        txn.commit()?;
+        let path = dir.join("db.redb");
+        let existed = path.exists();
+        let db = redb::Database::builder().create(&path)?;
+        // Reopening an existing store writes nothing (the table was created with it).
+        if !existed {
+            let txn = db.begin_write()?;
+            txn.open_table(REDB_TABLE)?;
+            txn.commit()?;
+        }
         Ok(Redb { db })
     }
 }
@@ -289,6 +337,29 @@ impl Engine for Redb {
             t.get(k).expect("redb get").and_then(|g| measure(g.value(), touch))
         })
     }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        use redb::ReadableDatabase;
+        let db = &self.db;
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| {
+                let txn = db.begin_read()?;
+                let t = txn.open_table(REDB_TABLE)?;
+                Ok(t.get(k)?.and_then(|g| ycsb::seen(g.value(), buf)))
+            },
+            |k, v| {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(redb::Durability::None)?;
+                {
+                    let mut t = txn.open_table(REDB_TABLE)?;
+                    t.insert(k, v)?;
+                }
+                Ok(txn.commit()?)
+            },
+        )
+    }
     fn close(self: Box<Self>) -> Res<()> {
         Ok(())
     }
@@ -341,6 +412,16 @@ impl Engine for Fjall {
             self.ks.get(k).expect("fjall get").and_then(|v| measure(&v, touch))
         })
     }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        let ks = &self.ks;
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| Ok(ks.get(k)?.and_then(|v| ycsb::seen(&v, buf))),
+            |k, v| Ok(ks.insert(k, v)?),
+        )
+    }
     fn close(self: Box<Self>) -> Res<()> {
         Ok(())
     }
@@ -387,6 +468,19 @@ impl Engine for Sled {
             self.db.get(k).expect("sled get").and_then(|v| measure(&v, touch))
         })
     }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        let db = &self.db;
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| Ok(db.get(k)?.and_then(|v| ycsb::seen(&v, buf))),
+            |k, v| {
+                db.insert(k, v)?;
+                Ok(())
+            },
+        )
+    }
     fn close(self: Box<Self>) -> Res<()> {
         self.db.flush()?;
         Ok(())
@@ -426,6 +520,19 @@ impl Engine for Candy {
         read_loop(keys, order, |k| {
             self.db.get(k).expect("candystore get").and_then(|v| measure(&v, touch))
         })
+    }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        let db = &self.db;
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| Ok(db.get(k)?.and_then(|v| ycsb::seen(&v, buf))),
+            |k, v| {
+                db.set(k, v)?;
+                Ok(())
+            },
+        )
     }
     fn max_value_len(&self) -> usize {
         candystore::MAX_VALUE_LEN

@@ -12,10 +12,11 @@ mod data;
 mod engines;
 mod probe;
 mod report;
+mod ycsb;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,37 @@ pub struct EngineResult {
     /// Wall time of the child process's whole run.
     pub wall_s: f64,
     pub error: Option<String>,
+    /// Records of the YCSB dataset (24-byte keys, 1000-byte values).
+    #[serde(default)]
+    pub ycsb_records: u64,
+    /// Open and recovery after kill -9 (also in `workloads` as "open" and "recovery", as
+    /// opens per second, for the summary and the chart).
+    #[serde(default)]
+    pub open: Option<OpenRecovery>,
+}
+
+/// Open of a cleanly closed store and recovery after kill -9.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct OpenRecovery {
+    /// Keys in the store (150-byte values), loaded durably and closed cleanly.
+    pub keys: u64,
+    /// Seconds of each clean open; the median is reported.
+    pub open_runs_s: Vec<f64>,
+    pub open_s: f64,
+    /// Non-durable puts a writer child made before it was killed, per cycle.
+    pub extra_writes: u64,
+    /// Seconds of the open after each kill; the median is reported.
+    pub recovery_runs_s: Vec<f64>,
+    pub recovery_s: Option<f64>,
+    /// Of each cycle's `extra_writes`, how many were found after the recovery.
+    pub survived: Vec<u64>,
+    /// mapkv: whether a clean open rebuilt the index (must be false).
+    pub rebuilt_clean: Option<bool>,
+    /// mapkv: whether the open after kill -9 rebuilt the index, and records replayed.
+    pub rebuilt_after_kill: Option<bool>,
+    pub replayed_after_kill: Option<u64>,
+    /// Why the recovery half is missing, if it is.
+    pub recovery_error: Option<String>,
 }
 
 /// Workloads in report order: id, short label (chart), title.
@@ -96,6 +128,21 @@ pub const WORKLOADS: &[(&str, &str, &str)] = &[
         "read 1 MiB",
         "Reads of 1 MiB values: N/5000 keys (at least 20), random order, every byte read",
     ),
+    ("ycsb_a", "YCSB A", "YCSB A (update heavy): 50% read / 50% update, scrambled zipfian 0.99"),
+    ("ycsb_b", "YCSB B", "YCSB B (read mostly): 95% read / 5% update, scrambled zipfian 0.99"),
+    ("ycsb_c", "YCSB C", "YCSB C (read only): 100% read, scrambled zipfian 0.99"),
+    (
+        "ycsb_d",
+        "YCSB D",
+        "YCSB D (read latest): 95% read of recent records (zipfian over recency) / 5% insert",
+    ),
+    (
+        "ycsb_f",
+        "YCSB F",
+        "YCSB F (read-modify-write): 50% read / 50% read-modify-write, scrambled zipfian 0.99",
+    ),
+    ("open", "open", "Open of a cleanly closed store (N keys)"),
+    ("recovery", "open after kill", "Open after kill -9 (recovery) (N keys)"),
 ];
 
 pub fn median(v: &mut [f64]) -> f64 {
@@ -119,6 +166,18 @@ struct Args {
     out: Option<PathBuf>,
     no_probe: bool,
     render: bool,
+    engines_given: bool,
+    /// YCSB records (default N/10) and operations per workload run (default = records).
+    ycsb_records: Option<usize>,
+    ycsb_ops: Option<usize>,
+    /// Run only the open/recovery group at this many keys.
+    scale_keys: Option<usize>,
+    /// Child: run only the open/recovery group.
+    only_open: bool,
+    /// Grandchild: open the store in `dir`, make non-durable puts, print "ready", sleep.
+    recovery_writer: Option<String>,
+    dir: Option<PathBuf>,
+    cycle: usize,
 }
 
 fn parse_args() -> Res<Args> {
@@ -131,6 +190,17 @@ fn parse_args() -> Res<Args> {
         out: None,
         no_probe: false,
         render: false,
+        engines_given: false,
+        ycsb_records: None,
+        ycsb_ops: None,
+        scale_keys: None,
+        only_open: false,
+        recovery_writer: None,
+        dir: None,
+        cycle: 0,
+    };
+    let num = |s: Option<String>, what: &str| -> Res<usize> {
+        Ok(s.ok_or(format!("{what} needs a number"))?.replace('_', "").parse()?)
     };
     let env_keys = std::env::var("BENCH_KEYS").ok().and_then(|s| s.replace('_', "").parse().ok());
     let mut it = std::env::args().skip(1);
@@ -142,6 +212,7 @@ fn parse_args() -> Res<Args> {
             "--quick" => a.quick = true,
             "--engine" => a.engine = Some(it.next().ok_or("--engine needs a name")?),
             "--engines" => {
+                a.engines_given = true;
                 a.engines = it
                     .next()
                     .ok_or("--engines needs a comma-separated list")?
@@ -159,11 +230,22 @@ fn parse_args() -> Res<Args> {
             "--probe" => a.probe = true,
             "--no-probe" => a.no_probe = true,
             "--render" => a.render = true,
+            "--ycsb-records" => a.ycsb_records = Some(num(it.next(), &arg)?),
+            "--ycsb-ops" => a.ycsb_ops = Some(num(it.next(), &arg)?),
+            "--scale-keys" => a.scale_keys = Some(num(it.next(), &arg)?),
+            "--only-open" => a.only_open = true,
+            "--recovery-writer" => a.recovery_writer = Some(it.next().ok_or("engine name")?),
+            "--dir" => a.dir = Some(it.next().ok_or("--dir needs a path")?.into()),
+            "--cycle" => a.cycle = num(it.next(), &arg)?,
             "--out" => a.out = Some(it.next().ok_or("--out needs a path")?.into()),
             "-h" | "--help" => {
                 println!(
                     "usage: bench-compare [--keys N | --quick] [--engines a,b,..] [--no-probe]\n\
+                     \x20      [--ycsb-records R] [--ycsb-ops OPS]\n\
                      N defaults to $BENCH_KEYS or 1000000; --quick means N = 100000.\n\
+                     R (YCSB records of 1000 B) defaults to N/10, OPS (per YCSB workload) to R.\n\
+                     bench-compare --scale-keys M [--engines a,b]: only the open/recovery group\n\
+                     \x20 at M keys (default engines mapkv,lmdb), added to the existing results.json.\n\
                      bench-compare --render: redraw RESULTS.md and chart.png from results.json.\n\
                      engines: {}",
                     engines::ENGINES.join(",")
@@ -189,8 +271,16 @@ fn main() -> Res<()> {
         std::fs::write(args.out.as_ref().ok_or("--out")?, serde_json::to_vec(&p)?)?;
         return Ok(());
     }
+    if let Some(engine) = &args.recovery_writer {
+        return recovery_writer(engine, args.dir.as_ref().ok_or("--dir")?, args.cycle);
+    }
     if let Some(engine) = &args.engine {
-        let result = run_engine(engine, args.keys);
+        let result = if args.only_open {
+            run_open_only(engine, args.keys)
+        } else {
+            let records = args.ycsb_records.unwrap_or((args.keys / 10).max(1000));
+            run_engine(engine, args.keys, records, args.ycsb_ops.unwrap_or(records))
+        };
         std::fs::write(args.out.as_ref().ok_or("--out")?, serde_json::to_vec_pretty(&result)?)?;
         return Ok(());
     }
@@ -227,12 +317,88 @@ fn temp_dir(what: &str) -> PathBuf {
 
 // ---- parent -------------------------------------------------------------------------------
 
+/// Runs `engine` in a child process (`--engine NAME` plus `extra`) and reads its result.
+fn child(exe: &Path, results_dir: &Path, engine: &str, extra: &[String]) -> Res<EngineResult> {
+    eprintln!("[{engine}] running in a child process ...");
+    let out = results_dir.join(format!("tmp-{engine}-{}.json", std::process::id()));
+    let st = Command::new(exe)
+        .arg("--engine")
+        .arg(engine)
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .status()?;
+    let r = match std::fs::read(&out) {
+        Ok(bytes) if st.success() => serde_json::from_slice::<EngineResult>(&bytes)?,
+        _ => EngineResult {
+            engine: engine.into(),
+            config: engines::guarantee(engine).into(),
+            error: Some(format!("child process failed: {st}")),
+            ..Default::default()
+        },
+    };
+    let _ = std::fs::remove_file(&out);
+    if let Some(e) = &r.error {
+        eprintln!("[{engine}] ERROR: {e}");
+    }
+    eprintln!("[{engine}] done in {:.1} s, peak RSS {} MiB", r.wall_s, r.peak_rss_kib / 1024);
+    Ok(r)
+}
+
+/// `--scale-keys M`: the open/recovery group only, at M keys, added to results.json.
+fn scale(args: &Args, m: usize) -> Res<()> {
+    let results_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&results_dir)?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let engines: Vec<String> =
+        if args.engines_given { args.engines.clone() } else { vec!["mapkv".into(), "lmdb".into()] };
+    println!("bench-compare: open/recovery only, {m} keys, engines {engines:?}");
+    let mut results = Vec::new();
+    for engine in &engines {
+        let extra = ["--only-open".to_string(), "--keys".into(), m.to_string()];
+        results.push(child(&exe, &results_dir, engine, &extra)?);
+    }
+    let path = results_dir.join("results.json");
+    let mut rep = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<report::Report>(&bytes)?,
+        Err(_) => {
+            eprintln!("no {} yet: writing one with the scale group only", path.display());
+            report::Report {
+                machine: report::Machine::collect(),
+                keys: 0,
+                command: String::new(),
+                versions: report::versions(),
+                probe: None,
+                engines: Vec::new(),
+                total_wall_s: 0.0,
+                ycsb_records: 0,
+                ycsb_ops: 0,
+                scale: None,
+            }
+        }
+    };
+    rep.scale = Some(report::Scale {
+        keys: m,
+        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        date: report::Machine::collect().date,
+        engines: results,
+        wall_s: started.elapsed().as_secs_f64(),
+    });
+    write_outputs(&rep, &results_dir)
+}
+
 fn parent(args: &Args) -> Res<()> {
+    if let Some(m) = args.scale_keys {
+        return scale(args, m);
+    }
     let results_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&results_dir)?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let machine = report::Machine::collect();
+    let ycsb_records = args.ycsb_records.unwrap_or((args.keys / 10).max(1000));
+    let ycsb_ops = args.ycsb_ops.unwrap_or(ycsb_records);
     println!(
         "bench-compare: {} keys, engines {:?}\nmachine: {} x {}, kernel {}, temp dir {} on {}\n\
          All data stays in the page cache (caches are never dropped).\n",
@@ -269,31 +435,15 @@ fn parent(args: &Args) -> Res<()> {
 
     let mut results = Vec::new();
     for engine in &args.engines {
-        eprintln!("[{engine}] running in a child process ...");
-        let out = results_dir.join(format!("tmp-{engine}-{}.json", std::process::id()));
-        let st = Command::new(&exe)
-            .arg("--engine")
-            .arg(engine)
-            .arg("--keys")
-            .arg(args.keys.to_string())
-            .arg("--out")
-            .arg(&out)
-            .status()?;
-        let r = match std::fs::read(&out) {
-            Ok(bytes) if st.success() => serde_json::from_slice::<EngineResult>(&bytes)?,
-            _ => EngineResult {
-                engine: engine.clone(),
-                config: engines::guarantee(engine).into(),
-                error: Some(format!("child process failed: {st}")),
-                ..Default::default()
-            },
-        };
-        let _ = std::fs::remove_file(&out);
-        if let Some(e) = &r.error {
-            eprintln!("[{engine}] ERROR: {e}");
-        }
-        eprintln!("[{engine}] done in {:.1} s, peak RSS {} MiB", r.wall_s, r.peak_rss_kib / 1024);
-        results.push(r);
+        let extra = [
+            "--keys".to_string(),
+            args.keys.to_string(),
+            "--ycsb-records".into(),
+            ycsb_records.to_string(),
+            "--ycsb-ops".into(),
+            ycsb_ops.to_string(),
+        ];
+        results.push(child(&exe, &results_dir, engine, &extra)?);
     }
 
     let rep = report::Report {
@@ -304,13 +454,20 @@ fn parent(args: &Args) -> Res<()> {
         probe,
         engines: results,
         total_wall_s: started.elapsed().as_secs_f64(),
+        ycsb_records,
+        ycsb_ops,
+        // Keep an earlier --scale-keys group (it is run separately).
+        scale: std::fs::read(results_dir.join("results.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<report::Report>(&b).ok())
+            .and_then(|r| r.scale),
     };
     write_outputs(&rep, &results_dir)
 }
 
 // ---- child: one engine --------------------------------------------------------------------
 
-fn run_engine(engine: &str, n: usize) -> EngineResult {
+fn run_engine(engine: &str, n: usize, ycsb_records: usize, ycsb_ops: usize) -> EngineResult {
     let mut r = EngineResult {
         engine: engine.into(),
         config: engines::guarantee(engine).into(),
@@ -322,6 +479,18 @@ fn run_engine(engine: &str, n: usize) -> EngineResult {
         r.error = Some(e.to_string());
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if r.error.is_none() {
+        if let Err(e) = ycsb_workloads(engine, ycsb_records, ycsb_ops, &dir.join("ycsb"), &mut r) {
+            r.error = Some(format!("YCSB: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if r.error.is_none() {
+        if let Err(e) = open_recovery(engine, n, &dir.join("open"), &mut r) {
+            r.error = Some(format!("open/recovery: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     r.wall_s = t.elapsed().as_secs_f64();
     r.peak_rss_kib = status_kib("VmHWM");
     r
@@ -550,4 +719,251 @@ fn workloads(engine: &str, n: usize, dir: &Path, r: &mut EngineResult) -> Res<()
         std::fs::remove_dir_all(dir)?;
     }
     Ok(())
+}
+
+// ---- child: YCSB --------------------------------------------------------------------------
+
+/// YCSB A, B, C, F, D over a fresh store of `records` records (24-byte keys, 1000-byte
+/// values, loaded durably in batches of 10,000): `ops` operations per run, single thread,
+/// 3 runs per workload, median. Writes use each engine's non-durable mode.
+fn ycsb_workloads(
+    engine: &str,
+    records: usize,
+    ops: usize,
+    dir: &Path,
+    r: &mut EngineResult,
+) -> Res<()> {
+    const VALUE_LEN: usize = 1000;
+    const RUNS: usize = 3;
+    r.ycsb_records = records as u64;
+    // Every run's operations, generated up front; D's inserts take new record numbers.
+    let mut inserted = records as u64;
+    let plans: Vec<(&str, Vec<Vec<ycsb::Op>>)> = ycsb::WORKLOADS
+        .iter()
+        .enumerate()
+        .map(|(wi, (id, w))| {
+            let runs = (0..RUNS)
+                .map(|run| {
+                    let seed = 1000 + 10 * wi as u64 + run as u64;
+                    ycsb::generate(*w, records as u64, ops, seed, &mut inserted)
+                })
+                .collect();
+            (*id, runs)
+        })
+        .collect();
+    let keys = Keys::random(inserted as usize, 50);
+    let vals = Values::new(VALUE_LEN, 150);
+
+    let _ = std::fs::remove_dir_all(dir);
+    let mut db = engines::open(engine, dir)?;
+    let (s, res) = time(|| -> Res<()> {
+        let mut start = 0;
+        while start < records {
+            let end = (start + 10_000).min(records);
+            db.write_batch(&keys, start..end, &vals)?;
+            start = end;
+        }
+        Ok(())
+    });
+    res?;
+    eprintln!("[{engine}] YCSB load: {records} records of {VALUE_LEN} B in {s:.2} s");
+    for (id, runs) in &plans {
+        let mut secs = Vec::new();
+        for run in runs {
+            let (s, st) = time(|| db.ycsb(&keys, run, &vals));
+            let st = st?;
+            if st.missing != 0 || st.bytes != st.found * VALUE_LEN as u64 {
+                return Err(format!(
+                    "{id}: {} reads missed, {} bytes for {} reads",
+                    st.missing, st.bytes, st.found
+                )
+                .into());
+            }
+            std::hint::black_box(st.checksum);
+            secs.push(s);
+        }
+        let m = Metric::new(ops as u64, secs);
+        log(engine, id, &m);
+        r.workloads.insert(id.to_string(), m);
+    }
+    db.close()?;
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+// ---- child: open and recovery -------------------------------------------------------------
+
+/// Clean opens timed, then recovery cycles (writer child killed, next open timed).
+const OPENS: usize = 5;
+const CYCLES: usize = 3;
+/// Non-durable puts the writer child makes before it is killed.
+const EXTRA: usize = 10_000;
+
+fn run_open_only(engine: &str, n: usize) -> EngineResult {
+    let mut r = EngineResult {
+        engine: engine.into(),
+        config: engines::guarantee(engine).into(),
+        ..Default::default()
+    };
+    let dir = temp_dir(engine);
+    let t = Instant::now();
+    r.rss_before_kib = status_kib("VmRSS");
+    if let Err(e) = open_recovery(engine, n, &dir.join("open"), &mut r) {
+        r.error = Some(format!("open/recovery: {e}"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    r.wall_s = t.elapsed().as_secs_f64();
+    r.peak_rss_kib = status_kib("VmHWM");
+    r
+}
+
+fn open_recovery(engine: &str, n: usize, dir: &Path, r: &mut EngineResult) -> Res<()> {
+    let o = open_recovery_at(engine, n, dir)?;
+    r.workloads.insert("open".into(), Metric::new(1, o.open_runs_s.clone()));
+    eprintln!("[{engine}] open (clean)  {:>10.2} ms (median of {OPENS})", o.open_s * 1e3);
+    match o.recovery_s {
+        Some(s) => {
+            r.workloads.insert("recovery".into(), Metric::new(1, o.recovery_runs_s.clone()));
+            eprintln!(
+                "[{engine}] open after kill -9 {:>10.2} ms (median of {CYCLES}); of {EXTRA} \
+                 non-durable puts before each kill, found {:?}",
+                s * 1e3,
+                o.survived
+            );
+        }
+        None => {
+            let why = o.recovery_error.clone().unwrap_or_default();
+            eprintln!("[{engine}] recovery: n/a ({why})");
+            r.skipped.insert("recovery".into(), why);
+        }
+    }
+    r.open = Some(o);
+    Ok(())
+}
+
+fn open_recovery_at(engine: &str, n: usize, dir: &Path) -> Res<OpenRecovery> {
+    let keys = Keys::random(n, 1);
+    let vals = Values::new(150, 101);
+    let probe: Vec<u32> = (0..n as u32).step_by((n / 1000).max(1)).collect();
+    let _ = std::fs::remove_dir_all(dir);
+    // Load durably in batches of up to 1M keys, then close cleanly.
+    let mut db = engines::open(engine, dir)?;
+    let (s, res) = time(|| -> Res<()> {
+        let mut start = 0;
+        while start < n {
+            let end = (start + 1_000_000).min(n);
+            db.write_batch(&keys, start..end, &vals)?;
+            start = end;
+        }
+        Ok(())
+    });
+    res?;
+    eprintln!("[{engine}] open/recovery: loaded {n} keys in {s:.2} s");
+    db.close()?;
+
+    let mut o = OpenRecovery { keys: n as u64, extra_writes: EXTRA as u64, ..Default::default() };
+    for _ in 0..OPENS {
+        let (s, db) = time(|| engines::open(engine, dir));
+        let db = db?;
+        o.open_runs_s.push(s);
+        if let Some((rebuilt, replayed)) = db.recovery_report() {
+            if rebuilt {
+                return Err(format!(
+                    "mapkv rebuilt its index on a clean open ({replayed} records replayed)"
+                )
+                .into());
+            }
+            o.rebuilt_clean = Some(false);
+        }
+        let st = db.read(&keys, &probe, false);
+        if st.found != probe.len() as u64 {
+            return Err(format!("clean open: found {} of {} keys", st.found, probe.len()).into());
+        }
+        db.close()?;
+    }
+    o.open_s = median(&mut o.open_runs_s.clone());
+    if let Err(e) = recovery_cycles(engine, dir, &keys, &probe, &mut o) {
+        o.recovery_error = Some(e.to_string());
+        o.recovery_runs_s.clear();
+    }
+    if !o.recovery_runs_s.is_empty() {
+        o.recovery_s = Some(median(&mut o.recovery_runs_s.clone()));
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(o)
+}
+
+/// CYCLES times: a writer child opens the cleanly closed store, makes EXTRA non-durable
+/// puts, says "ready"; it is SIGKILLed; the next open is timed; the loaded keys must all be
+/// there, and the writer's keys that survived are counted; then a clean close.
+fn recovery_cycles(
+    engine: &str,
+    dir: &Path,
+    keys: &Keys,
+    probe: &[u32],
+    o: &mut OpenRecovery,
+) -> Res<()> {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe()?;
+    let extra = Keys::random(EXTRA * CYCLES, 40);
+    for c in 0..CYCLES {
+        let mut child = Command::new(&exe)
+            .arg("--recovery-writer")
+            .arg(engine)
+            .arg("--dir")
+            .arg(dir)
+            .arg("--cycle")
+            .arg(c.to_string())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let read = std::io::BufReader::new(child.stdout.take().ok_or("writer stdout")?)
+            .read_line(&mut line);
+        child.kill()?; // SIGKILL
+        let st = child.wait()?;
+        read?;
+        if line.trim() != "ready" {
+            return Err(format!("writer child did not get ready ({st})").into());
+        }
+        if st.signal() != Some(libc::SIGKILL) {
+            return Err(format!("writer child was not killed by SIGKILL: {st}").into());
+        }
+        let (s, db) = time(|| engines::open(engine, dir));
+        let db = db?;
+        o.recovery_runs_s.push(s);
+        if let Some((rebuilt, replayed)) = db.recovery_report() {
+            o.rebuilt_after_kill = Some(rebuilt);
+            o.replayed_after_kill = Some(replayed);
+        }
+        let st = db.read(keys, probe, false);
+        if st.found != probe.len() as u64 {
+            return Err(format!(
+                "after kill -9: found {} of {} loaded keys",
+                st.found,
+                probe.len()
+            )
+            .into());
+        }
+        let order: Vec<u32> = ((c * EXTRA) as u32..((c + 1) * EXTRA) as u32).collect();
+        o.survived.push(db.read(&extra, &order, false).found);
+        db.close()?;
+    }
+    Ok(())
+}
+
+/// The writer child of a recovery cycle: never closes the store; the harness kills it.
+fn recovery_writer(engine: &str, dir: &Path, cycle: usize) -> Res<()> {
+    use std::io::Write;
+    let extra = Keys::random(EXTRA * CYCLES, 40);
+    let vals = Values::new(150, 101);
+    let mut db = engines::open(engine, dir)?;
+    db.put_each(&extra, cycle * EXTRA..(cycle + 1) * EXTRA, &vals)?;
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    // Waits to be killed; gives up after 10 minutes if the harness went away.
+    std::thread::sleep(std::time::Duration::from_secs(600));
+    std::mem::forget(db);
+    std::process::exit(1);
 }

@@ -101,6 +101,24 @@ pub struct Report {
     pub probe: Option<Probe>,
     pub engines: Vec<EngineResult>,
     pub total_wall_s: f64,
+    /// YCSB records (1000-byte values) and operations per YCSB run.
+    #[serde(default)]
+    pub ycsb_records: usize,
+    #[serde(default)]
+    pub ycsb_ops: usize,
+    /// The open/recovery group at a larger scale (`--scale-keys M`, run separately).
+    #[serde(default)]
+    pub scale: Option<Scale>,
+}
+
+/// `--scale-keys M`: open and recovery only, at M keys.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Scale {
+    pub keys: usize,
+    pub command: String,
+    pub date: String,
+    pub engines: Vec<EngineResult>,
+    pub wall_s: f64,
 }
 
 impl Report {
@@ -113,6 +131,11 @@ impl Report {
         let base = self.mapkv()?.workloads.get(id)?.ops_per_sec;
         Some(e.workloads.get(id)?.ops_per_sec / base)
     }
+}
+
+/// A ratio: two decimals, or two significant digits below 0.01 (opens can differ 1000×).
+fn rt(x: f64) -> String {
+    if x >= 0.01 { format!("{x:.2}") } else { format!("{x:.1e}") }
 }
 
 fn si(x: f64) -> String {
@@ -188,7 +211,7 @@ pub fn markdown(r: &Report) -> String {
         let _ = write!(s, "| {label} |");
         for e in &r.engines {
             let cell = match r.ratio(e, id) {
-                Some(x) => format!("{x:.2}"),
+                Some(x) => rt(x),
                 None => "n/a".into(),
             };
             let _ = write!(s, " {cell} |");
@@ -197,8 +220,30 @@ pub fn markdown(r: &Report) -> String {
     }
     s.push('\n');
 
-    // One table per workload.
+    // One table per workload (open and recovery: one table below).
     for (id, _, title) in WORKLOADS {
+        if *id == "open" || *id == "recovery" {
+            continue;
+        }
+        if *id == "ycsb_a" {
+            let _ = writeln!(
+                s,
+                "## YCSB core workloads\n\n\
+                 A separate store of {} records: 24-byte random keys, 1000-byte random values, \
+                 loaded durably in batches of 10,000. Each workload runs {} operations, single \
+                 thread, 3 times (median), in the order A, B, C, F, D. Request distribution: \
+                 YCSB's scrambled zipfian (constant 0.99, zipfian rank over 10^10 items hashed \
+                 with FNV-1a 64 into the key space) for A, B, C, F; \"latest\" for D (the \
+                 newest record minus a zipfian draw over the records present; inserts add new \
+                 keys). Every read folds every byte of the value; a read-modify-write copies \
+                 the value, changes a byte and writes it back. Updates and inserts use each \
+                 engine's non-durable mode, as \"put no-sync\" (redb and sled: weaker than \
+                 mapkv, see the guarantees below). One operation = one transaction: LMDB and \
+                 redb open a read transaction per read and commit a write transaction per write. \
+                 The whole operation sequence is generated before timing, the same for every engine.\n",
+                r.ycsb_records, r.ycsb_ops
+            );
+        }
         let mut title = title.to_string();
         for d in [5000, 50, 10, 2] {
             title = title.replace(
@@ -221,7 +266,7 @@ pub fn markdown(r: &Report) -> String {
         for e in &r.engines {
             match e.workloads.get(*id) {
                 Some(w) => {
-                    let ratio = r.ratio(e, id).map(|x| format!("{x:.2}")).unwrap_or("n/a".into());
+                    let ratio = r.ratio(e, id).map(rt).unwrap_or("n/a".into());
                     if large {
                         let _ = writeln!(
                             s,
@@ -256,6 +301,22 @@ pub fn markdown(r: &Report) -> String {
         s.push('\n');
     }
 
+    // Open and recovery.
+    if r.engines.iter().any(|e| e.open.is_some()) {
+        open_table(&mut s, &r.engines, n, "");
+    }
+    if let Some(sc) = &r.scale {
+        open_table(
+            &mut s,
+            &sc.engines,
+            sc.keys,
+            &format!(
+                " (`--scale-keys`, run separately: `{}`, {}, {:.0} s)",
+                sc.command, sc.date, sc.wall_s
+            ),
+        );
+    }
+
     // Size and memory.
     let base = r.mapkv();
     let _ = writeln!(
@@ -283,7 +344,8 @@ pub fn markdown(r: &Report) -> String {
         s,
         "## Peak RSS per engine (VmHWM of its child process)\n\n\
          \"before open\" is the harness's own data (keys, orders) before the engine opens. \"main\" is \
-         the high-water mark after the N-key workloads; \"all\" includes the large-value phase. \
+         the high-water mark after the N-key workloads; \"all\" includes the large-value, YCSB and \
+         open/recovery phases. \
          Mapped file pages that were touched count in RSS (mapkv, LMDB, candystore's index). \
          Ratio = engine ÷ mapkv on \"main\".\n\n\
          | engine | before open | peak RSS (main) | peak RSS (all) | ratio (main) | child wall time |\n\
@@ -346,7 +408,8 @@ pub fn markdown(r: &Report) -> String {
         s,
         "mapkv's guarantee: a write that returned survives kill -9 (it is in the page cache); after \
          sync() it survives power loss. Every write phase above ends durable in every engine; only \
-         \"put no-sync\" uses each engine's non-durable mode.\n"
+         \"put no-sync\", the YCSB writes and the killed writer of the recovery test use each \
+         engine's non-durable mode.\n"
     );
     for e in &r.engines {
         let _ = writeln!(s, "- **{}**: {}", e.engine, engines::guarantee(&e.engine));
@@ -375,10 +438,75 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
 ];
 
-/// Bars of ops/s relative to mapkv (log scale; up = faster than mapkv).
+fn ms(s: f64) -> String {
+    if s * 1e3 >= 100.0 { format!("{:.0} ms", s * 1e3) } else { format!("{:.2} ms", s * 1e3) }
+}
+
+/// The open/recovery table for `engines` at `keys` keys.
+fn open_table(s: &mut String, engines: &[EngineResult], keys: usize, note: &str) {
+    let base = engines.iter().find(|e| e.engine == "mapkv").and_then(|e| e.open.as_ref());
+    let extra = engines.iter().find_map(|e| e.open.as_ref()).map(|o| o.extra_writes).unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "## Open and recovery: {keys} keys{note}\n\n\
+         A store of {keys} keys (24 B keys, 150 B values) loaded durably, closed cleanly. \
+         **open**: time of the engine's open call on the cleanly closed store, median of 5 \
+         (mapkv: checked that `recovery().index_rebuilt` is false). **after kill -9**: 3 cycles \
+         of: a writer child process opens the store, makes {extra} single-key puts in the \
+         engine's non-durable mode, prints \"ready\" and sleeps; it is SIGKILLed; the next \
+         open is timed (median of the 3), every loaded key sampled must be present, and the \
+         writer's keys found are counted; then a clean close. Speed ratio = mapkv ms ÷ \
+         engine ms (above 1.00 the peer opens faster). The opens time only the open call: \
+         engines that load lazily pay later, on first reads.\n\n\
+         | engine | open | speed ratio | open after kill -9 | speed ratio | writer's puts found after kill (per cycle, of {extra}) | notes |\n\
+         |---|---:|---:|---:|---:|---|---|"
+    );
+    for e in engines {
+        let Some(o) = &e.open else {
+            let why = e.error.clone().unwrap_or_else(|| "not run".into());
+            let _ = writeln!(s, "| {} | n/a | n/a | n/a | n/a | n/a | {why} |", e.engine);
+            continue;
+        };
+        let ratio = |b: Option<f64>, x: Option<f64>| match (b, x) {
+            (Some(b), Some(x)) if x > 0.0 => rt(b / x),
+            _ => "n/a".into(),
+        };
+        let mut notes = Vec::new();
+        if o.rebuilt_clean == Some(false) {
+            notes.push("clean open: index not rebuilt".to_string());
+        }
+        if let Some(rb) = o.rebuilt_after_kill {
+            notes.push(format!(
+                "after kill: index rebuilt = {rb}, {} records replayed",
+                o.replayed_after_kill.unwrap_or(0)
+            ));
+        }
+        if let Some(err) = &o.recovery_error {
+            notes.push(format!("recovery n/a: {err}"));
+        }
+        let survived = if o.survived.is_empty() {
+            "n/a".into()
+        } else {
+            o.survived.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {survived} | {} |",
+            e.engine,
+            ms(o.open_s),
+            ratio(base.map(|b| b.open_s), Some(o.open_s)),
+            o.recovery_s.map(ms).unwrap_or("n/a".into()),
+            ratio(base.and_then(|b| b.recovery_s), o.recovery_s),
+            notes.join("; ")
+        );
+    }
+    s.push('\n');
+}
+
+/// Bars of ops/s relative to mapkv (log scale; up = faster than mapkv), in two panels: the
+/// N-key and large-value workloads on top, YCSB and open/recovery below.
 pub fn chart(r: &Report, path: &Path) -> Res<()> {
     use plotters::prelude::*;
-    use plotters::style::text_anchor::{HPos, Pos, VPos};
 
     let font = FONT_PATHS
         .iter()
@@ -388,7 +516,6 @@ pub fn chart(r: &Report, path: &Path) -> Res<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| "bad font file")?;
 
-    let peers: Vec<&EngineResult> = r.engines.iter().filter(|e| e.engine != "mapkv").collect();
     let groups: Vec<(&str, &str)> = WORKLOADS
         .iter()
         .filter(|(id, _, _)| {
@@ -396,10 +523,55 @@ pub fn chart(r: &Report, path: &Path) -> Res<()> {
         })
         .map(|(id, label, _)| (*id, *label))
         .collect();
+    let second = |id: &str| id.starts_with("ycsb_") || id == "open" || id == "recovery";
+    let top: Vec<_> = groups.iter().copied().filter(|(id, _)| !second(id)).collect();
+    let bottom: Vec<_> = groups.iter().copied().filter(|(id, _)| second(id)).collect();
+    let panels = if bottom.is_empty() { 1 } else { 2 };
+    let root = BitMapBackend::new(path, (1800, 900 * panels)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let areas = root.split_evenly((panels as usize, 1));
+    panel(
+        r,
+        &areas[0],
+        &top,
+        format!(
+            "ops/s relative to mapkv (= 1, log scale; above the line = faster than mapkv), N = {} keys",
+            r.keys
+        ),
+    )?;
+    if panels == 2 {
+        panel(
+            r,
+            &areas[1],
+            &bottom,
+            format!(
+                "YCSB ({} records of 1000 B, {} ops per run) and open / open after kill -9 \
+                 (N = {} keys; speed = 1 / time), relative to mapkv",
+                r.ycsb_records, r.ycsb_ops, r.keys
+            ),
+        )?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn panel(
+    r: &Report,
+    root: &plotters::drawing::DrawingArea<
+        plotters::backend::BitMapBackend<'_>,
+        plotters::coord::Shift,
+    >,
+    groups: &[(&str, &str)],
+    caption: String,
+) -> Res<()> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    let peers: Vec<&EngineResult> = r.engines.iter().filter(|e| e.engine != "mapkv").collect();
     let mut lo: f64 = 0.5;
     let mut hi: f64 = 2.0;
     for e in &peers {
-        for (id, _) in &groups {
+        for (id, _) in groups {
             if let Some(x) = r.ratio(e, id) {
                 lo = lo.min(x);
                 hi = hi.max(x);
@@ -410,17 +582,9 @@ pub fn chart(r: &Report, path: &Path) -> Res<()> {
     let lo = 10f64.powf((lo / 1.3).log10().floor());
     let hi = 10f64.powf((hi * 1.3).log10().ceil());
 
-    let root = BitMapBackend::new(path, (1800, 900)).into_drawing_area();
-    root.fill(&WHITE)?;
     let ng = groups.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "ops/s relative to mapkv (= 1, log scale; above the line = faster than mapkv), N = {} keys",
-                r.keys
-            ),
-            ("sans-serif", 26),
-        )
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 26))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(90)
@@ -461,9 +625,9 @@ pub fn chart(r: &Report, path: &Path) -> Res<()> {
                 let x = r.ratio(e, id)?;
                 let xc = gi as f64 + 0.1 + pi as f64 * width + width * 0.45;
                 let (text, vpos, y) = if x >= 1.0 {
-                    (format!("{x:.2}"), VPos::Bottom, x * 1.04)
+                    (rt(x), VPos::Bottom, x * 1.04)
                 } else {
-                    (format!("{x:.2}"), VPos::Top, x / 1.04)
+                    (rt(x), VPos::Top, x / 1.04)
                 };
                 let style = TextStyle::from(("sans-serif", 12).into_font())
                     .pos(Pos::new(HPos::Center, vpos))
@@ -506,14 +670,15 @@ pub fn chart(r: &Report, path: &Path) -> Res<()> {
     let style =
         TextStyle::from(("sans-serif", 18).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
     for (gi, label) in labels.iter().enumerate() {
+        // backend_coord is in pixels of the whole image; the panel draws relative to itself.
         let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, lo));
-        root.draw(&Text::new(label.clone(), (px, py + 12), style.clone()))?;
+        let (bx, by) = root.get_base_pixel();
+        root.draw(&Text::new(label.clone(), (px - bx, py - by + 12), style.clone()))?;
     }
     // Group separators.
     let seps: Vec<_> = (1..groups.len())
         .map(|gi| PathElement::new(vec![(gi as f64, lo), (gi as f64, hi)], BLACK.mix(0.15)))
         .collect();
     chart.draw_series(seps)?;
-    root.present()?;
     Ok(())
 }
