@@ -34,8 +34,8 @@ mod store;
 pub use error::{CorruptKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;
-pub use recovery::RecoveryReport;
-pub use store::{OpenOptions, Problem, Reader, Store, VerifyReport};
+pub use recovery::{Problem, RecoveryReport, VerifyReport};
+pub use store::{OpenOptions, Reader, Store};
 
 /// The README's examples, run as doctests.
 #[cfg(doctest)]

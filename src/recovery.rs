@@ -2,14 +2,16 @@
 //! the index can be trusted, and otherwise rebuild it by scanning the log, cutting a torn
 //! tail. DESIGN.md ("Recovery") gives the argument for each decision.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
     DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, RECORD_ALIGN,
     Record, VERSION, crc_seed,
 };
-use crate::index::{DELETED, Slot, Table};
+use crate::index::{self, DELETED, Slot, Table};
+use crate::os::{IndexMap, Seam};
 
 /// What open found and did; see [`Store::recovery`](crate::Store::recovery).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -276,6 +278,143 @@ impl Change {
             }
             Slot::Full => None,
         }
+    }
+}
+
+/// What [`Store::verify`](crate::Store::verify) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Records read, all with valid checksums.
+    pub records: u64,
+    /// Live keys according to the log.
+    pub live_keys: u64,
+    /// End of the log.
+    pub log_end: u64,
+    /// Every problem found, with its file and offset; empty when the store is sound.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// One problem found by [`Store::verify`](crate::Store::verify).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The damaged file.
+    pub file: PathBuf,
+    /// Byte offset of the damage in `file` (0 for whole-file findings).
+    pub offset: u64,
+    /// What is wrong.
+    pub kind: CorruptKind,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}: {}", self.file.display(), self.offset, self.kind)
+    }
+}
+
+/// Name of an index file while it is being built.
+const INDEX_TMP: &str = "index.mkv.tmp";
+
+/// Where and how index files are made.
+pub(crate) struct IndexCtx<'a> {
+    pub dir: &'a Path,
+    pub path: &'a Path,
+    pub writable: bool,
+    pub store_id: u64,
+    pub seam: &'a Seam,
+}
+
+impl IndexCtx<'_> {
+    /// A new index holding the live slots of `from`, with room for at least `keys` more
+    /// than that, installed as the store's index file (or in memory for a read-only
+    /// handle). Marked dirty. Returns it with the number of live keys it holds.
+    pub fn create(&self, from: Option<&IndexMap>, keys: u64) -> Result<(IndexMap, u64)> {
+        let old = from.map(|m| Table::new(m.words()));
+        let live_slots =
+            || old.iter().flat_map(Table::occupied).filter(|(_, _, w)| w & DELETED == 0);
+        let live = live_slots().count() as u64;
+        let capacity = index::capacity_for(live.saturating_add(keys).saturating_add(1));
+        let full = || Error::Corrupt {
+            file: self.path.to_path_buf(),
+            offset: 0,
+            kind: CorruptKind::BadField { field: "index capacity", value: capacity },
+        };
+        let len = IndexHeader::file_len(capacity).ok_or_else(full)?;
+        let mut map = if self.writable {
+            IndexMap::create(&self.dir.join(INDEX_TMP), len, self.seam)?
+        } else {
+            IndexMap::heap(len)
+        };
+        let t = Table::new(map.words());
+        for (_, hash, word) in live_slots() {
+            if !t.insert_new(hash, word) {
+                return Err(full());
+            }
+        }
+        let h = IndexHeader { store_id: self.store_id, capacity, clean_len: 0, live, used: live };
+        t.write_header(&h);
+        if self.writable {
+            map.install(self.path)?;
+        }
+        Ok((map, live))
+    }
+}
+
+/// Rebuilds the index from the log during recovery.
+pub(crate) struct Rebuild<'a> {
+    pub index: IndexMap,
+    pub used: u64,
+    pub live: u64,
+    pub ctx: &'a IndexCtx<'a>,
+}
+
+impl Replay for Rebuild<'_> {
+    fn prefetch(&mut self, key: &[u8]) {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
+        self.index.prefetch(Table::new(self.index.words()).home_word(hash));
+    }
+
+    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()> {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
+        let path = self.ctx.path;
+        let locate = |index: &IndexMap| {
+            Table::new(index.words()).locate(hash, |slot, o| {
+                let rest = log.get(o as usize..).filter(|_| o >= DATA_START);
+                key_at(rest, slot, o, key, path)
+            })
+        };
+        let mut change = Change::from_slot(locate(&self.index)?);
+        let cap = Table::new(self.index.words()).capacity();
+        if change.is_none_or(|c| c.was_vacant && index::needs_growth(self.used, cap)) {
+            (self.index, self.used) = self.ctx.create(Some(&self.index), 0)?;
+            change = Change::from_slot(locate(&self.index)?);
+        }
+        let Some(c) = change else {
+            return Err(Error::Corrupt {
+                file: path.to_path_buf(),
+                offset: 0,
+                kind: CorruptKind::BadField { field: "index occupancy", value: self.used },
+            });
+        };
+        if kind == Kind::Delete && c.was_vacant {
+            return Ok(()); // a tombstone for a key never seen: nothing to record
+        }
+        let word = if kind == Kind::Delete { off | DELETED } else { off };
+        Table::new(self.index.words()).set(c.slot, hash, word);
+        self.used += u64::from(c.was_vacant);
+        match (c.was_live, kind) {
+            (false, Kind::Put) => self.live += 1,
+            (true, Kind::Delete) => self.live -= 1,
+            _ => {}
+        }
+        Ok(())
     }
 }
 
