@@ -365,18 +365,44 @@ impl LogFile {
         }
     }
 
-    /// Grows the file to at least `min_len`: allocates the blocks first (a full disk fails
-    /// here, not as SIGBUS later), extends the size, makes the size durable, then maps the
-    /// whole file anew. The old mapping stays alive for whoever still holds it.
+    /// Grows the file to at least `min_len`: [`reserve`](Self::reserve),
+    /// [`sync_size`](Self::sync_size), [`remap`](Self::remap).
     ///
     /// # Errors
-    /// [`Error::Io`] (ENOSPC for a full disk); nothing is changed that matters then.
+    /// As the three steps.
     pub fn grow(&mut self, min_len: u64) -> Result<()> {
+        self.reserve(min_len)?;
+        self.sync_size()?;
+        self.remap()
+    }
+
+    /// Allocates the blocks up to `min_len` and extends the size: a full disk fails here
+    /// (ENOSPC), not as SIGBUS at a later store into the mapping. Changes nothing that
+    /// matters when it fails.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn reserve(&mut self, min_len: u64) -> Result<()> {
+        extend(&self.seam, &self.file, self.map.len(), min_len, &self.path)
+    }
+
+    /// Makes the file's size durable (fdatasync).
+    ///
+    /// # Errors
+    /// [`Error::Io`]; a flush failed, so the caller must poison the store.
+    pub fn sync_size(&self) -> Result<()> {
         let path = &self.path;
-        extend(&self.seam, &self.file, self.map.len(), min_len, path)?;
         self.seam
             .run(Op::SyncFile { path }, || self.file.sync_data())
-            .map_err(|e| Error::io("sync size", path, e))?;
+            .map_err(|e| Error::io("sync size", path, e))
+    }
+
+    /// Maps the whole file anew. The old mapping stays alive for whoever still holds it.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn remap(&mut self) -> Result<()> {
+        let path = &self.path;
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let raw = map(&self.file, len, true, path)?;
         let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));

@@ -70,29 +70,33 @@ pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
     }
 }
 
-/// Why the index file cannot be used as it is, or `None` if it can: it belongs to this
-/// store, is marked clean at exactly the committed log length, and no record follows.
-pub fn distrust_index(
-    idx: &Table<'_>,
-    file_len: u64,
+/// The index file's header if the index can be used as it is: it belongs to this store,
+/// is marked clean at exactly the committed log length, and no record follows. Otherwise
+/// why not.
+///
+/// # Errors
+/// The reason to rebuild, in words for `RecoveryReport::reason`.
+pub fn trust_index(
+    index: Option<&IndexMap>,
     header: &LogHeader,
     log: &[u8],
-) -> Option<String> {
-    let h = match IndexHeader::decode(&idx.header_bytes(), file_len) {
+) -> Result<IndexHeader, String> {
+    let index = index.ok_or("the index file is missing or truncated")?;
+    let h = match IndexHeader::decode(&Table::new(index.words()).header_bytes(), index.len()) {
         Ok(h) => h,
-        Err(DecodeError::Version(v)) => return Some(format!("index has format version {v}")),
-        Err(DecodeError::Corrupt(k)) => return Some(format!("index header damaged: {k}")),
+        Err(DecodeError::Version(v)) => return Err(format!("index has format version {v}")),
+        Err(DecodeError::Corrupt(k)) => return Err(format!("index header damaged: {k}")),
     };
     if h.store_id != header.store_id {
-        return Some(
-            CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }.to_string(),
+        return Err(
+            CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }.to_string()
         );
     }
     if h.clean_len == 0 {
-        return Some("the store was not closed cleanly".into());
+        return Err("the store was not closed cleanly".into());
     }
     if h.clean_len != header.committed {
-        return Some(format!(
+        return Err(format!(
             "index covers the log to {}, but the log is committed to {}",
             h.clean_len, header.committed
         ));
@@ -101,9 +105,9 @@ pub fn distrust_index(
         && let Ok(rec) = Record::decode(rest)
         && rec.verify(crc_seed(header.store_id), rest).is_ok()
     {
-        return Some(format!("a record follows the indexed log at {}", h.clean_len));
+        return Err(format!("a record follows the indexed log at {}", h.clean_len));
     }
-    None
+    Ok(h)
 }
 
 /// How far past a zeroed record header the scan looks for data, to tell a lost page from

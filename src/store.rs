@@ -198,23 +198,19 @@ impl Store {
         let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id, seam };
 
         let existing = IndexMap::open(&index_path, writable, seam)?;
-        let old_header = existing
-            .as_ref()
-            .and_then(|m| IndexHeader::decode(&Table::new(m.words()).header_bytes(), m.len()).ok());
-        let distrust = match &existing {
-            None => Some("the index file is missing or truncated".to_string()),
-            Some(map) => {
-                recovery::distrust_index(&Table::new(map.words()), map.len(), &header, log.bytes())
-            }
-        };
-        let (index, used, live, report) = match (existing, old_header, distrust) {
-            (Some(map), Some(h), None) => {
+        let trusted = recovery::trust_index(existing.as_ref(), &header, log.bytes());
+        let (index, used, live, report) = match (existing, trusted) {
+            (Some(map), Ok(h)) => {
                 let report = RecoveryReport { log_end: h.clean_len, ..RecoveryReport::default() };
                 (map, h.used, h.live, report)
             }
-            (_, old, reason) => {
+            (old, trusted) => {
+                let reason = trusted.err();
                 // Size the new index from the old one's count, bounded by what the log can
                 // hold (a count read off disk is never trusted for an allocation).
+                let old = old.and_then(|m| {
+                    IndexHeader::decode(&Table::new(m.words()).header_bytes(), m.len()).ok()
+                });
                 let most = log.bytes().len() as u64 / Record::KEY_OFFSET;
                 let hint = old.map_or(0, |h| h.live).min(most);
                 let (index, _) = ctx.create(None, hint)?;
@@ -613,15 +609,14 @@ impl Store {
         let len = w.log.map().len();
         let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
         let wanted = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
-        let mut grown = w.log.grow(wanted);
-        if is_enospc(&grown) {
+        let mut reserved = w.log.reserve(wanted);
+        if is_enospc(&reserved) {
             // No room for the geometric step: take just what this write needs.
-            grown = w.log.grow(min_end.div_ceil(PAGE) * PAGE);
+            reserved = w.log.reserve(min_end.div_ceil(PAGE) * PAGE);
         }
-        if matches!(&grown, Err(Error::Io { op: "sync size", .. })) {
-            return self.poison_on_err(grown);
-        }
-        grown?;
+        reserved?;
+        self.poison_on_err(w.log.sync_size())?;
+        w.log.remap()?;
         self.publish_state(w);
         Ok(())
     }
@@ -725,7 +720,8 @@ impl Reader<'_> {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
         self.store.check_poisoned()?;
         let key = key.as_ref();
-        self.get_hashed(self.store.hash(key), key)
+        let found = self.store.find(self.latest(), self.store.hash(key), key)?;
+        Ok(found.map(|(_, bytes)| bytes))
     }
 
     /// The newest view reachable from the one this reader pinned.
@@ -738,13 +734,6 @@ impl Reader<'_> {
         state
     }
 
-    #[inline]
-    fn get_hashed(&self, hash: u64, key: &[u8]) -> Result<Option<&[u8]>> {
-        Ok(self.store.find(self.latest(), hash, key)?.map(|(_, bytes)| bytes))
-    }
-}
-
-impl<'r> Reader<'r> {
     /// Looks up many keys at once: the same answers as [`get`](Reader::get) for each key,
     /// in order, but the memory misses of a batch overlap (every index slot is requested,
     /// then every record, before any is compared), so it costs a fraction of the time per
@@ -770,7 +759,8 @@ impl<'r> Reader<'r> {
                 }
             }
             for (&h, k) in hashes.iter().zip(chunk) {
-                out.push(self.get_hashed(h, k.as_ref())?);
+                let found = self.store.find(state, h, k.as_ref())?;
+                out.push(found.map(|(_, bytes)| bytes));
             }
         }
         Ok(out)
