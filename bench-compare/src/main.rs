@@ -524,6 +524,23 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
     total
 }
 
+/// Writes keys `0..count` in durable batches of `batch`.
+fn load_in_batches(
+    db: &mut dyn engines::Engine,
+    keys: &Keys,
+    vals: &Values,
+    count: usize,
+    batch: usize,
+) -> Res<()> {
+    let mut start = 0;
+    while start < count {
+        let end = (start + batch).min(count);
+        db.write_batch(keys, start..end, vals)?;
+        start = end;
+    }
+    Ok(())
+}
+
 fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
     let t = Instant::now();
     let v = f();
@@ -688,12 +705,7 @@ fn workloads(engine: &str, n: usize, dir: &Path, r: &mut EngineResult) -> Res<()
         let keys = Keys::random(count, 20 + len as u64);
         let vals = Values::new(len, 200 + len as u64);
         let per_batch = ((64 << 20) / len).max(1);
-        let mut start = 0;
-        while start < count {
-            let end = (start + per_batch).min(count);
-            db.write_batch(&keys, start..end, &vals)?;
-            start = end;
-        }
+        load_in_batches(&mut *db, &keys, &vals, count, per_batch)?;
         let order = shuffled(count, 30);
         // Enough passes over the keys that one run reads about 1 GiB (N = 1M; less for a
         // smaller N, at least 64 MiB), so a run lasts long enough to time.
@@ -756,15 +768,7 @@ fn ycsb_workloads(
 
     let _ = std::fs::remove_dir_all(dir);
     let mut db = engines::open(engine, dir)?;
-    let (s, res) = time(|| -> Res<()> {
-        let mut start = 0;
-        while start < records {
-            let end = (start + 10_000).min(records);
-            db.write_batch(&keys, start..end, &vals)?;
-            start = end;
-        }
-        Ok(())
-    });
+    let (s, res) = time(|| load_in_batches(&mut *db, &keys, &vals, records, 10_000));
     res?;
     eprintln!("[{engine}] YCSB load: {records} records of {VALUE_LEN} B in {s:.2} s");
     for (id, runs) in &plans {
@@ -848,15 +852,7 @@ fn open_recovery_at(engine: &str, n: usize, dir: &Path) -> Res<OpenRecovery> {
     let _ = std::fs::remove_dir_all(dir);
     // Load durably in batches of up to 1M keys, then close cleanly.
     let mut db = engines::open(engine, dir)?;
-    let (s, res) = time(|| -> Res<()> {
-        let mut start = 0;
-        while start < n {
-            let end = (start + 1_000_000).min(n);
-            db.write_batch(&keys, start..end, &vals)?;
-            start = end;
-        }
-        Ok(())
-    });
+    let (s, res) = time(|| load_in_batches(&mut *db, &keys, &vals, n, 1_000_000));
     res?;
     eprintln!("[{engine}] open/recovery: loaded {n} keys in {s:.2} s");
     db.close()?;
