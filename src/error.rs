@@ -139,6 +139,14 @@ pub enum CorruptKind {
         /// Where nonzero bytes resume.
         data_at: u64,
     },
+    /// A batch whose commit record never followed: the writer stopped in the middle of it.
+    UnfinishedBatch {
+        /// Records of the batch that were found.
+        records: u64,
+    },
+    /// A record out of place in the batch structure: a commit record without its batch
+    /// (or naming another start or count), or an unbatched record inside a batch.
+    BadBatch,
 }
 
 impl CorruptKind {
@@ -184,6 +192,15 @@ impl fmt::Display for CorruptKind {
             Self::ZeroGap { data_at } => {
                 write!(f, "zeros where a record should start, with data again at byte {data_at}")
             }
+            Self::UnfinishedBatch { records } => write!(
+                f,
+                "a batch of {records} records without its commit record (the writer stopped \
+                 before the batch was complete, so none of it counts)"
+            ),
+            Self::BadBatch => f.write_str(
+                "a record out of place in a batch (a commit without its batch, or an \
+                 unbatched record inside one)",
+            ),
         }
     }
 }

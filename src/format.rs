@@ -130,13 +130,22 @@ pub enum Kind {
     Put = 1,
     /// The key is deleted (a tombstone; its value is empty).
     Delete = 2,
+    /// Ends a batch: every record since the batch's first (at `prev`) carries
+    /// [`Record::batch`], and this record's value is their count (8 bytes, little-endian).
+    /// Its key is empty. Recovery keeps a batch only when its commit record is there.
+    Commit = 3,
 }
+
+/// The flag bit of a record that belongs to a batch still to be committed.
+const FLAG_BATCH: u8 = 1;
 
 /// A decoded record header, with the positions of its key and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
-    /// Put or delete.
+    /// Put, delete or commit.
     pub kind: Kind,
+    /// Part of a batch: valid only once the batch's [`Kind::Commit`] record follows.
+    pub batch: bool,
     /// Offset of the previous record of the same key, 0 if none.
     pub prev: u64,
     /// Stored checksum.
@@ -185,13 +194,16 @@ impl Record {
         let kind = match h[R_KIND] {
             1 => Kind::Put,
             2 => Kind::Delete,
+            3 => Kind::Commit,
             k => return Err(CorruptKind::BadRecord { kind: k }),
         };
-        if h[R_FLAGS] != 0 || h[R_RESERVED] != 0 || h[R_RESERVED + 1] != 0 {
+        let flags_ok = h[R_FLAGS] == 0 || (h[R_FLAGS] == FLAG_BATCH && kind != Kind::Commit);
+        if !flags_ok || h[R_RESERVED] != 0 || h[R_RESERVED + 1] != 0 {
             return Err(CorruptKind::BadRecord { kind: h[R_KIND] | h[R_FLAGS] });
         }
         let rec = Self {
             kind,
+            batch: h[R_FLAGS] == FLAG_BATCH,
             crc: get_u32(h, R_CRC),
             key_len: get_u32(h, R_KEY_LEN),
             value_len: get_u32(h, R_VALUE_LEN),
@@ -204,6 +216,12 @@ impl Record {
             return Err(CorruptKind::BadField {
                 field: "tombstone value length",
                 value: rec.value_len.into(),
+            });
+        }
+        if kind == Kind::Commit && (rec.key_len != 0 || rec.value_len != 8) {
+            return Err(CorruptKind::BadField {
+                field: "commit record length",
+                value: u64::from(rec.key_len) << 32 | u64::from(rec.value_len),
             });
         }
         if rec.total_len() > b.len() as u64 {
@@ -247,13 +265,21 @@ impl Record {
 
     /// Encodes a whole record (header, key, padding, value, padding) into `out`, which must
     /// be exactly `len_for(key.len(), value.len())` bytes and is overwritten entirely.
-    pub fn encode_into(seed: u32, kind: Kind, prev: u64, key: &[u8], value: &[u8], out: &mut [u8]) {
+    pub fn encode_into(
+        seed: u32,
+        (kind, batch): (Kind, bool),
+        prev: u64,
+        key: &[u8],
+        value: &[u8],
+        out: &mut [u8],
+    ) {
         debug_assert_eq!(out.len() as u64, Self::len_for(key.len(), value.len()));
-        let rec =
-            Self { kind, prev, crc: 0, key_len: key.len() as u32, value_len: value.len() as u32 };
+        let (key_len, value_len) = (key.len() as u32, value.len() as u32);
+        let rec = Self { kind, batch, prev, crc: 0, key_len, value_len };
         let (k, v) = (Self::KEY_OFFSET as usize, rec.value_offset() as usize);
         out[..RECORD_HEADER_LEN].fill(0);
         out[R_KIND] = kind as u8;
+        out[R_FLAGS] = if batch { FLAG_BATCH } else { 0 };
         put_u32(out, R_KEY_LEN, rec.key_len);
         put_u32(out, R_VALUE_LEN, rec.value_len);
         put_u64(out, R_PREV, prev);
@@ -438,7 +464,7 @@ mod tests {
 
     fn encoded(kind: Kind, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = vec![0xAA; Record::len_for(key.len(), value.len()) as usize];
-        Record::encode_into(42, kind, 8192, key, value, &mut out);
+        Record::encode_into(42, (kind, false), 8192, key, value, &mut out);
         out
     }
 
@@ -494,6 +520,30 @@ mod tests {
                 assert!(caught || padding, "flip of bit {bit} at byte {i} went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn batch_flags_and_commit_records_decode_and_nothing_else_does() {
+        let mut out = vec![0; Record::len_for(3, 1) as usize];
+        Record::encode_into(42, (Kind::Put, true), 0, b"key", b"v", &mut out);
+        let r = Record::decode(&out).expect("a batch member decodes");
+        assert!(r.batch && r.verify(42, &out).is_ok());
+        let mut commit = vec![0; Record::len_for(0, 8) as usize];
+        Record::encode_into(42, (Kind::Commit, false), 8192, b"", &5u64.to_le_bytes(), &mut commit);
+        let c = Record::decode(&commit).expect("a commit decodes");
+        assert_eq!(
+            (c.kind, c.batch, c.prev, c.value(&commit)),
+            (Kind::Commit, false, 8192, &5u64.to_le_bytes()[..])
+        );
+        let mut flagged = commit.clone();
+        flagged[R_FLAGS] = FLAG_BATCH;
+        assert!(matches!(Record::decode(&flagged), Err(CorruptKind::BadRecord { .. })));
+        let mut other_flag = out.clone();
+        other_flag[R_FLAGS] = 2;
+        assert!(matches!(Record::decode(&other_flag), Err(CorruptKind::BadRecord { .. })));
+        let mut keyed = vec![0; Record::len_for(1, 8) as usize];
+        Record::encode_into(42, (Kind::Commit, false), 0, b"k", &[0; 8], &mut keyed);
+        assert!(matches!(Record::decode(&keyed), Err(CorruptKind::BadField { .. })));
     }
 
     #[test]

@@ -147,6 +147,20 @@ impl<'a> Table<'a> {
 
     /// The offset in the first live slot whose hash matches, without comparing keys: a
     /// guess at where a lookup will go, for prefetching.
+    /// The slot and word (deleted bit included) of the first slot with `hash` for which
+    /// `is_key(slot, word)` holds.
+    #[inline]
+    pub fn find(
+        &self,
+        hash: u64,
+        is_key: impl FnMut(u64, u64) -> Result<bool>,
+    ) -> Result<Option<u64>> {
+        Ok(match self.probe(hash, is_key)? {
+            Slot::Occupied { word, .. } => Some(word),
+            Slot::Vacant { .. } | Slot::Full => None,
+        })
+    }
+
     #[inline]
     pub fn first_match(&self, hash: u64) -> Option<u64> {
         self.get(hash, |_, _| Ok(true)).ok().flatten()

@@ -24,6 +24,7 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(clippy::missing_safety_doc)]
 
+mod batch;
 mod error;
 mod format;
 mod index;
@@ -31,6 +32,7 @@ mod os;
 mod recovery;
 mod store;
 
+pub use batch::Batch;
 pub use error::{CorruptKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;

@@ -155,9 +155,19 @@ fn prefetch<T>(ptr: *const T) {
 /// last holder lets go, never earlier.
 pub struct LogMap {
     raw: MmapRaw,
-    /// Shared by every mapping of the file: bytes in `[data_start, published)` are immutable.
-    published: Arc<AtomicU64>,
+    marks: Arc<Marks>,
     data_start: u64,
+}
+
+/// The two watermarks of the log, shared by every mapping of the file (one cache line, so
+/// a reader pays one miss for both).
+#[derive(Debug)]
+struct Marks {
+    /// Bytes in `[data_start, published)` are written and immutable: safe to read.
+    published: AtomicU64,
+    /// Records below this belong to finished writes (whole batches): what a reader may
+    /// return. Never above `published`.
+    visible: AtomicU64,
 }
 
 impl LogMap {
@@ -177,14 +187,20 @@ impl LogMap {
     /// Whether the log has been published past the end of this mapping (a newer mapping
     /// exists).
     pub fn outgrown(&self) -> bool {
-        self.published.load(Ordering::Acquire) > self.len()
+        self.marks.published.load(Ordering::Acquire) > self.len()
+    }
+
+    /// End of the finished writes: a reader returns only records that start below it.
+    #[inline]
+    pub fn visible(&self) -> u64 {
+        self.marks.visible.load(Ordering::Acquire)
     }
 
     /// The published bytes from `off` to the end of what this mapping and the watermark
     /// allow, or `None` if `off` lies outside them.
     #[inline]
     pub fn tail(&self, off: u64) -> Option<&[u8]> {
-        let end = self.published.load(Ordering::Acquire).min(self.len());
+        let end = self.marks.published.load(Ordering::Acquire).min(self.len());
         if off < self.data_start || off >= end {
             return None;
         }
@@ -206,7 +222,7 @@ impl LogMap {
     pub fn value(self: &Arc<Self>, bytes: &[u8]) -> Value {
         let base = self.raw.as_ptr() as usize;
         let start = bytes.as_ptr() as usize;
-        let published = self.published.load(Ordering::Acquire).min(self.len()) as usize;
+        let published = self.marks.published.load(Ordering::Acquire).min(self.len()) as usize;
         assert!(
             start >= base + self.data_start as usize && start + bytes.len() <= base + published,
             "value outside the published log"
@@ -280,8 +296,11 @@ impl LogFile {
             allocate(&file, 0, len, path)?;
         }
         let raw = map(&file, len, writable, path)?;
-        let published = Arc::new(AtomicU64::new(data_start));
-        let map = Arc::new(LogMap { raw, published, data_start });
+        let marks = Arc::new(Marks {
+            published: AtomicU64::new(data_start),
+            visible: AtomicU64::new(data_start),
+        });
+        let map = Arc::new(LogMap { raw, marks, data_start });
         Ok(Self { file, path: path.to_path_buf(), map, writable, seam: seam.clone() })
     }
 
@@ -308,7 +327,7 @@ impl LogFile {
 
     /// The published length.
     pub fn published(&self) -> u64 {
-        self.map.published.load(Ordering::Relaxed)
+        self.map.marks.published.load(Ordering::Relaxed)
     }
 
     /// Makes `[.., end)` visible to readers. From now on those bytes never change.
@@ -317,7 +336,16 @@ impl LogFile {
     /// If `end` lowers the watermark or passes the mapping (a bug in the caller).
     pub fn publish(&mut self, end: u64) {
         assert!(end >= self.published() && end <= self.map.len(), "bad publish to {end}");
-        self.map.published.store(end, Ordering::Release);
+        self.map.marks.published.store(end, Ordering::Release);
+    }
+
+    /// Lets readers return the records below `end` (a finished write or batch).
+    ///
+    /// # Panics
+    /// If `end` is past the published end (a bug in the caller).
+    pub fn make_visible(&mut self, end: u64) {
+        assert!(end <= self.published(), "records made visible before they are published");
+        self.map.marks.visible.store(end, Ordering::Release);
     }
 
     /// Copies `src` to `[off, off + src.len())`, which must lie at or past the published end
@@ -406,8 +434,8 @@ impl LogFile {
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let raw = map(&self.file, len, true, path)?;
         let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));
-        let published = Arc::clone(&self.map.published);
-        self.map = Arc::new(LogMap { raw, published, data_start: self.map.data_start });
+        let marks = Arc::clone(&self.map.marks);
+        self.map = Arc::new(LogMap { raw, marks, data_start: self.map.data_start });
         Ok(())
     }
 

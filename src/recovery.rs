@@ -131,48 +131,50 @@ pub trait Replay {
 /// How many records the scan looks ahead to prefetch their index slots.
 const LOOKAHEAD: usize = 8;
 
-/// Scans every record from `DATA_START`, checking its checksum, and feeds it to `replay`.
-/// A bad record below `committed` is corruption; at or past it, it is a torn tail: the scan
-/// stops there and reports the cut.
-///
-/// # Errors
-/// [`Error::Corrupt`] for damage below `committed` or a log ending before it.
-pub fn scan(
+/// The batch a log walk is inside: where it started and how many records it has so far.
+type OpenBatch = Option<(u64, u64)>;
+
+/// Follows the batch structure over the record `rec` at `p`: batch records open or extend
+/// a batch, its commit record (naming the batch's start and count) closes it, and nothing
+/// else may come between.
+fn batch_step(rec: &Record, rest: &[u8], p: u64, batch: &mut OpenBatch) -> Result<(), CorruptKind> {
+    *batch = match (*batch, rec.kind, rec.batch) {
+        (Some((start, n)), Kind::Commit, _)
+            if rec.prev == start && rec.value(rest) == n.to_le_bytes() =>
+        {
+            None
+        }
+        (None, Kind::Put | Kind::Delete, false) => None,
+        (None, _, true) => Some((p, 1)),
+        (Some((start, n)), _, true) => Some((start, n + 1)),
+        _ => return Err(CorruptKind::BadBatch),
+    };
+    Ok(())
+}
+
+/// Where the valid log ends: after the last record or committed batch whose checksums
+/// hold. A bad record below `committed` is corruption; at or past it, it is a torn tail,
+/// reported as the cut (with an unfinished batch, the cut is at the batch's start).
+fn valid_end(
     log: &[u8],
     header: &LogHeader,
     path: &Path,
-    replay: &mut dyn Replay,
-) -> Result<RecoveryReport> {
+) -> Result<(u64, Option<(u64, CorruptKind)>)> {
     let seed = crc_seed(header.store_id);
-    let mut report = RecoveryReport { index_rebuilt: true, ..Default::default() };
-    let mut p = DATA_START;
-    // `ahead` runs LOOKAHEAD records in front of `p`, so the index slots of records about
-    // to be applied are already on their way from memory (random inserts dominate a scan).
-    let mut ahead = DATA_START;
-    let mut step_ahead = |replay: &mut dyn Replay| {
-        let rec =
-            log.get(ahead as usize..).and_then(|rest| Record::decode(rest).ok().map(|r| (r, rest)));
-        if let Some((rec, rest)) = rec {
-            replay.prefetch(rec.key(rest));
-            ahead += rec.total_len();
-        }
-    };
-    for _ in 0..LOOKAHEAD {
-        step_ahead(replay);
-    }
+    let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
+    let (mut p, mut end, mut batch) = (DATA_START, DATA_START, None);
+    let mut cut = None;
     while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
-        step_ahead(replay);
         let checked = Record::decode(rest)
             .and_then(|rec| rec.verify(seed, rest).map(|()| rec))
+            .and_then(|rec| batch_step(&rec, rest, p, &mut batch).map(|()| rec))
             .map_err(|k| k.at(p));
-        let rec = match checked {
-            Ok(rec) => rec,
+        match checked {
+            Ok(rec) => p += rec.total_len(),
+            Err(kind) if p < header.committed => return Err(corrupt(p, kind)),
             Err(kind) => {
-                if p < header.committed {
-                    return Err(Error::Corrupt { file: path.to_path_buf(), offset: p, kind });
-                }
                 let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
-                report.cut = if zeros {
+                cut = if zeros {
                     // The clean end, unless data follows (a page that never reached disk).
                     // Past the end everything is zero (DESIGN.md §2), so look a little way.
                     let window = &rest[..rest.len().min(GAP_WINDOW)];
@@ -183,19 +185,61 @@ pub fn scan(
                 };
                 break;
             }
-        };
-        replay.apply(p, rec.kind, rec.key(rest), log)?;
+        }
+        if batch.is_none() {
+            end = p;
+        }
+    }
+    if let Some((start, records)) = batch {
+        cut = Some((start, CorruptKind::UnfinishedBatch { records }));
+    }
+    if end < header.committed {
+        let kind = CorruptKind::LengthPastEnd { end: header.committed, limit: end };
+        return Err(corrupt(end, kind));
+    }
+    Ok((end, cut))
+}
+
+/// Finds where the log validly ends (checking every checksum and batch), then feeds every
+/// record before that to `replay`, prefetching the index slots of the records ahead.
+///
+/// # Errors
+/// [`Error::Corrupt`] for damage below `committed` or a log ending before it.
+pub fn scan(
+    log: &[u8],
+    header: &LogHeader,
+    path: &Path,
+    replay: &mut dyn Replay,
+) -> Result<RecoveryReport> {
+    let (end, cut) = valid_end(log, header, path)?;
+    let mut report =
+        RecoveryReport { index_rebuilt: true, log_end: end, cut, ..Default::default() };
+    // Below `end` every record decodes (checked above).
+    let at = |p: u64| {
+        let rest = log.get(p as usize..end as usize).filter(|r| !r.is_empty())?;
+        Record::decode(rest).ok().map(|rec| (rec, rest))
+    };
+    // `ahead` runs LOOKAHEAD records in front of `p`, so the index slots of records about
+    // to be applied are already on their way from memory (random inserts dominate a scan).
+    let mut ahead = DATA_START;
+    let mut step_ahead = |replay: &mut dyn Replay| {
+        if let Some((rec, rest)) = at(ahead) {
+            replay.prefetch(rec.key(rest));
+            ahead += rec.total_len();
+        }
+    };
+    for _ in 0..LOOKAHEAD {
+        step_ahead(replay);
+    }
+    let mut p = DATA_START;
+    while let Some((rec, rest)) = at(p) {
+        step_ahead(replay);
+        if rec.kind != Kind::Commit {
+            replay.apply(p, rec.kind, rec.key(rest), log)?;
+        }
         report.records_replayed += 1;
         p += rec.total_len();
     }
-    if p < header.committed {
-        return Err(Error::Corrupt {
-            file: path.to_path_buf(),
-            offset: p,
-            kind: CorruptKind::LengthPastEnd { end: header.committed, limit: p },
-        });
-    }
-    report.log_end = p;
     Ok(report)
 }
 
@@ -205,12 +249,14 @@ pub fn scan(
 /// does not decode ends the walk.
 pub fn check_log(log: &[u8], store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
     let seed = crc_seed(store_id);
-    let (mut records, mut problems) = (0, Vec::new());
+    let (mut records, mut problems, mut batch) = (0, Vec::new(), None);
     let mut p = DATA_START;
     while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
         match Record::decode(rest) {
             Ok(rec) => {
-                if let Err(kind) = rec.verify(seed, rest) {
+                let checked =
+                    rec.verify(seed, rest).and_then(|()| batch_step(&rec, rest, p, &mut batch));
+                if let Err(kind) = checked {
                     problems.push((p, kind));
                 }
                 records += 1;
@@ -221,6 +267,9 @@ pub fn check_log(log: &[u8], store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
                 break;
             }
         }
+    }
+    if let Some((start, records)) = batch {
+        problems.push((start, CorruptKind::UnfinishedBatch { records }));
     }
     (records, problems)
 }
@@ -281,6 +330,16 @@ impl Change {
                 Some(Self { slot: i, was_vacant: true, was_live: false, prev: 0 })
             }
             Slot::Full => None,
+        }
+    }
+
+    /// The live-key count after applying a record of `kind` with this change to `live`
+    /// (saturating: a count read off a damaged but checksummed header must not wrap).
+    pub fn live_after(&self, kind: Kind, live: u64) -> u64 {
+        match (self.was_live, kind) {
+            (false, Kind::Put) => live.saturating_add(1),
+            (true, Kind::Delete) => live.saturating_sub(1),
+            _ => live,
         }
     }
 }
@@ -433,7 +492,7 @@ mod tests {
             let len = Record::len_for(k.len(), v.len()) as usize;
             let at = log.len();
             log.resize(at + len, 0);
-            Record::encode_into(crc_seed(9), Kind::Put, 0, k, v, &mut log[at..]);
+            Record::encode_into(crc_seed(9), (Kind::Put, false), 0, k, v, &mut log[at..]);
             if n < committed_after {
                 committed = log.len() as u64;
             }

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::batch::Batch;
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
     DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
@@ -236,6 +237,7 @@ impl Store {
             seam: seam.clone(),
         };
         w.log.publish(end);
+        w.log.make_visible(end);
         if writable && report.index_rebuilt {
             // Stale bytes past the cut must never parse later; then record the new end.
             w.log.zero_tail(end)?;
@@ -276,7 +278,7 @@ impl Store {
         let key = key.as_ref();
         let hash = self.hash(key);
         let guard = self.state.load();
-        let found = self.find(&guard, hash, key)?;
+        let found = self.find(&guard, hash, key, guard.log.visible())?;
         Ok(found.map(|(state, bytes)| state.log.value(bytes)))
     }
 
@@ -297,10 +299,7 @@ impl Store {
     /// written then), [`Error::Corrupt`] if the index points at damaged bytes.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (key, value) = (key.as_ref(), value.as_ref());
-        if value.len() > MAX_VALUE_LEN {
-            return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
-        }
-        self.write(Kind::Put, key, value).map(|_| ())
+        self.write_one(Kind::Put, key, value).map(|_| ())
     }
 
     /// Deletes `key`, returning whether it existed. Deleting an absent key writes nothing.
@@ -308,7 +307,72 @@ impl Store {
     /// # Errors
     /// As [`put`](Store::put).
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        self.write(Kind::Delete, key.as_ref(), &[])
+        self.write_one(Kind::Delete, key.as_ref(), &[])
+    }
+
+    /// Applies every operation of `batch`, in order, atomically: readers see all of it or
+    /// none of it, and after a crash recovery keeps all of it or none of it (the batch ends
+    /// with a commit record; DESIGN.md, "Batches"). Durable after the next
+    /// [`sync`](Store::sync), like a put. Index slots are prefetched ahead of the writes, so
+    /// a large batch loads faster than the same puts one by one.
+    ///
+    /// # Errors
+    /// As [`put`](Store::put); size limits and a full disk are found before anything is
+    /// written. An error in the middle of the batch (damaged index) poisons the handle;
+    /// reopening recovers to the state before the batch.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        for (_, key, value) in batch.ops() {
+            check_sizes(key, value)?;
+        }
+        self.check_writable()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.writer.lock();
+        let w = &mut *guard;
+        self.check_poisoned()?;
+        let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();
+        // Room first, so that nothing fails for want of space once the batch has begun and
+        // the index does not grow (dropping tombstones) in the middle of it.
+        let ops = batch.len() as u64;
+        if w.index_clean {
+            self.mark_index(w, 0)?;
+        }
+        if index::needs_growth(w.used.saturating_add(ops), self.capacity(w)) {
+            self.grow_index(w, ops)?;
+        }
+        let commit_len = Record::len_for(0, 8);
+        let bytes = batch.ops().map(|(_, k, v)| Record::len_for(k.len(), v.len())).sum::<u64>();
+        let end = w.end.saturating_add(bytes).saturating_add(commit_len);
+        if end > w.log.map().len() {
+            self.grow_log(w, end)?;
+        }
+        let (start, mut records, mut live) = (w.end, 0u64, self.len());
+        for (i, (kind, key, value)) in batch.ops().enumerate() {
+            if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
+                w.index.prefetch(Table::new(w.index.words()).home_word(ahead));
+            }
+            let appended = self.append(w, (kind, true), key, value, hashes[i]);
+            let appended = if records > 0 { self.poison_on_err(appended)? } else { appended? };
+            if let Some(change) = appended {
+                records += 1;
+                live = change.live_after(kind, live);
+            }
+        }
+        if records > 0 {
+            let seed = self.seed;
+            let off = w.end;
+            let count = records.to_le_bytes();
+            let fill = |dst: &mut [u8]| {
+                Record::encode_into(seed, (Kind::Commit, false), start, &[], &count, dst)
+            };
+            w.log.write_at(off, fill, commit_len as usize);
+            w.end = off + commit_len;
+            w.log.publish(w.end);
+            w.log.make_visible(w.end);
+            self.live.store(live, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// The durability point: when it returns, every write that returned before it survives
@@ -471,9 +535,10 @@ impl Store {
         mut state: &'s State,
         hash: u64,
         key: &[u8],
+        visible: u64,
     ) -> Result<Option<(&'s State, &'s [u8])>> {
         loop {
-            match self.lookup(state, hash, key)? {
+            match self.lookup(state, hash, key, visible)? {
                 Lookup::Found(bytes) => return Ok(Some((state, bytes))),
                 Lookup::Absent => return Ok(None),
                 Lookup::Stale(slot, off) => match state.next.get() {
@@ -484,20 +549,32 @@ impl Store {
         }
     }
 
-    /// Searches one view. Bytes come only from the published part of the mapping.
+    /// Searches one view for the version of `key` a reader at `visible` sees: the newest
+    /// record below `visible`, found from the slot's record by following `prev` back past
+    /// records of unfinished (or, for a snapshot, later) writes. Bytes come only from the
+    /// published part of the mapping.
     #[inline]
-    fn lookup<'s>(&self, state: &'s State, hash: u64, key: &[u8]) -> Result<Lookup<'s>> {
+    fn lookup<'s>(
+        &self,
+        state: &'s State,
+        hash: u64,
+        key: &[u8],
+        visible: u64,
+    ) -> Result<Lookup<'s>> {
         let table = Table::new(state.index.words());
+        let bad = |slot, off| recovery::bad_slot(&self.index_path, slot, off);
+        let record = |off: u64| {
+            let rest = state.log.tail(off).filter(|_| off.is_multiple_of(RECORD_ALIGN))?;
+            Some(Record::decode(rest).map(|rec| (rec, rest)))
+        };
         let mut stale = None;
         let mut found = None;
-        let bad = |slot, off| recovery::bad_slot(&self.index_path, slot, off);
-        let hit = table.get(hash, |slot, off| {
-            let rec = state
-                .log
-                .tail(off)
-                .filter(|_| off.is_multiple_of(RECORD_ALIGN))
-                .map(|rest| Record::decode(rest).map(|rec| (rec, rest)));
-            let (rec, rest) = match rec {
+        let hit = table.find(hash, |slot, word| {
+            let off = word & !DELETED;
+            if word & DELETED != 0 && off < visible {
+                return Ok(false); // a visible tombstone: this key's (then absent) or another's
+            }
+            let (rec, rest) = match record(off) {
                 Some(Ok(r)) => r,
                 // The record lies (partly) past this view's mapping: the log grew since
                 // this view was loaded.
@@ -510,38 +587,76 @@ impl Store {
             if rec.key(rest) != key {
                 return Ok(false);
             }
-            if rec.kind != Kind::Put {
+            if (rec.kind == Kind::Delete) != (word & DELETED != 0) || rec.kind == Kind::Commit {
                 return Err(bad(slot, off));
             }
-            if self.verify {
-                rec.verify(self.seed, rest).map_err(|kind| Error::Corrupt {
-                    file: self.dir.join(DATA_FILE),
-                    offset: off,
-                    kind,
-                })?;
-            }
-            found = Some(rec.value(rest));
+            found = Some((slot, off, rec, rest));
             Ok(true)
         })?;
-        Ok(match (hit, found, stale) {
-            (Some(_), Some(v), _) => Lookup::Found(v),
-            (_, _, Some((slot, off))) => Lookup::Stale(slot, off),
-            _ => Lookup::Absent,
-        })
+        if let (Some((slot, off)), None) = (stale, hit) {
+            return Ok(Lookup::Stale(slot, off));
+        }
+        let Some((slot, mut off, mut rec, mut rest)) = found else { return Ok(Lookup::Absent) };
+        while off >= visible {
+            // An older record is published and inside this mapping, as the newer one is.
+            let prev = rec.prev;
+            if prev == 0 {
+                return Ok(Lookup::Absent);
+            }
+            match record(prev) {
+                Some(Ok((r, b))) if prev < off && r.kind != Kind::Commit && r.key(b) == key => {
+                    (off, rec, rest) = (prev, r, b);
+                }
+                _ => return Err(bad(slot, prev)),
+            }
+        }
+        if rec.kind == Kind::Delete {
+            return Ok(Lookup::Absent);
+        }
+        if self.verify {
+            rec.verify(self.seed, rest).map_err(|kind| Error::Corrupt {
+                file: self.dir.join(DATA_FILE),
+                offset: off,
+                kind,
+            })?;
+        }
+        Ok(Lookup::Found(rec.value(rest)))
     }
 
-    fn write(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
-        if key.len() > MAX_KEY_LEN {
-            return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
-        }
+    fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        self.check_poisoned()?;
+        self.check_poisoned()
+    }
+
+    /// A single put or delete, visible as soon as it is in the index.
+    fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
+        check_sizes(key, value)?;
+        self.check_writable()?;
         let mut guard = self.writer.lock();
         let w = &mut *guard;
         self.check_poisoned()?;
-        let hash = self.hash(key);
+        let Some(change) = self.append(w, (kind, false), key, value, self.hash(key))? else {
+            return Ok(false);
+        };
+        let end = w.end;
+        w.log.make_visible(end);
+        // Only the writer changes the count, so load-then-store does not race.
+        self.live.store(change.live_after(kind, self.len()), Ordering::Relaxed);
+        Ok(change.was_live)
+    }
+
+    /// Appends one record and points the key's slot at it; not yet visible to readers.
+    /// `None` for a delete of an absent key (nothing written).
+    fn append(
+        &self,
+        w: &mut Writer,
+        (kind, batch): (Kind, bool),
+        key: &[u8],
+        value: &[u8],
+        hash: u64,
+    ) -> Result<Option<Change>> {
         let index_path = &self.index_path;
         let locate = |w: &Writer| {
             let log = w.log.map();
@@ -551,14 +666,14 @@ impl Store {
         };
         let mut change = Change::from_slot(locate(w)?);
         if kind == Kind::Delete && !change.is_some_and(|c| c.was_live) {
-            return Ok(false);
+            return Ok(None);
         }
         if w.index_clean {
             // Before the first change, durably mark the index as not to be trusted.
             self.mark_index(w, 0)?;
         }
         if change.is_none_or(|c| c.was_vacant && index::needs_growth(w.used, self.capacity(w))) {
-            self.grow_index(w)?;
+            self.grow_index(w, 0)?;
             change = Change::from_slot(locate(w)?);
         }
         let change = change.ok_or_else(|| self.index_full(w.used))?;
@@ -571,7 +686,7 @@ impl Store {
         let seed = self.seed;
         w.log.write_at(
             off,
-            |dst| Record::encode_into(seed, kind, change.prev, key, value, dst),
+            |dst| Record::encode_into(seed, (kind, batch), change.prev, key, value, dst),
             len as usize,
         );
         w.end = end;
@@ -579,15 +694,7 @@ impl Store {
         let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(w.index.words()).set(change.slot, hash, word);
         w.used += u64::from(change.was_vacant);
-        // Only the writer changes the count, so load-then-store does not race. Saturating:
-        // a count read off a damaged (but checksummed) header must not wrap.
-        let live = self.live.load(Ordering::Relaxed);
-        match (change.was_live, kind) {
-            (false, Kind::Put) => self.live.store(live.saturating_add(1), Ordering::Relaxed),
-            (true, Kind::Delete) => self.live.store(live.saturating_sub(1), Ordering::Relaxed),
-            _ => {}
-        }
-        Ok(change.was_live)
+        Ok(Some(change))
     }
 
     fn capacity(&self, w: &Writer) -> u64 {
@@ -621,7 +728,9 @@ impl Store {
         Ok(())
     }
 
-    fn grow_index(&self, w: &mut Writer) -> Result<()> {
+    /// Replaces the index with a larger one holding its live keys, with room for `keys`
+    /// more.
+    fn grow_index(&self, w: &mut Writer, keys: u64) -> Result<()> {
         let ctx = IndexCtx {
             dir: &self.dir,
             path: &self.index_path,
@@ -629,7 +738,7 @@ impl Store {
             store_id: self.store_id,
             seam: &w.seam,
         };
-        let (new, live) = ctx.create(Some(&w.index), 0)?;
+        let (new, live) = ctx.create(Some(&w.index), keys)?;
         w.index = Arc::new(new);
         // Counts from the slots themselves: this also heals counts read off a damaged header.
         w.used = live;
@@ -720,7 +829,8 @@ impl Reader<'_> {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
         self.store.check_poisoned()?;
         let key = key.as_ref();
-        let found = self.store.find(self.latest(), self.store.hash(key), key)?;
+        let state = self.latest();
+        let found = self.store.find(state, self.store.hash(key), key, state.log.visible())?;
         Ok(found.map(|(_, bytes)| bytes))
     }
 
@@ -748,6 +858,7 @@ impl Reader<'_> {
         let mut hashes = [0u64; BATCH];
         for chunk in keys.chunks(BATCH) {
             let state = self.latest();
+            let visible = state.log.visible();
             let table = Table::new(state.index.words());
             for (h, k) in hashes.iter_mut().zip(chunk) {
                 *h = self.store.hash(k.as_ref());
@@ -759,7 +870,7 @@ impl Reader<'_> {
                 }
             }
             for (&h, k) in hashes.iter().zip(chunk) {
-                let found = self.store.find(state, h, k.as_ref())?;
+                let found = self.store.find(state, h, k.as_ref(), visible)?;
                 out.push(found.map(|(_, bytes)| bytes));
             }
         }
@@ -771,6 +882,19 @@ impl fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
     }
+}
+
+/// How far ahead of the write a batch prefetches index slots.
+const PREFETCH_AHEAD: usize = 8;
+
+fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+    }
+    Ok(())
 }
 
 fn is_enospc<T>(r: &Result<T>) -> bool {
