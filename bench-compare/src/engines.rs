@@ -55,7 +55,7 @@ pub fn guarantee(engine: &str) -> &'static str {
     match engine {
         "mapkv" => {
             "defaults. put = in the page cache (survives kill -9); durable = put + sync() (one msync). \
-             No batch API: a batch is N puts + one sync(). Reads via Store::reader() (zero-copy &[u8])."
+             A batch is one mapkv::Batch (atomic, slots prefetched) + one sync(). Reads via Store::reader() (zero-copy &[u8])."
         }
         "lmdb" => {
             "heed, map_size 64 GiB, MDB_NOSYNC for non-durable commits (commit pwrites pages and meta \
@@ -115,9 +115,11 @@ struct MapKv {
 
 impl Engine for MapKv {
     fn write_batch(&mut self, keys: &Keys, range: Range<usize>, vals: &Values) -> Res<()> {
+        let mut batch = mapkv::Batch::new();
         for i in range {
-            self.store.put(keys.get(i), vals.get(i))?;
+            batch.put(keys.get(i), vals.get(i));
         }
+        self.store.write(batch)?;
         Ok(self.store.sync()?)
     }
     fn put_each(&mut self, keys: &Keys, range: Range<usize>, vals: &Values) -> Res<()> {
@@ -131,9 +133,11 @@ impl Engine for MapKv {
         Ok(self.store.sync()?)
     }
     fn remove_batch(&mut self, keys: &Keys, range: Range<usize>) -> Res<()> {
+        let mut batch = mapkv::Batch::new();
         for i in range {
-            assert!(self.store.delete(keys.get(i))?);
+            batch.delete(keys.get(i));
         }
+        self.store.write(batch)?;
         Ok(self.store.sync()?)
     }
     fn read(&self, keys: &Keys, order: &[u32], touch: bool) -> ReadStats {
