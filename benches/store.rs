@@ -129,6 +129,23 @@ fn bulk(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The same 100k puts as one atomic batch: room is made first and slots are prefetched.
+    c.bench_function("bulk_load_100k_one_batch", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().expect("tempdir"),
+            |dir| {
+                let store = Store::open(dir.path().join("db")).expect("open");
+                let mut batch = mapkv::Batch::new();
+                for i in 0..100_000 {
+                    batch.put(key(i), [i as u8; 150]);
+                }
+                store.write(batch).expect("write");
+                store.simulate_crash();
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
 }
 
 criterion_group! {

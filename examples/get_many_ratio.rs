@@ -47,6 +47,11 @@ fn main() -> mapkv::Result<()> {
     }
     single.sort_by(f64::total_cmp);
     many.sort_by(f64::total_cmp);
+    if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps_rollup") {
+        for l in smaps.lines().filter(|l| l.contains("PmdMapped")) {
+            println!("{l}");
+        }
+    }
     println!(
         "single get {:.1} ns/key, get_many {:.1} ns/key (medians of 5): {:.2}x",
         single[2],

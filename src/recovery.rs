@@ -562,6 +562,67 @@ mod tests {
         assert_eq!(scan(&log, &h, Path::new("d"), &mut Count(0)).expect("clean").cut, None);
     }
 
+    /// A log of batch records: `n` puts flagged as one batch starting at `DATA_START`,
+    /// then (if `commit` is `Some(count)`) a commit record naming that count.
+    fn batch_log(n: usize, commit: Option<u64>) -> (Vec<u8>, LogHeader) {
+        let mut log = vec![0u8; DATA_START as usize];
+        let mut push = |kind, batch, prev, k: &[u8], v: &[u8]| {
+            let at = log.len();
+            log.resize(at + Record::len_for(k.len(), v.len()) as usize, 0);
+            Record::encode_into(crc_seed(9), (kind, batch), prev, k, v, &mut log[at..]);
+        };
+        for i in 0..n {
+            push(Kind::Put, true, 0, &[b'k', i as u8], b"v");
+        }
+        if let Some(count) = commit {
+            push(Kind::Commit, false, DATA_START, b"", &count.to_le_bytes());
+        }
+        log.resize(log.len() + 4096, 0);
+        (log, LogHeader { store_id: 9, seq: 1, committed: DATA_START })
+    }
+
+    #[test]
+    fn a_batch_counts_only_with_its_commit_record() {
+        let one = Record::len_for(2, 1);
+        let (log, h) = batch_log(3, Some(3));
+        let mut n = Count(0);
+        let rep = scan(&log, &h, Path::new("d"), &mut n).expect("committed batch");
+        assert_eq!((n.0, rep.cut), (3, None));
+        assert_eq!(rep.log_end, DATA_START + 3 * one + Record::len_for(0, 8));
+        assert!(check_log(&log[..rep.log_end as usize], 9).1.is_empty());
+
+        let (log, h) = batch_log(3, None);
+        let mut n = Count(0);
+        let rep = scan(&log, &h, Path::new("d"), &mut n).expect("a torn batch is cut");
+        assert_eq!(n.0, 0, "records of an unfinished batch were applied");
+        assert_eq!(rep.log_end, DATA_START);
+        assert_eq!(rep.cut, Some((DATA_START, CorruptKind::UnfinishedBatch { records: 3 })));
+        let records = &log[..(DATA_START + 3 * one) as usize];
+        let unfinished = (DATA_START, CorruptKind::UnfinishedBatch { records: 3 });
+        assert_eq!(check_log(records, 9).1, vec![unfinished]);
+
+        // A commit naming the wrong count is out of place: the batch is cut.
+        let (log, h) = batch_log(3, Some(2));
+        let rep = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
+        assert_eq!(rep.log_end, DATA_START);
+        assert!(matches!(rep.cut, Some((DATA_START, CorruptKind::UnfinishedBatch { .. }))));
+
+        // The same unfinished batch below the committed length is corruption.
+        let (log, mut h) = batch_log(3, None);
+        h.committed = DATA_START + one;
+        let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("corrupt");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_commit_without_a_batch_is_out_of_place() {
+        let (log, h) = batch_log(0, Some(0));
+        let rep = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
+        assert_eq!((rep.log_end, rep.cut), (DATA_START, Some((DATA_START, CorruptKind::BadBatch))));
+        let commit = &log[..(DATA_START + Record::len_for(0, 8)) as usize];
+        assert_eq!(check_log(commit, 9), (1, vec![(DATA_START, CorruptKind::BadBatch)]));
+    }
+
     #[test]
     fn log_ending_before_committed_length_is_corruption() {
         let (log, mut h) = log_with(&[(b"a", b"1")], 1);
