@@ -200,16 +200,21 @@ impl<'a> Table<'a> {
     }
 
     /// Every occupied slot as `(slot, hash, offset word)`, in slot order.
-    pub fn occupied(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        (0..self.capacity()).filter_map(move |i| {
-            let (hw, ow) = self.slot(i);
-            let h = u64::from_le(hw.load(Ordering::Acquire));
-            (h != 0).then(|| (i, h, u64::from_le(ow.load(Ordering::Acquire))))
-        })
+    /// The hash and word of slot `i`, if occupied (and `i` is in the table).
+    #[inline]
+    pub fn slot_at(&self, i: u64) -> Option<(u64, u64)> {
+        if i >= self.capacity() {
+            return None;
+        }
+        let (hw, ow) = self.slot(i);
+        let h = u64::from_le(hw.load(Ordering::Acquire));
+        (h != 0).then(|| (h, u64::from_le(ow.load(Ordering::Acquire))))
     }
 
-    /// Inserts a slot known to be absent (rebuilding a table): no key comparison.
-    /// Returns false if the table is full.
+    pub fn occupied(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        (0..self.capacity()).filter_map(move |i| self.slot_at(i).map(|(h, w)| (i, h, w)))
+    }
+
     pub fn insert_new(&self, hash: u64, word: u64) -> bool {
         match self.locate(hash, |_, _| Ok(false)) {
             Ok(Slot::Vacant { i }) => {

@@ -31,13 +31,15 @@ mod index;
 mod os;
 mod recovery;
 mod store;
+mod view;
 
 pub use batch::Batch;
 pub use error::{CorruptKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;
 pub use recovery::{Problem, RecoveryReport, VerifyReport};
-pub use store::{OpenOptions, Reader, Store};
+pub use store::{OpenOptions, Store};
+pub use view::{Iter, Reader, Snapshot, SnapshotIter};
 
 /// The README's examples, run as doctests.
 #[cfg(doctest)]

@@ -23,6 +23,7 @@ use crate::format::{
 use crate::index::{self, DELETED, Table};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{self, Change, IndexCtx, Problem, Rebuild, RecoveryReport, VerifyReport};
+use crate::view::Reader;
 
 const DATA_FILE: &str = "data.mkv";
 const INDEX_FILE: &str = "index.mkv";
@@ -94,10 +95,10 @@ impl OpenOptions {
 /// One published view: a mapping of the data file and the index to search with it.
 /// `next` links to the view that replaced it, so a [`Reader`] pinned here can follow growth
 /// without a lock and without ever dropping a mapping it lent out.
-struct State {
-    log: Arc<LogMap>,
-    index: Arc<IndexMap>,
-    next: OnceLock<Arc<State>>,
+pub(crate) struct State {
+    pub(crate) log: Arc<LogMap>,
+    pub(crate) index: Arc<IndexMap>,
+    pub(crate) next: OnceLock<Arc<State>>,
 }
 
 /// What a lookup in one view found.
@@ -135,9 +136,9 @@ struct Writer {
 /// A write that returned survives the process being killed; it survives power loss once a
 /// later [`sync`](Store::sync) has returned.
 pub struct Store {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     index_path: PathBuf,
-    state: ArcSwap<State>,
+    pub(crate) state: ArcSwap<State>,
     writer: Mutex<Writer>,
     live: AtomicU64,
     poisoned: OnceLock<String>,
@@ -278,7 +279,7 @@ impl Store {
         let key = key.as_ref();
         let hash = self.hash(key);
         let guard = self.state.load();
-        let found = self.find(&guard, hash, key, guard.log.visible())?;
+        let found = self.find(&guard, None, hash, key, guard.log.visible())?;
         Ok(found.map(|(state, bytes)| state.log.value(bytes)))
     }
 
@@ -287,7 +288,7 @@ impl Store {
     /// before each `get`, follows growth, and keeps every mapping it lent from alive until
     /// it is dropped, so hold one per batch of work rather than forever.
     pub fn reader(&self) -> Reader<'_> {
-        Reader { store: self, first: self.state.load_full() }
+        Reader::new(self, self.state.load_full())
     }
 
     /// Sets `key` to `value`. Once this returns the write survives a crash of the process;
@@ -508,12 +509,12 @@ impl Store {
 
     // ---- internals --------------------------------------------------------------------
 
-    fn hash(&self, key: &[u8]) -> u64 {
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         xxhash_rust::xxh3::xxh3_64_with_seed(key, self.store_id)
     }
 
     #[inline]
-    fn check_poisoned(&self) -> Result<()> {
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
         match self.poisoned.get() {
             None => Ok(()),
             Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
@@ -527,58 +528,62 @@ impl Store {
         r
     }
 
-    /// Searches `state`, following newer views while the index names a record that this
-    /// view's mapping does not reach. Returns the value and the view it was found in.
+    /// Searches `state` (with `pinned`'s index instead of its own, for a snapshot),
+    /// following newer views while the index names a record that this view's mapping does
+    /// not reach. Returns the value and the view it was found in.
     #[inline]
-    fn find<'s>(
+    pub(crate) fn find<'s>(
         &self,
         mut state: &'s State,
+        pinned: Option<&'s IndexMap>,
         hash: u64,
         key: &[u8],
         visible: u64,
     ) -> Result<Option<(&'s State, &'s [u8])>> {
         loop {
-            match self.lookup(state, hash, key, visible)? {
+            let index = pinned.unwrap_or(&state.index);
+            match self.lookup(index, &state.log, hash, key, visible)? {
                 Lookup::Found(bytes) => return Ok(Some((state, bytes))),
                 Lookup::Absent => return Ok(None),
-                Lookup::Stale(slot, off) => match state.next.get() {
-                    Some(next) => state = next,
-                    None => return Err(recovery::bad_slot(&self.index_path, slot, off)),
-                },
+                Lookup::Stale(slot, off) => state = self.newer(state, slot, off)?,
             }
         }
     }
 
-    /// Searches one view for the version of `key` a reader at `visible` sees: the newest
-    /// record below `visible`, found from the slot's record by following `prev` back past
-    /// records of unfinished (or, for a snapshot, later) writes. Bytes come only from the
-    /// published part of the mapping.
+    /// The view after `state`, which must exist because `state`'s mapping is outgrown by
+    /// the record at `off` named by `slot`.
+    pub(crate) fn newer<'s>(&self, state: &'s State, slot: u64, off: u64) -> Result<&'s State> {
+        state
+            .next
+            .get()
+            .map(|n| &**n)
+            .ok_or_else(|| recovery::bad_slot(&self.index_path, slot, off))
+    }
+
+    /// Searches one index for `key`, reading records from `log`, and returns the version a
+    /// reader at `visible` sees. Bytes come only from the published part of the mapping.
     #[inline]
     fn lookup<'s>(
         &self,
-        state: &'s State,
+        index: &IndexMap,
+        log: &'s LogMap,
         hash: u64,
         key: &[u8],
         visible: u64,
     ) -> Result<Lookup<'s>> {
-        let table = Table::new(state.index.words());
         let bad = |slot, off| recovery::bad_slot(&self.index_path, slot, off);
-        let record = |off: u64| {
-            let rest = state.log.tail(off).filter(|_| off.is_multiple_of(RECORD_ALIGN))?;
-            Some(Record::decode(rest).map(|rec| (rec, rest)))
-        };
         let mut stale = None;
         let mut found = None;
-        let hit = table.find(hash, |slot, word| {
+        let hit = Table::new(index.words()).find(hash, |slot, word| {
             let off = word & !DELETED;
             if word & DELETED != 0 && off < visible {
                 return Ok(false); // a visible tombstone: this key's (then absent) or another's
             }
-            let (rec, rest) = match record(off) {
+            let (rec, rest) = match record_at(log, off) {
                 Some(Ok(r)) => r,
-                // The record lies (partly) past this view's mapping: the log grew since
-                // this view was loaded.
-                _ if state.log.outgrown() => {
+                // The record lies (partly) past this mapping: the log grew since this view
+                // was loaded.
+                _ if log.outgrown() => {
                     stale = Some((slot, off));
                     return Ok(false);
                 }
@@ -587,31 +592,54 @@ impl Store {
             if rec.key(rest) != key {
                 return Ok(false);
             }
-            if (rec.kind == Kind::Delete) != (word & DELETED != 0) || rec.kind == Kind::Commit {
-                return Err(bad(slot, off));
-            }
-            found = Some((slot, off, rec, rest));
+            found = Some((slot, word, rec, rest));
             Ok(true)
         })?;
-        if let (Some((slot, off)), None) = (stale, hit) {
-            return Ok(Lookup::Stale(slot, off));
+        match (found, stale, hit) {
+            (Some((slot, word, rec, rest)), _, _) => {
+                Ok(match self.version(log, slot, word, (rec, rest), visible)? {
+                    Some((_, value)) => Lookup::Found(value),
+                    None => Lookup::Absent,
+                })
+            }
+            (None, Some((slot, off)), None) => Ok(Lookup::Stale(slot, off)),
+            _ => Ok(Lookup::Absent),
         }
-        let Some((slot, mut off, mut rec, mut rest)) = found else { return Ok(Lookup::Absent) };
+    }
+
+    /// The key and value that a reader at `visible` sees, given the newest record
+    /// `(rec, rest)` of a key, named by index `slot` holding `word`: that record if it
+    /// starts below `visible`, else the newest older one that does, found by following
+    /// `prev` (`None`: absent or deleted then). Older records are published and inside
+    /// `log`, as the newer one is.
+    pub(crate) fn version<'s>(
+        &self,
+        log: &'s LogMap,
+        slot: u64,
+        word: u64,
+        (mut rec, mut rest): (Record, &'s [u8]),
+        visible: u64,
+    ) -> Result<Option<(&'s [u8], &'s [u8])>> {
+        let mut off = word & !DELETED;
+        let bad = |at| recovery::bad_slot(&self.index_path, slot, at);
+        if (rec.kind == Kind::Delete) != (word & DELETED != 0) || rec.kind == Kind::Commit {
+            return Err(bad(off));
+        }
+        let key = rec.key(rest);
         while off >= visible {
-            // An older record is published and inside this mapping, as the newer one is.
             let prev = rec.prev;
             if prev == 0 {
-                return Ok(Lookup::Absent);
+                return Ok(None);
             }
-            match record(prev) {
+            match record_at(log, prev) {
                 Some(Ok((r, b))) if prev < off && r.kind != Kind::Commit && r.key(b) == key => {
                     (off, rec, rest) = (prev, r, b);
                 }
-                _ => return Err(bad(slot, prev)),
+                _ => return Err(bad(prev)),
             }
         }
         if rec.kind == Kind::Delete {
-            return Ok(Lookup::Absent);
+            return Ok(None);
         }
         if self.verify {
             rec.verify(self.seed, rest).map_err(|kind| Error::Corrupt {
@@ -620,7 +648,7 @@ impl Store {
                 kind,
             })?;
         }
-        Ok(Lookup::Found(rec.value(rest)))
+        Ok(Some((key, rec.value(rest))))
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -813,75 +841,12 @@ impl Store {
     }
 }
 
-/// A read view with plain `&[u8]` results; see [`Store::reader`].
-pub struct Reader<'s> {
-    store: &'s Store,
-    first: Arc<State>,
-}
-
-impl Reader<'_> {
-    /// The value of `key`, borrowed from this reader: no copy, no allocation, no reference
-    /// counting. It sees every write that returned before the call.
-    ///
-    /// # Errors
-    /// As [`Store::get`].
-    #[inline]
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
-        self.store.check_poisoned()?;
-        let key = key.as_ref();
-        let state = self.latest();
-        let found = self.store.find(state, self.store.hash(key), key, state.log.visible())?;
-        Ok(found.map(|(_, bytes)| bytes))
-    }
-
-    /// The newest view reachable from the one this reader pinned.
-    #[inline]
-    fn latest(&self) -> &State {
-        let mut state: &State = &self.first;
-        while let Some(next) = state.next.get() {
-            state = next;
-        }
-        state
-    }
-
-    /// Looks up many keys at once: the same answers as [`get`](Reader::get) for each key,
-    /// in order, but the memory misses of a batch overlap (every index slot is requested,
-    /// then every record, before any is compared), so it costs a fraction of the time per
-    /// key on a store larger than the CPU cache.
-    ///
-    /// # Errors
-    /// As [`Store::get`]; the first error ends the call.
-    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<&[u8]>>> {
-        const BATCH: usize = 16;
-        self.store.check_poisoned()?;
-        let mut out = Vec::with_capacity(keys.len());
-        let mut hashes = [0u64; BATCH];
-        for chunk in keys.chunks(BATCH) {
-            let state = self.latest();
-            let visible = state.log.visible();
-            let table = Table::new(state.index.words());
-            for (h, k) in hashes.iter_mut().zip(chunk) {
-                *h = self.store.hash(k.as_ref());
-                state.index.prefetch(table.home_word(*h));
-            }
-            for &h in &hashes[..chunk.len()] {
-                if let Some(off) = table.first_match(h) {
-                    state.log.prefetch(off);
-                }
-            }
-            for (&h, k) in hashes.iter().zip(chunk) {
-                let found = self.store.find(state, h, k.as_ref(), visible)?;
-                out.push(found.map(|(_, bytes)| bytes));
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl fmt::Debug for Reader<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
-    }
+/// The decoded record at `off` in `log`: `None` if `off` is not an aligned offset in the
+/// published part of this mapping.
+#[inline]
+pub(crate) fn record_at(log: &LogMap, off: u64) -> Option<Result<(Record, &[u8]), CorruptKind>> {
+    let rest = log.tail(off).filter(|_| off.is_multiple_of(RECORD_ALIGN))?;
+    Some(Record::decode(rest).map(|rec| (rec, rest)))
 }
 
 /// How far ahead of the write a batch prefetches index slots.

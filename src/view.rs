@@ -1,0 +1,220 @@
+//! Read views over a store: [`Reader`] (always the newest data, plain slices), [`Snapshot`]
+//! (the data as of its creation) and iteration. None of them locks or copies.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::index::{DELETED, Table};
+use crate::os::Value;
+use crate::store::{State, Store, record_at};
+
+/// The newest view reachable from `first`.
+#[inline]
+fn latest(first: &State) -> &State {
+    let mut state = first;
+    while let Some(next) = state.next.get() {
+        state = next;
+    }
+    state
+}
+
+/// A read view with plain `&[u8]` results; see [`Store::reader`].
+pub struct Reader<'s> {
+    store: &'s Store,
+    first: Arc<State>,
+}
+
+impl<'s> Reader<'s> {
+    pub(crate) fn new(store: &'s Store, first: Arc<State>) -> Self {
+        Self { store, first }
+    }
+
+    /// The value of `key`, borrowed from this reader: no copy, no allocation, no reference
+    /// counting. It sees every write that returned before the call.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    #[inline]
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
+        self.store.check_poisoned()?;
+        let key = key.as_ref();
+        let state = latest(&self.first);
+        let found = self.store.find(state, None, self.store.hash(key), key, state.log.visible())?;
+        Ok(found.map(|(_, bytes)| bytes))
+    }
+
+    /// Looks up many keys at once: the same answers as [`get`](Reader::get) for each key,
+    /// in order, but the memory misses of a batch overlap (every index slot is requested,
+    /// then every record, before any is compared), so it costs a fraction of the time per
+    /// key on a store larger than the CPU cache.
+    ///
+    /// # Errors
+    /// As [`Store::get`]; the first error ends the call.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<&[u8]>>> {
+        const BATCH: usize = 16;
+        self.store.check_poisoned()?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut hashes = [0u64; BATCH];
+        for chunk in keys.chunks(BATCH) {
+            let state = latest(&self.first);
+            let visible = state.log.visible();
+            let table = Table::new(state.index.words());
+            for (h, k) in hashes.iter_mut().zip(chunk) {
+                *h = self.store.hash(k.as_ref());
+                state.index.prefetch(table.home_word(*h));
+            }
+            for &h in &hashes[..chunk.len()] {
+                if let Some(off) = table.first_match(h) {
+                    state.log.prefetch(off);
+                }
+            }
+            for (&h, k) in hashes.iter().zip(chunk) {
+                let found = self.store.find(state, None, h, k.as_ref(), visible)?;
+                out.push(found.map(|(_, bytes)| bytes));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
+    }
+}
+
+/// A consistent read view of the store as of its creation; see [`Store::snapshot`].
+///
+/// It pins the index of its moment and the end of the finished writes then (`visible`).
+/// A key overwritten or deleted since is found through the back-pointer (`prev`) that
+/// every record carries to the key's previous record (DESIGN.md, "Snapshots").
+pub struct Snapshot<'s> {
+    store: &'s Store,
+    first: Arc<State>,
+    visible: u64,
+}
+
+impl Store {
+    /// A consistent, zero-copy view of the store as of now: its [`get`](Snapshot::get) and
+    /// [`iter`](Snapshot::iter) never see later writes, and values borrowed from it stay
+    /// valid while it lives. It costs nothing to take; while it lives, the mappings and
+    /// index it pinned stay alive (old files included), so hold it for a unit of work.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        loop {
+            // The index loaded must be the one in use when `visible` is read: a growth in
+            // between could have dropped a tombstone the snapshot needs. Growth always
+            // publishes a successor state first, so "no successor yet" proves it.
+            let first = self.state.load_full();
+            let visible = first.log.visible();
+            if first.next.get().is_none() {
+                return Snapshot { store: self, first, visible };
+            }
+        }
+    }
+
+    /// Every live key with its value, once each, as of the call (it iterates over a
+    /// snapshot taken now), in hash order (no order a user can rely on). Items own a
+    /// reference to the mapping ([`Value`]), so they outlive the iterator. The index is a
+    /// hash table, so selecting by prefix is a scan: `store.iter()` filtered by
+    /// `k.starts_with(prefix)`.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter { snapshot: self.snapshot(), slot: 0 }
+    }
+}
+
+impl Snapshot<'_> {
+    /// The value of `key` as of the snapshot, borrowed from it (no copy).
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
+        self.store.check_poisoned()?;
+        let key = key.as_ref();
+        let (state, hash) = (latest(&self.first), self.store.hash(key));
+        let found = self.store.find(state, Some(&self.first.index), hash, key, self.visible)?;
+        Ok(found.map(|(_, bytes)| bytes))
+    }
+
+    /// Every key live in the snapshot with its value, once each, borrowed from the
+    /// snapshot, in hash order. See [`Store::iter`].
+    pub fn iter(&self) -> SnapshotIter<'_> {
+        SnapshotIter { snapshot: self, slot: 0 }
+    }
+
+    /// The entry of the first slot at or after `*slot` whose key is live in the snapshot,
+    /// with the view its bytes come from; advances `*slot` past it.
+    fn next_entry(&self, slot: &mut u64) -> Option<Result<(&State, &[u8], &[u8])>> {
+        let table = Table::new(self.first.index.words());
+        while *slot < table.capacity() {
+            let i = *slot;
+            *slot += 1;
+            let Some((_, word)) = table.slot_at(i) else { continue };
+            let off = word & !DELETED;
+            if word & DELETED != 0 && off < self.visible {
+                continue; // deleted before the snapshot
+            }
+            let mut state = latest(&self.first);
+            let found = loop {
+                match record_at(&state.log, off) {
+                    Some(Ok(rec)) => {
+                        break self.store.version(&state.log, i, word, rec, self.visible);
+                    }
+                    // Written past this mapping since it was loaded, or damaged: a newer
+                    // view has it, or there is none and the slot is bad.
+                    _ => match self.store.newer(state, i, off) {
+                        Ok(next) => state = next,
+                        Err(e) => break Err(e),
+                    },
+                }
+            };
+            match found {
+                Ok(Some((key, value))) => return Some(Ok((state, key, value))),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
+    }
+}
+
+impl fmt::Debug for Snapshot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("store", &self.store.dir)
+            .field("visible", &self.visible)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Iterator over a [`Snapshot`]'s live keys and values; see [`Snapshot::iter`].
+#[derive(Debug)]
+pub struct SnapshotIter<'a> {
+    snapshot: &'a Snapshot<'a>,
+    slot: u64,
+}
+
+impl<'a> Iterator for SnapshotIter<'a> {
+    type Item = Result<(&'a [u8], &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entry = self.snapshot.next_entry(&mut self.slot)?;
+        Some(entry.map(|(_, key, value)| (key, value)))
+    }
+}
+
+/// Iterator over the store's live keys and values as of its creation; see [`Store::iter`].
+#[derive(Debug)]
+pub struct Iter<'s> {
+    snapshot: Snapshot<'s>,
+    slot: u64,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Result<(Value, Value)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entry = self.snapshot.next_entry(&mut self.slot)?;
+        Some(entry.map(|(state, key, value)| (state.log.value(key), state.log.value(value))))
+    }
+}
