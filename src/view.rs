@@ -9,6 +9,9 @@ use crate::index::{DELETED, Table};
 use crate::os::Value;
 use crate::store::{State, Store, record_at};
 
+/// A key and its value, with the view whose mapping they lie in.
+type Entry<'a> = (&'a State, &'a [u8], &'a [u8]);
+
 /// The newest view reachable from `first`.
 #[inline]
 fn latest(first: &State) -> &State {
@@ -144,7 +147,7 @@ impl Snapshot<'_> {
 
     /// The entry of the first slot at or after `*slot` whose key is live in the snapshot,
     /// with the view its bytes come from; advances `*slot` past it.
-    fn next_entry(&self, slot: &mut u64) -> Option<Result<(&State, &[u8], &[u8])>> {
+    fn next_entry(&self, slot: &mut u64) -> Option<Result<Entry<'_>>> {
         let table = Table::new(self.first.index.words());
         while *slot < table.capacity() {
             let i = *slot;
