@@ -25,6 +25,7 @@
 #![warn(clippy::missing_safety_doc)]
 
 mod batch;
+mod compact;
 mod error;
 mod format;
 mod index;
@@ -34,6 +35,7 @@ mod store;
 mod view;
 
 pub use batch::Batch;
+pub use compact::CompactStats;
 pub use error::{CorruptKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;

@@ -382,12 +382,9 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Name of an index file while it is being built.
-const INDEX_TMP: &str = "index.mkv.tmp";
-
 /// Where and how index files are made.
 pub(crate) struct IndexCtx<'a> {
-    pub dir: &'a Path,
+    /// Where the index is installed; it is built under this name plus `.tmp`.
     pub path: &'a Path,
     pub writable: bool,
     pub store_id: u64,
@@ -411,7 +408,9 @@ impl IndexCtx<'_> {
         };
         let len = IndexHeader::file_len(capacity).ok_or_else(full)?;
         let mut map = if self.writable {
-            IndexMap::create(&self.dir.join(INDEX_TMP), len, self.seam)?
+            let mut tmp = self.path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            IndexMap::create(Path::new(&tmp), len, self.seam)?
         } else {
             IndexMap::heap(len)
         };

@@ -10,11 +10,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::batch::Batch;
+use crate::compact::{CompactStats, Copier, DATA_COMPACT, INDEX_COMPACT};
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
     DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
@@ -99,6 +101,9 @@ pub(crate) struct State {
     pub(crate) log: Arc<LogMap>,
     pub(crate) index: Arc<IndexMap>,
     pub(crate) next: OnceLock<Arc<State>>,
+    /// Which pair of files: compaction starts a new generation. Offsets in one
+    /// generation's index mean nothing in another's log.
+    pub(crate) generation: u64,
 }
 
 /// What a lookup in one view found.
@@ -124,6 +129,8 @@ struct Writer {
     index_clean: bool,
     /// Occupied index slots (live and deleted keys).
     used: u64,
+    /// Files in use since open: compaction adds one.
+    generation: u64,
     /// Holds the store's lock (exclusive for a writer, shared for a reader) while open.
     _lock: std::fs::File,
     seam: Seam,
@@ -140,6 +147,8 @@ pub struct Store {
     index_path: PathBuf,
     pub(crate) state: ArcSwap<State>,
     writer: Mutex<Writer>,
+    /// Held through a compaction: one at a time.
+    compacting: Mutex<()>,
     live: AtomicU64,
     poisoned: OnceLock<String>,
     store_id: u64,
@@ -180,12 +189,21 @@ impl Store {
         // The lock comes first: an opener that is refused has changed nothing.
         let lock = os::lock_dir(dir, writable)?;
         let data_path = dir.join(DATA_FILE);
+        if writable {
+            // Leftovers of a compaction that never reached its swap: the store is the old
+            // files (DESIGN.md, "Compaction").
+            for name in [DATA_COMPACT, INDEX_COMPACT] {
+                for suffix in ["", ".tmp"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
+                }
+            }
+        }
         if writable && opts.create && !data_path.exists() {
             // The directory's own name must be durable before anything synced inside it
             // (done here, not when creating the directory, so a retried open redoes it).
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
             os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
-            create_data_file(seam, dir, &data_path)?;
+            create_data_file(seam, dir, &data_path, random_id())?;
         }
         let file =
             std::fs::OpenOptions::new().read(true).write(writable).open(&data_path).map_err(
@@ -197,7 +215,7 @@ impl Store {
         let log = LogFile::new(file, &data_path, writable, DATA_START, seam)?;
         let header = recovery::read_header(log.bytes(), &data_path)?;
         let index_path = dir.join(INDEX_FILE);
-        let ctx = IndexCtx { dir, path: &index_path, writable, store_id: header.store_id, seam };
+        let ctx = IndexCtx { path: &index_path, writable, store_id: header.store_id, seam };
 
         let existing = IndexMap::open(&index_path, writable, seam)?;
         let trusted = recovery::trust_index(existing.as_ref(), &header, log.bytes());
@@ -234,6 +252,7 @@ impl Store {
             header,
             index_clean: !report.index_rebuilt,
             used,
+            generation: 0,
             _lock: lock,
             seam: seam.clone(),
         };
@@ -249,12 +268,14 @@ impl Store {
             log: Arc::clone(w.log.map()),
             index: Arc::clone(&w.index),
             next: OnceLock::new(),
+            generation: 0,
         });
         Ok(Self {
             dir: dir.to_path_buf(),
             index_path,
             state: ArcSwap::new(state),
             writer: Mutex::new(w),
+            compacting: Mutex::new(()),
             live: AtomicU64::new(live),
             poisoned: OnceLock::new(),
             store_id: header.store_id,
@@ -405,6 +426,79 @@ impl Store {
         Ok(())
     }
 
+    /// Rewrites the live records into a new data file and index and swaps them in, giving
+    /// back the space of overwritten and deleted records. Readers keep reading throughout;
+    /// writers wait only for the last catch-up and the swap ([`CompactStats::pause`]).
+    /// Values, readers and snapshots taken before keep reading the old files, whose disk
+    /// space comes back when the last of them is dropped. A crash at any point leaves the
+    /// old store or the new one, whole. Durable like a [`sync`](Store::sync) (every write
+    /// that returned before the swap is in the new files, flushed).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`], [`Error::Io`] (a full disk: the old store stays as it was),
+    /// [`Error::Poisoned`] if the swap itself failed.
+    pub fn compact(&self) -> Result<CompactStats> {
+        self.check_writable()?;
+        let _one = self.compacting.lock();
+        let started = Instant::now();
+        let seam = self.writer.lock().seam.clone();
+        let data_path = self.dir.join(DATA_FILE);
+        let new_index = self.dir.join(INDEX_COMPACT);
+        let ctx =
+            IndexCtx { path: &new_index, writable: true, store_id: self.store_id, seam: &seam };
+        let snap = self.snapshot();
+        let mut copier = Copier::create(&self.dir, &ctx, self.len(), &seam)?;
+        for item in snap.iter() {
+            let (key, value) = item?;
+            copier.apply(Kind::Put, key, value)?;
+        }
+        let mut from = snap.visible();
+        drop(snap);
+        // Catch up with the writes made meanwhile, twice without the lock (so that the
+        // pause only has the last few to copy), flushing as we go.
+        let mut caught_up = 0;
+        for _ in 0..2 {
+            // `visible` first: the view loaded after it maps every record below it.
+            let to = self.state.load().log.visible();
+            let state = self.state.load_full();
+            caught_up += copier.replay(&state.log, &data_path, from, to)?;
+            from = to;
+            copier.flush()?;
+        }
+        let mut guard = self.writer.lock();
+        let paused = Instant::now();
+        let w = &mut *guard;
+        self.check_poisoned()?;
+        let old = Arc::clone(w.log.map());
+        caught_up += copier.replay(&old, &data_path, from, w.end)?;
+        copier.finish()?;
+        if w.index_clean {
+            // A crash between the two renames must not find a clean old index.
+            self.mark_index(w, 0)?;
+        }
+        // The commit point: from this rename on, the store is the new files.
+        self.poison_on_err(os::rename(&seam, &self.dir.join(DATA_COMPACT), &data_path))?;
+        let Copier { log, end, rebuild, header, .. } = copier;
+        let (mut index, used, live) = (rebuild.index, rebuild.used, rebuild.live);
+        self.poison_on_err(index.install(&self.index_path))?;
+        self.poison_on_err(os::sync_dir(&seam, &self.dir))?;
+        let log_before = w.end;
+        (w.log, w.index, w.end, w.synced, w.header) = (log, Arc::new(index), end, end, header);
+        (w.used, w.index_clean, w.generation) = (used, false, w.generation + 1);
+        self.live.store(live, Ordering::Relaxed);
+        self.publish_state(w);
+        let pause = paused.elapsed();
+        drop(guard);
+        Ok(CompactStats {
+            live_keys: live,
+            log_before,
+            log_after: end,
+            caught_up,
+            duration: started.elapsed(),
+            pause,
+        })
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
@@ -447,7 +541,6 @@ impl Store {
         // Everything below the end must be valid: claim it all as committed.
         let header = LogHeader { committed: w.end, ..w.header };
         let ctx = IndexCtx {
-            dir: &self.dir,
             path: &self.index_path,
             writable: false,
             store_id: self.store_id,
@@ -734,6 +827,7 @@ impl Store {
             log: Arc::clone(w.log.map()),
             index: Arc::clone(&w.index),
             next: OnceLock::new(),
+            generation: w.generation,
         });
         let old = self.state.swap(Arc::clone(&next));
         // Only the writer publishes, and each state gets exactly one successor.
@@ -760,7 +854,6 @@ impl Store {
     /// more.
     fn grow_index(&self, w: &mut Writer, keys: u64) -> Result<()> {
         let ctx = IndexCtx {
-            dir: &self.dir,
             path: &self.index_path,
             writable: true,
             store_id: self.store_id,
@@ -881,14 +974,16 @@ fn write_header(w: &mut Writer, committed: u64) -> Result<()> {
     w.log.flush(0, 2 * PAGE)
 }
 
-/// Creates an empty data file: both header slots written, blocks allocated, under a
-/// temporary name renamed into place, so a crash never leaves a half-made store.
-fn create_data_file(seam: &Seam, dir: &Path, path: &Path) -> Result<()> {
-    let tmp = dir.join("data.mkv.tmp");
+/// Creates an empty data file at `path` for store `store_id`: both header slots written,
+/// blocks allocated, under a temporary name renamed into place, so a crash never leaves a
+/// half-made file.
+pub(crate) fn create_data_file(seam: &Seam, dir: &Path, path: &Path, store_id: u64) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let file = os::create(seam, &tmp)?;
     let mut log = LogFile::new(file, &tmp, true, DATA_START, seam)?;
     log.grow(MIN_GROWTH)?;
-    let store_id = random_id();
     for (seq, slot) in HEADER_SLOTS.iter().enumerate() {
         let h = LogHeader { store_id, seq: seq as u64, committed: DATA_START };
         let mut b = [0; HEADER_LEN];

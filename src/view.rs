@@ -22,6 +22,15 @@ fn latest(first: &State) -> &State {
     state
 }
 
+/// The newest view of `first`'s files (a snapshot never crosses into a compacted store).
+fn latest_of_generation(first: &State) -> &State {
+    let mut state = first;
+    while let Some(next) = state.next.get().filter(|n| n.generation == first.generation) {
+        state = next;
+    }
+    state
+}
+
 /// A read view with plain `&[u8]` results; see [`Store::reader`].
 pub struct Reader<'s> {
     store: &'s Store,
@@ -134,9 +143,14 @@ impl Snapshot<'_> {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
         self.store.check_poisoned()?;
         let key = key.as_ref();
-        let (state, hash) = (latest(&self.first), self.store.hash(key));
+        let (state, hash) = (latest_of_generation(&self.first), self.store.hash(key));
         let found = self.store.find(state, Some(&self.first.index), hash, key, self.visible)?;
         Ok(found.map(|(_, bytes)| bytes))
+    }
+
+    /// End of the finished writes the snapshot sees.
+    pub(crate) fn visible(&self) -> u64 {
+        self.visible
     }
 
     /// Every key live in the snapshot with its value, once each, borrowed from the
@@ -157,7 +171,7 @@ impl Snapshot<'_> {
             if word & DELETED != 0 && off < self.visible {
                 continue; // deleted before the snapshot
             }
-            let mut state = latest(&self.first);
+            let mut state = latest_of_generation(&self.first);
             let found = loop {
                 match record_at(&state.log, off) {
                     Some(Ok(rec)) => {

@@ -1,0 +1,128 @@
+//! Online compaction's copying half: a new data file and index, filled from a snapshot and
+//! then from the records written meanwhile, never seen by readers until the store swaps
+//! them in (`Store::compact`; DESIGN.md, "Compaction").
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{CorruptKind, Error, Result};
+use crate::format::{DATA_START, HEADER_LEN, HEADER_SLOTS, Kind, LogHeader, Record, crc_seed};
+use crate::os::{LogFile, LogMap, Seam};
+use crate::recovery::{self, IndexCtx, Rebuild, Replay};
+
+/// The new data file while compaction builds it.
+pub(crate) const DATA_COMPACT: &str = "data.mkv.compact";
+/// The new index file while compaction builds it.
+pub(crate) const INDEX_COMPACT: &str = "index.mkv.compact";
+
+/// What [`Store::compact`](crate::Store::compact) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactStats {
+    /// Live keys in the new files.
+    pub live_keys: u64,
+    /// Bytes of log before (its valid length) and after.
+    pub log_before: u64,
+    /// Bytes of log after compaction.
+    pub log_after: u64,
+    /// Records written meanwhile and copied after the snapshot (before and during the
+    /// pause).
+    pub caught_up: u64,
+    /// The whole compaction.
+    pub duration: Duration,
+    /// How long writers waited: the last catch-up and the swap.
+    pub pause: Duration,
+}
+
+/// Builds the new files.
+pub(crate) struct Copier<'a> {
+    pub log: LogFile,
+    pub end: u64,
+    /// Where the new log is flushed to.
+    pub flushed: u64,
+    pub rebuild: Rebuild<'a>,
+    pub header: LogHeader,
+    seed: u32,
+}
+
+impl<'a> Copier<'a> {
+    /// Creates empty new files in `dir` (replacing leftovers of an interrupted compaction)
+    /// with an index sized for `keys` keys; the log grows as it fills.
+    pub fn create(dir: &Path, ctx: &'a IndexCtx<'a>, keys: u64, seam: &Seam) -> Result<Self> {
+        let path = dir.join(DATA_COMPACT);
+        crate::store::create_data_file(seam, dir, &path, ctx.store_id)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let mut log = LogFile::new(file, &path, true, DATA_START, seam)?;
+        let header = recovery::read_header(log.bytes(), &path)?;
+        log.publish(DATA_START);
+        let (index, _) = ctx.create(None, keys)?;
+        let rebuild = Rebuild { index, used: 0, live: 0, ctx };
+        let seed = crc_seed(ctx.store_id);
+        Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, seed })
+    }
+
+    /// Appends a put or tombstone for `key` (with no back-pointer: nothing older exists in
+    /// the new files) and indexes it.
+    pub fn apply(&mut self, kind: Kind, key: &[u8], value: &[u8]) -> Result<()> {
+        let len = Record::len_for(key.len(), value.len());
+        let end = self.end.saturating_add(len);
+        if end > self.log.map().len() {
+            let grown = end.max(self.log.map().len().saturating_mul(2));
+            self.log.grow(grown.div_ceil(crate::format::PAGE) * crate::format::PAGE)?;
+        }
+        let seed = self.seed;
+        let fill = |dst: &mut [u8]| Record::encode_into(seed, (kind, false), 0, key, value, dst);
+        self.log.write_at(self.end, fill, len as usize);
+        self.log.publish(end);
+        self.rebuild.apply(self.end, kind, key, self.log.bytes())?;
+        self.end = end;
+        Ok(())
+    }
+
+    /// Copies the records of `old` (the data file at `path`) in `[from, to)` (finished
+    /// writes: whole batches), in order; returns how many.
+    pub fn replay(&mut self, old: &LogMap, path: &Path, from: u64, to: u64) -> Result<u64> {
+        let (mut p, mut n) = (from, 0);
+        while p < to {
+            let rec = crate::store::record_at(old, p)
+                .ok_or(CorruptKind::LengthPastEnd { end: to, limit: p });
+            let (rec, rest) = rec.and_then(|r| r).map_err(|kind| Error::Corrupt {
+                file: path.to_path_buf(),
+                offset: p,
+                kind,
+            })?;
+            if rec.kind != Kind::Commit {
+                self.apply(rec.kind, rec.key(rest), rec.value(rest))?;
+                n += 1;
+            }
+            p += rec.total_len();
+        }
+        Ok(n)
+    }
+
+    /// Flushes the records written so far (outside the writers' pause).
+    pub fn flush(&mut self) -> Result<()> {
+        self.log.flush(self.flushed, self.end)?;
+        self.flushed = self.end;
+        Ok(())
+    }
+
+    /// Makes the new data file whole on disk: the rest of its records, then a header that
+    /// commits all of them.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        let h =
+            LogHeader { seq: self.header.seq.wrapping_add(1), committed: self.end, ..self.header };
+        let mut b = [0; HEADER_LEN];
+        h.encode_into(&mut b);
+        self.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
+        self.log.flush(0, 2 * crate::format::PAGE)?;
+        self.header = h;
+        self.log.make_visible(self.end);
+        Ok(())
+    }
+}
