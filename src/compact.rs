@@ -60,7 +60,7 @@ impl<'a> Copier<'a> {
         let header = recovery::read_header(log.bytes(), &path)?;
         log.publish(DATA_START);
         let (index, _) = ctx.create(None, keys)?;
-        let rebuild = Rebuild { index, used: 0, live: 0, ctx };
+        let rebuild = Rebuild::new(index, ctx);
         let seed = crc_seed(ctx.store_id);
         Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, seed })
     }

@@ -301,8 +301,8 @@ pub fn crc_seed(store_id: u64) -> u32 {
 
 /// Magic of the index file.
 pub const INDEX_MAGIC: [u8; 8] = *b"MAPKVIDX";
-/// Index header length in bytes (8 words); slots start at `PAGE`.
-pub const INDEX_HEADER_LEN: usize = 64;
+/// Index header length in bytes (10 words); slots start at `PAGE`.
+pub const INDEX_HEADER_LEN: usize = 80;
 /// Bytes per slot: the 64-bit key hash, then the record offset.
 pub const SLOT_LEN: u64 = 16;
 /// Least number of slots.
@@ -315,7 +315,9 @@ const I_CAPACITY: usize = 24;
 const I_CLEAN_LEN: usize = 32;
 const I_LIVE: usize = 40;
 const I_USED: usize = 48;
-const I_CRC: usize = 56;
+const I_LIVE_BYTES: usize = 56;
+const I_RECORDS: usize = 64;
+const I_CRC: usize = 72;
 
 /// The index file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +333,10 @@ pub struct IndexHeader {
     pub live: u64,
     /// Occupied slots (live keys and deleted keys).
     pub used: u64,
+    /// Bytes of the log in live records (the rest of it is garbage).
+    pub live_bytes: u64,
+    /// Put and delete records in the log.
+    pub records: u64,
 }
 
 impl IndexHeader {
@@ -349,6 +355,8 @@ impl IndexHeader {
         put_u64(out, I_CLEAN_LEN, self.clean_len);
         put_u64(out, I_LIVE, self.live);
         put_u64(out, I_USED, self.used);
+        put_u64(out, I_LIVE_BYTES, self.live_bytes);
+        put_u64(out, I_RECORDS, self.records);
         let crc = crc32fast::hash(&out[..I_CRC]);
         put_u32(out, I_CRC, crc);
     }
@@ -365,6 +373,8 @@ impl IndexHeader {
             clean_len: get_u64(b, I_CLEAN_LEN),
             live: get_u64(b, I_LIVE),
             used: get_u64(b, I_USED),
+            live_bytes: get_u64(b, I_LIVE_BYTES),
+            records: get_u64(b, I_RECORDS),
         };
         if !h.capacity.is_power_of_two()
             || h.capacity < MIN_SLOTS
@@ -558,7 +568,15 @@ mod tests {
 
     #[test]
     fn index_header_round_trips_and_checks_sizes() {
-        let h = IndexHeader { store_id: 5, capacity: 2048, clean_len: 8192, live: 3, used: 4 };
+        let h = IndexHeader {
+            store_id: 5,
+            capacity: 2048,
+            clean_len: 8192,
+            live: 3,
+            used: 4,
+            live_bytes: 96,
+            records: 7,
+        };
         let mut b = [0; INDEX_HEADER_LEN];
         h.encode_into(&mut b);
         let len = IndexHeader::file_len(2048).expect("fits");

@@ -24,6 +24,7 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(clippy::missing_safety_doc)]
 
+mod background;
 mod batch;
 mod compact;
 mod error;
@@ -31,15 +32,18 @@ mod format;
 mod index;
 mod os;
 mod recovery;
+mod stats;
 mod store;
 mod view;
 
+pub use background::SyncPolicy;
 pub use batch::Batch;
 pub use compact::CompactStats;
 pub use error::{CorruptKind, Error, Result};
 pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use os::Value;
 pub use recovery::{Problem, RecoveryReport, VerifyReport};
+pub use stats::Stats;
 pub use store::{OpenOptions, Store};
 pub use view::{Iter, Reader, Snapshot, SnapshotIter};
 

@@ -447,6 +447,12 @@ impl LogFile {
         flush_map(&self.seam, &self.map.raw, from, to, &self.path)
     }
 
+    /// A handle that flushes this file's current mapping without holding the `LogFile`
+    /// (a sync flushes while the writer goes on appending).
+    pub fn flusher(&self) -> Flusher {
+        Flusher { map: Arc::clone(&self.map), path: self.path.clone(), seam: self.seam.clone() }
+    }
+
     /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs.
     /// Used by recovery so that stale bytes past the cut can never parse later.
     ///
@@ -486,6 +492,23 @@ impl LogFile {
         self.seam
             .run(Op::SyncFile { path }, || self.file.sync_data())
             .map_err(|e| Error::io("sync", path, e))
+    }
+}
+
+/// See [`LogFile::flusher`].
+pub struct Flusher {
+    map: Arc<LogMap>,
+    path: PathBuf,
+    seam: Seam,
+}
+
+impl Flusher {
+    /// As [`LogFile::flush`].
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the caller must poison the store.
+    pub fn flush(&self, from: u64, to: u64) -> Result<()> {
+        flush_map(&self.seam, &self.map.raw, from, to, &self.path)
     }
 }
 

@@ -420,7 +420,16 @@ impl IndexCtx<'_> {
                 return Err(full());
             }
         }
-        let h = IndexHeader { store_id: self.store_id, capacity, clean_len: 0, live, used: live };
+        // Dirty: the byte and record counts are written at the clean close.
+        let h = IndexHeader {
+            store_id: self.store_id,
+            capacity,
+            clean_len: 0,
+            live,
+            used: live,
+            live_bytes: 0,
+            records: 0,
+        };
         t.write_header(&h);
         if self.writable {
             map.install(self.path)?;
@@ -434,7 +443,41 @@ pub(crate) struct Rebuild<'a> {
     pub index: IndexMap,
     pub used: u64,
     pub live: u64,
+    pub counts: Counts,
     pub ctx: &'a IndexCtx<'a>,
+}
+
+impl<'a> Rebuild<'a> {
+    /// Rebuilding into `index` (empty).
+    pub fn new(index: IndexMap, ctx: &'a IndexCtx<'a>) -> Self {
+        Self { index, used: 0, live: 0, counts: Counts::default(), ctx }
+    }
+}
+
+/// What the log holds besides keys: put and delete records, and bytes in live records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub records: u64,
+    pub live_bytes: u64,
+}
+
+impl Counts {
+    /// After appending a record of `len` bytes and `kind` with `change`, where `old_len`
+    /// is the length of the record it replaces when the key was live.
+    pub fn add(&mut self, kind: Kind, len: u64, change: &Change, old_len: u64) {
+        self.records = self.records.saturating_add(1);
+        if change.was_live {
+            self.live_bytes = self.live_bytes.saturating_sub(old_len);
+        }
+        if kind == Kind::Put {
+            self.live_bytes = self.live_bytes.saturating_add(len);
+        }
+    }
+}
+
+/// Length of the record starting at `rest` (0 if it does not decode).
+pub fn record_len(rest: Option<&[u8]>) -> u64 {
+    rest.and_then(|r| Record::decode(r).ok()).map_or(0, |r| r.total_len())
 }
 
 impl Replay for Rebuild<'_> {
@@ -466,11 +509,15 @@ impl Replay for Rebuild<'_> {
             });
         };
         if kind == Kind::Delete && c.was_vacant {
-            return Ok(()); // a tombstone for a key never seen: nothing to record
+            self.counts.records = self.counts.records.saturating_add(1);
+            return Ok(()); // a tombstone for a key never seen: nothing to index
         }
         let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(self.index.words()).set(c.slot, hash, word);
         self.used += u64::from(c.was_vacant);
+        let len = record_len(log.get(off as usize..));
+        let old_len = if c.was_live { record_len(log.get(c.prev as usize..)) } else { 0 };
+        self.counts.add(kind, len, &c, old_len);
         match (c.was_live, kind) {
             (false, Kind::Put) => self.live += 1,
             (true, Kind::Delete) => self.live -= 1,

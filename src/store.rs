@@ -15,6 +15,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::background::{Background, SyncPolicy};
 use crate::batch::Batch;
 use crate::compact::{CompactStats, Copier, DATA_COMPACT, INDEX_COMPACT};
 use crate::error::{CorruptKind, Error, Result};
@@ -24,7 +25,10 @@ use crate::format::{
 };
 use crate::index::{self, DELETED, Table};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
-use crate::recovery::{self, Change, IndexCtx, Problem, Rebuild, RecoveryReport, VerifyReport};
+use crate::recovery::{
+    self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, VerifyReport,
+};
+use crate::stats::Stats;
 use crate::view::Reader;
 
 const DATA_FILE: &str = "data.mkv";
@@ -40,6 +44,8 @@ pub struct OpenOptions {
     read_only: bool,
     create: bool,
     verify_checksums: bool,
+    sync_policy: SyncPolicy,
+    auto_compact: Option<f64>,
     seam: Seam,
 }
 
@@ -52,7 +58,14 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// Writable, created if missing, checksums verified at recovery only.
     pub fn new() -> Self {
-        Self { read_only: false, create: true, verify_checksums: false, seam: Seam::default() }
+        Self {
+            read_only: false,
+            create: true,
+            verify_checksums: false,
+            sync_policy: SyncPolicy::Manual,
+            auto_compact: None,
+            seam: Seam::default(),
+        }
     }
 
     /// Open for reading only: takes a shared lock, never writes any file. After an unclean
@@ -72,6 +85,21 @@ impl OpenOptions {
     /// still validated, so damaged bytes give an error, never a panic or a wild read.
     pub fn verify_checksums(&mut self, yes: bool) -> &mut Self {
         self.verify_checksums = yes;
+        self
+    }
+
+    /// When writes become durable without calling [`sync`](Store::sync); see
+    /// [`SyncPolicy`]. Default: [`SyncPolicy::Manual`].
+    pub fn sync_policy(&mut self, policy: SyncPolicy) -> &mut Self {
+        self.sync_policy = policy;
+        self
+    }
+
+    /// Compact automatically, in a background thread, once garbage (overwritten and
+    /// deleted records) is at least `ratio` of a log of at least 1 MiB; `None` (the
+    /// default) never does.
+    pub fn auto_compact(&mut self, ratio: Option<f64>) -> &mut Self {
+        self.auto_compact = ratio;
         self
     }
 
@@ -121,8 +149,10 @@ struct Writer {
     index: Arc<IndexMap>,
     /// End of the log (the published length).
     end: u64,
-    /// Everything below this is durable.
-    synced: u64,
+    /// Bytes appended since the last sync started (for [`SyncPolicy::EveryBytes`]).
+    unsynced: u64,
+    /// Records and live bytes of the log.
+    counts: Counts,
     /// The newest header slot written: its `seq` and `committed`.
     header: LogHeader,
     /// The index file header currently says "clean".
@@ -143,10 +173,24 @@ struct Writer {
 /// A write that returned survives the process being killed; it survives power loss once a
 /// later [`sync`](Store::sync) has returned.
 pub struct Store {
+    pub(crate) shared: Arc<Shared>,
+    /// Runs timed syncs and automatic compaction, when the options ask for them. Only the
+    /// handle `open` returned has one; the thread itself works through a second handle.
+    background: Option<Background>,
+}
+
+/// Everything a store handle is: shared between the user's handle and the background
+/// thread's.
+pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     index_path: PathBuf,
     pub(crate) state: ArcSwap<State>,
     writer: Mutex<Writer>,
+    /// The end of the log that is durable. Held through each flush, so that syncs queue
+    /// here and one flush serves all that were waiting (group commit). Taken before
+    /// `writer` when both are needed.
+    durable: Mutex<u64>,
+    policy: SyncPolicy,
     /// Held through a compaction: one at a time.
     compacting: Mutex<()>,
     live: AtomicU64,
@@ -163,9 +207,9 @@ pub struct Store {
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.dir)
+            .field("dir", &self.shared.dir)
             .field("len", &self.len())
-            .field("read_only", &self.read_only)
+            .field("read_only", &self.shared.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -219,10 +263,11 @@ impl Store {
 
         let existing = IndexMap::open(&index_path, writable, seam)?;
         let trusted = recovery::trust_index(existing.as_ref(), &header, log.bytes());
-        let (index, used, live, report) = match (existing, trusted) {
+        let (index, used, live, counts, report) = match (existing, trusted) {
             (Some(map), Ok(h)) => {
                 let report = RecoveryReport { log_end: h.clean_len, ..RecoveryReport::default() };
-                (map, h.used, h.live, report)
+                let counts = Counts { records: h.records, live_bytes: h.live_bytes };
+                (map, h.used, h.live, counts, report)
             }
             (old, trusted) => {
                 let reason = trusted.err();
@@ -234,13 +279,13 @@ impl Store {
                 let most = log.bytes().len() as u64 / Record::KEY_OFFSET;
                 let hint = old.map_or(0, |h| h.live).min(most);
                 let (index, _) = ctx.create(None, hint)?;
-                let mut rebuild = Rebuild { index, used: 0, live: 0, ctx: &ctx };
+                let mut rebuild = Rebuild::new(index, &ctx);
                 log.advise_sequential(true);
                 let scanned = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild);
                 log.advise_sequential(false);
                 let mut report = scanned?;
                 report.reason = reason;
-                (rebuild.index, rebuild.used, rebuild.live, report)
+                (rebuild.index, rebuild.used, rebuild.live, rebuild.counts, report)
             }
         };
         let end = report.log_end;
@@ -248,7 +293,8 @@ impl Store {
             log,
             index: Arc::new(index),
             end,
-            synced: end,
+            unsynced: 0,
+            counts,
             header,
             index_clean: !report.index_rebuilt,
             used,
@@ -270,11 +316,13 @@ impl Store {
             next: OnceLock::new(),
             generation: 0,
         });
-        Ok(Self {
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index_path,
             state: ArcSwap::new(state),
             writer: Mutex::new(w),
+            durable: Mutex::new(end),
+            policy: opts.sync_policy,
             compacting: Mutex::new(()),
             live: AtomicU64::new(live),
             poisoned: OnceLock::new(),
@@ -284,7 +332,19 @@ impl Store {
             read_only: opts.read_only,
             recovery: report,
             abandoned: Default::default(),
-        })
+        });
+        let mut store = Self { shared, background: None };
+        let interval = match opts.sync_policy {
+            SyncPolicy::Interval(every) => Some(every),
+            _ => None,
+        };
+        if writable && (interval.is_some() || opts.auto_compact.is_some()) {
+            let worker = Self { shared: Arc::clone(&store.shared), background: None };
+            let bg = Background::spawn(worker, interval, opts.auto_compact)
+                .map_err(|e| Error::io("start the background thread", dir, e))?;
+            store.background = Some(bg);
+        }
+        Ok(store)
     }
 
     /// The value of `key`, borrowed straight from the mapping (no copy, no allocation).
@@ -299,7 +359,7 @@ impl Store {
         self.check_poisoned()?;
         let key = key.as_ref();
         let hash = self.hash(key);
-        let guard = self.state.load();
+        let guard = self.shared.state.load();
         let found = self.find(&guard, None, hash, key, guard.log.visible())?;
         Ok(found.map(|(state, bytes)| state.log.value(bytes)))
     }
@@ -309,7 +369,7 @@ impl Store {
     /// before each `get`, follows growth, and keeps every mapping it lent from alive until
     /// it is dropped, so hold one per batch of work rather than forever.
     pub fn reader(&self) -> Reader<'_> {
-        Reader::new(self, self.state.load_full())
+        Reader::new(self, self.shared.state.load_full())
     }
 
     /// Sets `key` to `value`. Once this returns the write survives a crash of the process;
@@ -350,7 +410,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut guard = self.writer.lock();
+        let mut guard = self.shared.writer.lock();
         let w = &mut *guard;
         self.check_poisoned()?;
         let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();
@@ -382,7 +442,7 @@ impl Store {
             }
         }
         if records > 0 {
-            let seed = self.seed;
+            let seed = self.shared.seed;
             let off = w.end;
             let count = records.to_le_bytes();
             let fill = |dst: &mut [u8]| {
@@ -390,11 +450,14 @@ impl Store {
             };
             w.log.write_at(off, fill, commit_len as usize);
             w.end = off + commit_len;
+            w.unsynced = w.unsynced.saturating_add(commit_len);
             w.log.publish(w.end);
             w.log.make_visible(w.end);
-            self.live.store(live, Ordering::Relaxed);
+            self.shared.live.store(live, Ordering::Relaxed);
         }
-        Ok(())
+        let unsynced = w.unsynced;
+        drop(guard);
+        self.after_write(unsynced)
     }
 
     /// The durability point: when it returns, every write that returned before it survives
@@ -406,24 +469,39 @@ impl Store {
     /// and reported as success. Read-only handles return `Ok` at once.
     pub fn sync(&self) -> Result<()> {
         self.check_poisoned()?;
-        if self.read_only {
+        if self.shared.read_only {
             return Ok(());
         }
-        let mut w = self.writer.lock();
+        let target = self.shared.writer.lock().end;
+        // Syncs queue here; when our turn comes, an earlier flush may have covered us.
+        let mut durable = self.shared.durable.lock();
         self.check_poisoned()?;
-        if w.synced == w.end {
+        if *durable >= target {
             return Ok(());
         }
-        // The header may only claim what is already durable: the previous sync's end. So
-        // it rides in the same flush as the new records (see DESIGN.md, "Durability").
-        if w.header.committed != w.synced {
-            let synced = w.synced;
-            put_header(&mut w, synced);
-        }
-        let end = w.end;
-        self.poison_on_err(w.log.flush(0, end))?;
-        w.synced = end;
+        let (log, end) = {
+            let mut w = self.shared.writer.lock();
+            // The header may only claim what is already durable: the previous sync's end.
+            // So it rides in the same flush as the new records (DESIGN.md, "Durability").
+            if w.header.committed != *durable {
+                put_header(&mut w, *durable);
+            }
+            w.unsynced = 0;
+            (w.log.flusher(), w.end)
+        };
+        // Writers go on appending past `end` while the flush runs.
+        self.poison_on_err(log.flush(0, end))?;
+        *durable = end;
         Ok(())
+    }
+
+    /// Applies the sync policy after a write that returned.
+    fn after_write(&self, unsynced: u64) -> Result<()> {
+        match self.shared.policy {
+            SyncPolicy::EveryWrite => self.sync(),
+            SyncPolicy::EveryBytes(n) if unsynced >= n => self.sync(),
+            _ => Ok(()),
+        }
     }
 
     /// Rewrites the live records into a new data file and index and swaps them in, giving
@@ -439,15 +517,19 @@ impl Store {
     /// [`Error::Poisoned`] if the swap itself failed.
     pub fn compact(&self) -> Result<CompactStats> {
         self.check_writable()?;
-        let _one = self.compacting.lock();
+        let _one = self.shared.compacting.lock();
         let started = Instant::now();
-        let seam = self.writer.lock().seam.clone();
-        let data_path = self.dir.join(DATA_FILE);
-        let new_index = self.dir.join(INDEX_COMPACT);
-        let ctx =
-            IndexCtx { path: &new_index, writable: true, store_id: self.store_id, seam: &seam };
+        let seam = self.shared.writer.lock().seam.clone();
+        let data_path = self.shared.dir.join(DATA_FILE);
+        let new_index = self.shared.dir.join(INDEX_COMPACT);
+        let ctx = IndexCtx {
+            path: &new_index,
+            writable: true,
+            store_id: self.shared.store_id,
+            seam: &seam,
+        };
         let snap = self.snapshot();
-        let mut copier = Copier::create(&self.dir, &ctx, self.len(), &seam)?;
+        let mut copier = Copier::create(&self.shared.dir, &ctx, self.len(), &seam)?;
         for item in snap.iter() {
             let (key, value) = item?;
             copier.apply(Kind::Put, key, value)?;
@@ -459,13 +541,14 @@ impl Store {
         let mut caught_up = 0;
         for _ in 0..2 {
             // `visible` first: the view loaded after it maps every record below it.
-            let to = self.state.load().log.visible();
-            let state = self.state.load_full();
+            let to = self.shared.state.load().log.visible();
+            let state = self.shared.state.load_full();
             caught_up += copier.replay(&state.log, &data_path, from, to)?;
             from = to;
             copier.flush()?;
         }
-        let mut guard = self.writer.lock();
+        let mut durable = self.shared.durable.lock();
+        let mut guard = self.shared.writer.lock();
         let paused = Instant::now();
         let w = &mut *guard;
         self.check_poisoned()?;
@@ -477,18 +560,21 @@ impl Store {
             self.mark_index(w, 0)?;
         }
         // The commit point: from this rename on, the store is the new files.
-        self.poison_on_err(os::rename(&seam, &self.dir.join(DATA_COMPACT), &data_path))?;
+        self.poison_on_err(os::rename(&seam, &self.shared.dir.join(DATA_COMPACT), &data_path))?;
         let Copier { log, end, rebuild, header, .. } = copier;
-        let (mut index, used, live) = (rebuild.index, rebuild.used, rebuild.live);
-        self.poison_on_err(index.install(&self.index_path))?;
-        self.poison_on_err(os::sync_dir(&seam, &self.dir))?;
+        let (mut index, used, live, counts) =
+            (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
+        self.poison_on_err(index.install(&self.shared.index_path))?;
+        self.poison_on_err(os::sync_dir(&seam, &self.shared.dir))?;
         let log_before = w.end;
-        (w.log, w.index, w.end, w.synced, w.header) = (log, Arc::new(index), end, end, header);
-        (w.used, w.index_clean, w.generation) = (used, false, w.generation + 1);
-        self.live.store(live, Ordering::Relaxed);
+        (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
+        (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
+        *durable = end;
+        self.shared.live.store(live, Ordering::Relaxed);
         self.publish_state(w);
         let pause = paused.elapsed();
         drop(guard);
+        drop(durable);
         Ok(CompactStats {
             live_keys: live,
             log_before,
@@ -499,9 +585,41 @@ impl Store {
         })
     }
 
+    /// The store's figures now: keys, records, garbage, file sizes, index load, how much
+    /// is durable. Takes the writer lock briefly.
+    pub fn stats(&self) -> Stats {
+        let durable = *self.shared.durable.lock();
+        let w = self.shared.writer.lock();
+        let log_bytes = w.end.saturating_sub(DATA_START);
+        let garbage_bytes = log_bytes.saturating_sub(w.counts.live_bytes);
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        Stats {
+            live_keys: self.len(),
+            records: w.counts.records,
+            log_bytes,
+            garbage_bytes,
+            garbage_ratio: ratio(garbage_bytes, log_bytes),
+            data_file_bytes: w.log.map().len(),
+            index_file_bytes: w.index.len(),
+            index_load_factor: ratio(w.used, self.capacity(&w)),
+            log_end: w.end,
+            durable_end: durable,
+            recovered_at_open: self.shared.recovery.index_rebuilt,
+            compactions: w.generation,
+        }
+    }
+
+    /// Whether garbage is at least `ratio` of a log of at least `min_log` bytes.
+    pub(crate) fn garbage_at_least(&self, ratio: f64, min_log: u64) -> bool {
+        let w = self.shared.writer.lock();
+        let log_bytes = w.end.saturating_sub(DATA_START);
+        let garbage = log_bytes.saturating_sub(w.counts.live_bytes);
+        log_bytes >= min_log && garbage as f64 >= ratio * log_bytes as f64
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> u64 {
-        self.live.load(Ordering::Relaxed)
+        self.shared.live.load(Ordering::Relaxed)
     }
 
     /// Whether the store has no live keys.
@@ -511,18 +629,18 @@ impl Store {
 
     /// The store's directory.
     pub fn path(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     /// The random id chosen when the store was created.
     pub fn id(&self) -> u64 {
-        self.store_id
+        self.shared.store_id
     }
 
     /// What open did: whether it rebuilt the index, how many records it replayed, and
     /// where it cut a torn tail.
     pub fn recovery(&self) -> &RecoveryReport {
-        &self.recovery
+        &self.shared.recovery
     }
 
     /// The full check: reads every record of the log and verifies its checksum; if they are
@@ -535,21 +653,21 @@ impl Store {
     /// an error here: it is listed in the report.
     pub fn verify(&self) -> Result<VerifyReport> {
         self.check_poisoned()?;
-        let w = self.writer.lock();
+        let w = self.shared.writer.lock();
         let log = &w.log.bytes()[..w.end as usize];
-        let data_path = self.dir.join(DATA_FILE);
+        let data_path = self.shared.dir.join(DATA_FILE);
         // Everything below the end must be valid: claim it all as committed.
         let header = LogHeader { committed: w.end, ..w.header };
         let ctx = IndexCtx {
-            path: &self.index_path,
+            path: &self.shared.index_path,
             writable: false,
-            store_id: self.store_id,
+            store_id: self.shared.store_id,
             seam: &w.seam,
         };
         let hint = self.len().min(log.len() as u64 / Record::KEY_OFFSET);
         let (index, _) = ctx.create(None, hint)?;
-        let mut rebuilt = Rebuild { index, used: 0, live: 0, ctx: &ctx };
-        let (records, damaged) = recovery::check_log(log, self.store_id);
+        let mut rebuilt = Rebuild::new(index, &ctx);
+        let (records, damaged) = recovery::check_log(log, self.shared.store_id);
         let mut report = VerifyReport { log_end: w.end, records, ..VerifyReport::default() };
         if !damaged.is_empty() {
             // The index can only be judged against a sound log.
@@ -564,7 +682,7 @@ impl Store {
         report.live_keys = rebuilt.live;
         let (truth, disk) = (Table::new(rebuilt.index.words()), Table::new(w.index.words()));
         let mismatch = |offset, record| Problem {
-            file: self.index_path.clone(),
+            file: self.shared.index_path.clone(),
             offset,
             kind: CorruptKind::IndexDisagrees { record },
         };
@@ -582,7 +700,7 @@ impl Store {
         }
         if rebuilt.live != self.len() {
             report.problems.push(Problem {
-                file: self.index_path.clone(),
+                file: self.shared.index_path.clone(),
                 offset: 0,
                 kind: CorruptKind::BadField { field: "live key count", value: self.len() },
             });
@@ -596,19 +714,20 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] or [`Error::Poisoned`] if the final flushes fail; the store is then
     /// recovered from the log at the next open.
-    pub fn close(self) -> Result<()> {
+    pub fn close(mut self) -> Result<()> {
+        drop(self.background.take());
         self.shutdown()
     }
 
     // ---- internals --------------------------------------------------------------------
 
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(key, self.store_id)
+        xxhash_rust::xxh3::xxh3_64_with_seed(key, self.shared.store_id)
     }
 
     #[inline]
     pub(crate) fn check_poisoned(&self) -> Result<()> {
-        match self.poisoned.get() {
+        match self.shared.poisoned.get() {
             None => Ok(()),
             Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
         }
@@ -616,7 +735,7 @@ impl Store {
 
     fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
-            let _ = self.poisoned.set(e.to_string());
+            let _ = self.shared.poisoned.set(e.to_string());
         }
         r
     }
@@ -650,7 +769,7 @@ impl Store {
             .next
             .get()
             .map(|n| &**n)
-            .ok_or_else(|| recovery::bad_slot(&self.index_path, slot, off))
+            .ok_or_else(|| recovery::bad_slot(&self.shared.index_path, slot, off))
     }
 
     /// Searches one index for `key`, reading records from `log`, and returns the version a
@@ -664,7 +783,7 @@ impl Store {
         key: &[u8],
         visible: u64,
     ) -> Result<Lookup<'s>> {
-        let bad = |slot, off| recovery::bad_slot(&self.index_path, slot, off);
+        let bad = |slot, off| recovery::bad_slot(&self.shared.index_path, slot, off);
         let mut stale = None;
         let mut found = None;
         let hit = Table::new(index.words()).find(hash, |slot, word| {
@@ -714,7 +833,7 @@ impl Store {
         visible: u64,
     ) -> Result<Option<(&'s [u8], &'s [u8])>> {
         let mut off = word & !DELETED;
-        let bad = |at| recovery::bad_slot(&self.index_path, slot, at);
+        let bad = |at| recovery::bad_slot(&self.shared.index_path, slot, at);
         if (rec.kind == Kind::Delete) != (word & DELETED != 0) || rec.kind == Kind::Commit {
             return Err(bad(off));
         }
@@ -734,9 +853,9 @@ impl Store {
         if rec.kind == Kind::Delete {
             return Ok(None);
         }
-        if self.verify {
-            rec.verify(self.seed, rest).map_err(|kind| Error::Corrupt {
-                file: self.dir.join(DATA_FILE),
+        if self.shared.verify {
+            rec.verify(self.shared.seed, rest).map_err(|kind| Error::Corrupt {
+                file: self.shared.dir.join(DATA_FILE),
                 offset: off,
                 kind,
             })?;
@@ -745,7 +864,7 @@ impl Store {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.read_only {
+        if self.shared.read_only {
             return Err(Error::ReadOnly);
         }
         self.check_poisoned()
@@ -755,7 +874,7 @@ impl Store {
     fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         check_sizes(key, value)?;
         self.check_writable()?;
-        let mut guard = self.writer.lock();
+        let mut guard = self.shared.writer.lock();
         let w = &mut *guard;
         self.check_poisoned()?;
         let Some(change) = self.append(w, (kind, false), key, value, self.hash(key))? else {
@@ -764,7 +883,10 @@ impl Store {
         let end = w.end;
         w.log.make_visible(end);
         // Only the writer changes the count, so load-then-store does not race.
-        self.live.store(change.live_after(kind, self.len()), Ordering::Relaxed);
+        self.shared.live.store(change.live_after(kind, self.len()), Ordering::Relaxed);
+        let unsynced = w.unsynced;
+        drop(guard);
+        self.after_write(unsynced)?;
         Ok(change.was_live)
     }
 
@@ -778,7 +900,7 @@ impl Store {
         value: &[u8],
         hash: u64,
     ) -> Result<Option<Change>> {
-        let index_path = &self.index_path;
+        let index_path = &self.shared.index_path;
         let locate = |w: &Writer| {
             let log = w.log.map();
             Table::new(w.index.words()).locate(hash, |slot, off| {
@@ -804,7 +926,7 @@ impl Store {
         if end > w.log.map().len() {
             self.grow_log(w, end)?;
         }
-        let seed = self.seed;
+        let seed = self.shared.seed;
         w.log.write_at(
             off,
             |dst| Record::encode_into(seed, (kind, batch), change.prev, key, value, dst),
@@ -815,6 +937,10 @@ impl Store {
         let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(w.index.words()).set(change.slot, hash, word);
         w.used += u64::from(change.was_vacant);
+        let old_len =
+            if change.was_live { recovery::record_len(w.log.map().tail(change.prev)) } else { 0 };
+        w.counts.add(kind, len, &change, old_len);
+        w.unsynced = w.unsynced.saturating_add(len);
         Ok(Some(change))
     }
 
@@ -829,7 +955,7 @@ impl Store {
             next: OnceLock::new(),
             generation: w.generation,
         });
-        let old = self.state.swap(Arc::clone(&next));
+        let old = self.shared.state.swap(Arc::clone(&next));
         // Only the writer publishes, and each state gets exactly one successor.
         let _ = old.next.set(next);
     }
@@ -854,16 +980,16 @@ impl Store {
     /// more.
     fn grow_index(&self, w: &mut Writer, keys: u64) -> Result<()> {
         let ctx = IndexCtx {
-            path: &self.index_path,
+            path: &self.shared.index_path,
             writable: true,
-            store_id: self.store_id,
+            store_id: self.shared.store_id,
             seam: &w.seam,
         };
         let (new, live) = ctx.create(Some(&w.index), keys)?;
         w.index = Arc::new(new);
         // Counts from the slots themselves: this also heals counts read off a damaged header.
         w.used = live;
-        self.live.store(live, Ordering::Relaxed);
+        self.shared.live.store(live, Ordering::Relaxed);
         // The new file is marked dirty from birth.
         w.index_clean = false;
         self.publish_state(w);
@@ -872,7 +998,7 @@ impl Store {
 
     fn index_full(&self, used: u64) -> Error {
         Error::Corrupt {
-            file: self.index_path.clone(),
+            file: self.shared.index_path.clone(),
             offset: 0,
             kind: CorruptKind::BadField { field: "index occupancy", value: used },
         }
@@ -881,11 +1007,13 @@ impl Store {
     /// Writes the index header with `clean_len` (0 = dirty) and flushes it.
     fn mark_index(&self, w: &mut Writer, clean_len: u64) -> Result<()> {
         let h = IndexHeader {
-            store_id: self.store_id,
+            store_id: self.shared.store_id,
             capacity: self.capacity(w),
             clean_len,
             live: self.len(),
             used: w.used,
+            live_bytes: w.counts.live_bytes,
+            records: w.counts.records,
         };
         Table::new(w.index.words()).write_header(&h);
         self.poison_on_err(w.index.flush(0, PAGE))?;
@@ -895,10 +1023,11 @@ impl Store {
 
     fn shutdown(&self) -> Result<()> {
         self.check_poisoned()?;
-        if self.read_only {
+        if self.shared.read_only {
             return Ok(());
         }
-        let mut guard = self.writer.lock();
+        let mut durable = self.shared.durable.lock();
+        let mut guard = self.shared.writer.lock();
         let w = &mut *guard;
         if w.index_clean {
             return Ok(());
@@ -906,11 +1035,11 @@ impl Store {
         // Records durable, then the header naming them, then the index, then its mark.
         let end = w.end;
         self.poison_on_err(w.log.flush(0, end))?;
-        w.synced = end;
+        *durable = end;
         put_header(w, end);
         self.poison_on_err(w.log.flush(0, PAGE * 2))?;
         self.poison_on_err(w.index.flush(0, u64::MAX))?;
-        self.poison_on_err(os::sync_dir(&w.seam, &self.dir))?;
+        self.poison_on_err(os::sync_dir(&w.seam, &self.shared.dir))?;
         self.mark_index(w, end)?;
         Ok(())
     }
@@ -918,7 +1047,10 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if !self.abandoned.load(Ordering::Relaxed) {
+        // Stops and joins the background thread, which drops its handle.
+        drop(self.background.take());
+        let last = Arc::strong_count(&self.shared) == 1;
+        if last && !self.shared.abandoned.load(Ordering::Relaxed) {
             let _ = self.shutdown();
         }
     }
@@ -930,7 +1062,7 @@ impl Store {
     /// Drops the handle as if the process had been killed: no final flush, no clean mark.
     /// What was written stays in the page cache, as after `kill -9`.
     pub fn simulate_crash(self) {
-        self.abandoned.store(true, Ordering::Relaxed);
+        self.shared.abandoned.store(true, Ordering::Relaxed);
     }
 }
 

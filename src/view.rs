@@ -92,7 +92,7 @@ impl<'s> Reader<'s> {
 
 impl fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader").field("store", &self.store.dir).finish_non_exhaustive()
+        f.debug_struct("Reader").field("store", &self.store.path()).finish_non_exhaustive()
     }
 }
 
@@ -117,7 +117,7 @@ impl Store {
             // The index loaded must be the one in use when `visible` is read: a growth in
             // between could have dropped a tombstone the snapshot needs. Growth always
             // publishes a successor state first, so "no successor yet" proves it.
-            let first = self.state.load_full();
+            let first = self.shared.state.load_full();
             let visible = first.log.visible();
             if first.next.get().is_none() {
                 return Snapshot { store: self, first, visible };
@@ -198,7 +198,7 @@ impl Snapshot<'_> {
 impl fmt::Debug for Snapshot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
-            .field("store", &self.store.dir)
+            .field("store", &self.store.path())
             .field("visible", &self.visible)
             .finish_non_exhaustive()
     }

@@ -166,10 +166,11 @@ fn slot_offset(slot: u64) -> u64 {
 
 /// Rewrites the index header with `edit` and a recomputed CRC, so only the edit is wrong.
 fn edit_index_header(index: &Path, edit: impl FnOnce(&mut [u8])) {
-    let mut h = read_at(index, 0, 64);
+    // The header's CRC covers bytes 0..72 and sits at 72 (DESIGN.md §3).
+    let mut h = read_at(index, 0, 80);
     edit(&mut h);
-    let crc = crc32fast::hash(&h[..56]);
-    h[56..60].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&h[..72]);
+    h[72..76].copy_from_slice(&crc.to_le_bytes());
     patch(index, 0, &h);
 }
 
