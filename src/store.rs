@@ -190,6 +190,8 @@ pub(crate) struct Shared {
     /// here and one flush serves all that were waiting (group commit). Taken before
     /// `writer` when both are needed.
     durable: Mutex<u64>,
+    /// The same, readable without waiting for a flush (written under `durable`).
+    durable_end: AtomicU64,
     policy: SyncPolicy,
     /// Held through a compaction: one at a time.
     compacting: Mutex<()>,
@@ -242,7 +244,8 @@ impl Store {
                 }
             }
         }
-        if writable && opts.create && !data_path.exists() {
+        let created = writable && opts.create && !data_path.exists();
+        if created {
             // The directory's own name must be durable before anything synced inside it
             // (done here, not when creating the directory, so a retried open redoes it).
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
@@ -263,7 +266,7 @@ impl Store {
 
         let existing = IndexMap::open(&index_path, writable, seam)?;
         let trusted = recovery::trust_index(existing.as_ref(), &header, log.bytes());
-        let (index, used, live, counts, report) = match (existing, trusted) {
+        let (index, used, live, counts, mut report) = match (existing, trusted) {
             (Some(map), Ok(h)) => {
                 let report = RecoveryReport { log_end: h.clean_len, ..RecoveryReport::default() };
                 let counts = Counts { records: h.records, live_bytes: h.live_bytes };
@@ -316,12 +319,17 @@ impl Store {
             next: OnceLock::new(),
             generation: 0,
         });
+        if created {
+            // A new store: its first index was built, not recovered.
+            report = RecoveryReport { log_end: end, ..RecoveryReport::default() };
+        }
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index_path,
             state: ArcSwap::new(state),
             writer: Mutex::new(w),
             durable: Mutex::new(end),
+            durable_end: AtomicU64::new(end),
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
             live: AtomicU64::new(live),
@@ -491,8 +499,14 @@ impl Store {
         };
         // Writers go on appending past `end` while the flush runs.
         self.poison_on_err(log.flush(0, end))?;
-        *durable = end;
+        self.set_durable(&mut durable, end);
         Ok(())
+    }
+
+    /// Records that the log is durable up to `end` (`durable` is the locked end).
+    fn set_durable(&self, durable: &mut u64, end: u64) {
+        *durable = end;
+        self.shared.durable_end.store(end, Ordering::Release);
     }
 
     /// Applies the sync policy after a write that returned.
@@ -569,7 +583,7 @@ impl Store {
         let log_before = w.end;
         (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
-        *durable = end;
+        self.set_durable(&mut durable, end);
         self.shared.live.store(live, Ordering::Relaxed);
         self.publish_state(w);
         let pause = paused.elapsed();
@@ -586,9 +600,9 @@ impl Store {
     }
 
     /// The store's figures now: keys, records, garbage, file sizes, index load, how much
-    /// is durable. Takes the writer lock briefly.
+    /// is durable. Takes the writer lock briefly (never waits for a flush).
     pub fn stats(&self) -> Stats {
-        let durable = *self.shared.durable.lock();
+        let durable = self.shared.durable_end.load(Ordering::Acquire);
         let w = self.shared.writer.lock();
         let log_bytes = w.end.saturating_sub(DATA_START);
         let garbage_bytes = log_bytes.saturating_sub(w.counts.live_bytes);
@@ -1035,7 +1049,7 @@ impl Store {
         // Records durable, then the header naming them, then the index, then its mark.
         let end = w.end;
         self.poison_on_err(w.log.flush(0, end))?;
-        *durable = end;
+        self.set_durable(&mut durable, end);
         put_header(w, end);
         self.poison_on_err(w.log.flush(0, PAGE * 2))?;
         self.poison_on_err(w.index.flush(0, u64::MAX))?;
