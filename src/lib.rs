@@ -26,6 +26,7 @@
 
 mod background;
 mod batch;
+mod commit;
 mod compact;
 mod error;
 mod format;

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use crate::background::{Background, SyncPolicy};
 use crate::batch::Batch;
+use crate::commit::Durability;
 use crate::compact::{CompactStats, Copier, DATA_COMPACT, INDEX_COMPACT};
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
@@ -186,12 +187,9 @@ pub(crate) struct Shared {
     index_path: PathBuf,
     pub(crate) state: ArcSwap<State>,
     writer: Mutex<Writer>,
-    /// The end of the log that is durable. Held through each flush, so that syncs queue
-    /// here and one flush serves all that were waiting (group commit). Taken before
-    /// `writer` when both are needed.
-    durable: Mutex<u64>,
-    /// The same, readable without waiting for a flush (written under `durable`).
-    durable_end: AtomicU64,
+    /// How far the log is durable, and whose turn it is to flush (group commit). A turn
+    /// is taken before `writer` when both are needed.
+    durability: Durability,
     policy: SyncPolicy,
     /// Held through a compaction: one at a time.
     compacting: Mutex<()>,
@@ -328,8 +326,7 @@ impl Store {
             index_path,
             state: ArcSwap::new(state),
             writer: Mutex::new(w),
-            durable: Mutex::new(end),
-            durable_end: AtomicU64::new(end),
+            durability: Durability::new(end),
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
             live: AtomicU64::new(live),
@@ -482,31 +479,24 @@ impl Store {
         }
         let target = self.shared.writer.lock().end;
         // Syncs queue here; when our turn comes, an earlier flush may have covered us.
-        let mut durable = self.shared.durable.lock();
+        let Some(turn) = self.shared.durability.turn(target) else {
+            return Ok(()); // a flush that ran meanwhile covered our writes
+        };
         self.check_poisoned()?;
-        if *durable >= target {
-            return Ok(());
-        }
         let (log, end) = {
             let mut w = self.shared.writer.lock();
             // The header may only claim what is already durable: the previous sync's end.
             // So it rides in the same flush as the new records (DESIGN.md, "Durability").
-            if w.header.committed != *durable {
-                put_header(&mut w, *durable);
+            if w.header.committed != turn.durable {
+                put_header(&mut w, turn.durable);
             }
             w.unsynced = 0;
             (w.log.flusher(), w.end)
         };
         // Writers go on appending past `end` while the flush runs.
         self.poison_on_err(log.flush(0, end))?;
-        self.set_durable(&mut durable, end);
+        turn.finish(end);
         Ok(())
-    }
-
-    /// Records that the log is durable up to `end` (`durable` is the locked end).
-    fn set_durable(&self, durable: &mut u64, end: u64) {
-        *durable = end;
-        self.shared.durable_end.store(end, Ordering::Release);
     }
 
     /// Applies the sync policy after a write that returned.
@@ -561,7 +551,7 @@ impl Store {
             from = to;
             copier.flush()?;
         }
-        let mut durable = self.shared.durable.lock();
+        let turn = self.shared.durability.exclusive();
         let mut guard = self.shared.writer.lock();
         let paused = Instant::now();
         let w = &mut *guard;
@@ -583,12 +573,11 @@ impl Store {
         let log_before = w.end;
         (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
-        self.set_durable(&mut durable, end);
+        turn.finish(end);
         self.shared.live.store(live, Ordering::Relaxed);
         self.publish_state(w);
         let pause = paused.elapsed();
         drop(guard);
-        drop(durable);
         Ok(CompactStats {
             live_keys: live,
             log_before,
@@ -602,7 +591,7 @@ impl Store {
     /// The store's figures now: keys, records, garbage, file sizes, index load, how much
     /// is durable. Takes the writer lock briefly (never waits for a flush).
     pub fn stats(&self) -> Stats {
-        let durable = self.shared.durable_end.load(Ordering::Acquire);
+        let durable = self.shared.durability.end();
         let w = self.shared.writer.lock();
         let log_bytes = w.end.saturating_sub(DATA_START);
         let garbage_bytes = log_bytes.saturating_sub(w.counts.live_bytes);
@@ -1040,7 +1029,7 @@ impl Store {
         if self.shared.read_only {
             return Ok(());
         }
-        let mut durable = self.shared.durable.lock();
+        let turn = self.shared.durability.exclusive();
         let mut guard = self.shared.writer.lock();
         let w = &mut *guard;
         if w.index_clean {
@@ -1049,7 +1038,7 @@ impl Store {
         // Records durable, then the header naming them, then the index, then its mark.
         let end = w.end;
         self.poison_on_err(w.log.flush(0, end))?;
-        self.set_durable(&mut durable, end);
+        turn.finish(end);
         put_header(w, end);
         self.poison_on_err(w.log.flush(0, PAGE * 2))?;
         self.poison_on_err(w.index.flush(0, u64::MAX))?;
