@@ -111,16 +111,17 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 
-    /// Makes the new data file whole on disk: the rest of its records, then a header that
-    /// commits all of them.
+    /// Makes the new data file whole on disk: the rest of its records and a header that
+    /// commits all of them, in one flush. (The header may go with the records because this
+    /// file becomes the store only when it is renamed, after the flush returned.)
     pub fn finish(&mut self) -> Result<()> {
-        self.flush()?;
         let h =
             LogHeader { seq: self.header.seq.wrapping_add(1), committed: self.end, ..self.header };
         let mut b = [0; HEADER_LEN];
         h.encode_into(&mut b);
         self.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
-        self.log.flush(0, 2 * crate::format::PAGE)?;
+        self.log.flush(0, self.end)?;
+        self.flushed = self.end;
         self.header = h;
         self.log.make_visible(self.end);
         Ok(())

@@ -540,16 +540,20 @@ impl Store {
         }
         let mut from = snap.visible();
         drop(snap);
-        // Catch up with the writes made meanwhile, twice without the lock (so that the
-        // pause only has the last few to copy), flushing as we go.
+        // Catch up with the writes made meanwhile without the lock, flushing as we go, until
+        // what is left is small (or the writers keep outrunning us), so that the pause has
+        // only the last few to copy.
         let mut caught_up = 0;
-        for _ in 0..2 {
+        for _ in 0..CATCH_UP_ROUNDS {
             // `visible` first: the view loaded after it maps every record below it.
             let to = self.shared.state.load().log.visible();
             let state = self.shared.state.load_full();
             caught_up += copier.replay(&state.log, &data_path, from, to)?;
             from = to;
             copier.flush()?;
+            if self.shared.state.load().log.visible().saturating_sub(from) < CATCH_UP_LEFT {
+                break;
+            }
         }
         let turn = self.shared.durability.exclusive();
         let mut guard = self.shared.writer.lock();
@@ -1076,6 +1080,11 @@ pub(crate) fn record_at(log: &LogMap, off: u64) -> Option<Result<(Record, &[u8])
     let rest = log.tail(off).filter(|_| off.is_multiple_of(RECORD_ALIGN))?;
     Some(Record::decode(rest).map(|rec| (rec, rest)))
 }
+
+/// Compaction copies the writes made meanwhile without the lock at most this many times...
+const CATCH_UP_ROUNDS: usize = 8;
+/// ...stopping once less than this is left for the pause.
+const CATCH_UP_LEFT: u64 = 256 << 10;
 
 /// How far ahead of the write a batch prefetches index slots.
 const PREFETCH_AHEAD: usize = 8;
