@@ -11,6 +11,9 @@
 //! `Durability::None` and sled's buffered writes can lose returned writes on kill -9): see
 //! `guarantee()` and README.md.
 //!
+//! RocksDB is optional: built only with `--features rocksdb` (needs clang/libclang for
+//! bindgen, Debian `libclang-dev`; about 20 minutes to compile librocksdb-sys on 2 cores).
+//!
 //! The loops live inside each adapter (not behind a `dyn` call per key) so the per-key cost
 //! is the engine's own.
 
@@ -22,7 +25,36 @@ use crate::ycsb::{self, Op};
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The engines of this build, in report order: the default `--engines` list.
+#[cfg(not(feature = "rocksdb"))]
 pub const ENGINES: &[&str] = &["mapkv", "lmdb", "redb", "fjall", "sled", "candystore"];
+/// The engines of this build, in report order: the default `--engines` list.
+#[cfg(feature = "rocksdb")]
+pub const ENGINES: &[&str] = &["mapkv", "lmdb", "redb", "fjall", "sled", "candystore", "rocksdb"];
+
+/// Every engine the crate knows, built or not (report order and chart colours).
+pub const ALL_ENGINES: &[&str] =
+    &["mapkv", "lmdb", "redb", "fjall", "sled", "candystore", "rocksdb"];
+
+/// Engines behind a cargo feature of the same name.
+pub const OPTIONAL: &[&str] = &["rocksdb"];
+
+/// Checks that `engine` is in this build; for an optional engine that is not, says which
+/// cargo feature to rebuild with.
+pub fn check(engine: &str) -> Res<()> {
+    if ENGINES.contains(&engine) {
+        Ok(())
+    } else if OPTIONAL.contains(&engine) {
+        Err(format!(
+            "engine {engine:?} is not in this build: rebuild with `--features {engine}` \
+             (cargo run --release --manifest-path bench-compare/Cargo.toml --features {engine} -- ...)"
+        )
+        .into())
+    } else {
+        Err(format!("unknown engine {engine:?}; known: {ENGINES:?} (optional: {OPTIONAL:?})")
+            .into())
+    }
+}
 
 pub trait Engine: Sync {
     /// One transaction (or batch) putting `keys[range]` with `vals`, durable on return.
@@ -83,6 +115,14 @@ pub fn guarantee(engine: &str) -> &'static str {
              (survives kill -9, replayed at open); durable = set + flush() (fsync of index, data files, dir). \
              No batch API. Values are limited to 65,471 bytes, so no 1 MiB values."
         }
+        "rocksdb" => {
+            "rust-rocksdb (optional, --features rocksdb). Defaults (WAL on, 64 MiB memtable, 2 background \
+             jobs) plus: block cache 1 GiB (as redb, fjall, sled), full bloom filter 10 bits/key (as fjall), \
+             no compression (values are incompressible). Non-durable writes: WriteOptions::set_sync(false) \
+             (each write appends to the WAL with write(2): in the page cache, survives kill -9, replayed at \
+             open); durable = set_sync(true) (fdatasync of the WAL). One WriteBatch per batch. \
+             Reads via get_pinned (no copy out of the block cache or memtable)."
+        }
         _ => "",
     }
 }
@@ -98,7 +138,12 @@ pub fn open(engine: &str, dir: &Path) -> Res<Box<dyn Engine>> {
         "candystore" => Box::new(Candy {
             db: candystore::CandyStore::open(dir.join("candy"), candystore::Config::default())?,
         }),
-        other => return Err(format!("unknown engine {other:?}").into()),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Box::new(Rocks::open(dir)?),
+        other => {
+            check(other)?;
+            return Err(format!("unknown engine {other:?}").into());
+        }
     })
 }
 
@@ -542,6 +587,87 @@ impl Engine for Candy {
         candystore::MAX_VALUE_LEN
     }
     fn close(self: Box<Self>) -> Res<()> {
+        Ok(())
+    }
+}
+
+// ---- RocksDB (optional) -------------------------------------------------------------------
+
+#[cfg(feature = "rocksdb")]
+struct Rocks {
+    db: rocksdb::DB,
+}
+
+#[cfg(feature = "rocksdb")]
+impl Rocks {
+    fn open(dir: &Path) -> Res<Self> {
+        let mut bb = rocksdb::BlockBasedOptions::default();
+        bb.set_block_cache(&rocksdb::Cache::new_lru_cache(1 << 30));
+        bb.set_bloom_filter(10.0, false);
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        opts.set_block_based_table_factory(&bb);
+        Ok(Rocks { db: rocksdb::DB::open(&opts, dir.join("rocksdb"))? })
+    }
+}
+
+/// WAL on (the default) in both modes; `sync` = fdatasync of the WAL before returning.
+/// Made per call: `WriteOptions` is not `Sync`, and one allocation per call (not per key of
+/// `put_each`) is noise next to a write.
+#[cfg(feature = "rocksdb")]
+fn rocks_wopts(sync: bool) -> rocksdb::WriteOptions {
+    let mut w = rocksdb::WriteOptions::default();
+    w.set_sync(sync);
+    w.disable_wal(false);
+    w
+}
+
+#[cfg(feature = "rocksdb")]
+impl Engine for Rocks {
+    fn write_batch(&mut self, keys: &Keys, range: Range<usize>, vals: &Values) -> Res<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in range {
+            batch.put(keys.get(i), vals.get(i));
+        }
+        Ok(self.db.write_opt(batch, &rocks_wopts(true))?)
+    }
+    fn put_each(&mut self, keys: &Keys, range: Range<usize>, vals: &Values) -> Res<()> {
+        let w = rocks_wopts(false);
+        for i in range {
+            self.db.put_opt(keys.get(i), vals.get(i), &w)?;
+        }
+        Ok(())
+    }
+    fn put_durable(&mut self, key: &[u8], val: &[u8]) -> Res<()> {
+        Ok(self.db.put_opt(key, val, &rocks_wopts(true))?)
+    }
+    fn remove_batch(&mut self, keys: &Keys, range: Range<usize>) -> Res<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in range {
+            batch.delete(keys.get(i));
+        }
+        Ok(self.db.write_opt(batch, &rocks_wopts(true))?)
+    }
+    fn read(&self, keys: &Keys, order: &[u32], touch: bool) -> ReadStats {
+        read_loop(keys, order, |k| {
+            self.db.get_pinned(k).expect("rocksdb get").and_then(|v| measure(&v, touch))
+        })
+    }
+    fn ycsb(&mut self, keys: &Keys, ops: &[Op], vals: &Values) -> Res<ReadStats> {
+        let db = &self.db;
+        let w = rocks_wopts(false);
+        ycsb::run(
+            keys,
+            ops,
+            vals,
+            |k, buf| Ok(db.get_pinned(k)?.and_then(|v| ycsb::seen(&v, buf))),
+            |k, v| Ok(db.put_opt(k, v, &w)?),
+        )
+    }
+    fn close(self: Box<Self>) -> Res<()> {
+        // Drop closes the database (memtables stay in the WAL, replayed at the next open).
+        drop(self);
         Ok(())
     }
 }

@@ -220,11 +220,7 @@ fn parse_args() -> Res<Args> {
                     .map(|s| s.trim().to_string())
                     .collect();
                 for e in &a.engines {
-                    if !engines::ENGINES.contains(&e.as_str()) {
-                        return Err(
-                            format!("unknown engine {e:?}; known: {:?}", engines::ENGINES).into()
-                        );
-                    }
+                    engines::check(e)?;
                 }
             }
             "--probe" => a.probe = true,
@@ -247,8 +243,13 @@ fn parse_args() -> Res<Args> {
                      bench-compare --scale-keys M [--engines a,b]: only the open/recovery group\n\
                      \x20 at M keys (default engines mapkv,lmdb), added to the existing results.json.\n\
                      bench-compare --render: redraw RESULTS.md and chart.png from results.json.\n\
-                     engines: {}",
-                    engines::ENGINES.join(",")
+                     engines: {}{}",
+                    engines::ENGINES.join(","),
+                    if engines::ENGINES.contains(&"rocksdb") {
+                        ""
+                    } else {
+                        "\n(rocksdb: rebuild with --features rocksdb; needs clang, ~20 min compile)"
+                    }
                 );
                 std::process::exit(0);
             }
@@ -368,7 +369,7 @@ fn scale(args: &Args, m: usize) -> Res<()> {
                 machine: report::Machine::collect(),
                 keys: 0,
                 command: String::new(),
-                versions: report::versions(),
+                versions: report::versions(&engines),
                 probe: None,
                 engines: Vec::new(),
                 total_wall_s: 0.0,
@@ -450,7 +451,7 @@ fn parent(args: &Args) -> Res<()> {
         machine,
         keys: args.keys,
         command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        versions: report::versions(),
+        versions: report::versions(&args.engines),
         probe,
         engines: results,
         total_wall_s: started.elapsed().as_secs_f64(),

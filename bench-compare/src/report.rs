@@ -72,12 +72,17 @@ impl Machine {
     }
 }
 
-/// Versions of the engines, from this crate's Cargo.lock.
-pub fn versions() -> Vec<(String, String)> {
+/// Versions of the engines, from this crate's Cargo.lock. The optional engine's crates
+/// (always in the lock file) only when it ran.
+pub fn versions(ran: &[String]) -> Vec<(String, String)> {
     let lock = include_str!("../Cargo.lock");
     let mut out = Vec::new();
-    for want in
+    let rocks: &[&str] =
+        if ran.iter().any(|e| e == "rocksdb") { &["rocksdb", "librocksdb-sys"] } else { &[] };
+    for &want in
         ["mapkv", "heed", "lmdb-master-sys", "redb", "fjall", "lsm-tree", "sled", "candystore"]
+            .iter()
+            .chain(rocks)
     {
         let mut lines = lock.lines();
         while let Some(l) = lines.next() {
@@ -167,11 +172,16 @@ pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let m = &r.machine;
     let n = r.keys;
-    let _ = writeln!(s, "# mapkv vs LMDB, redb, fjall, sled, candystore\n");
+    let rocks = r.engines.iter().any(|e| e.engine == "rocksdb");
+    let _ = writeln!(
+        s,
+        "# mapkv vs LMDB, redb, fjall, sled, candystore{}\n",
+        if rocks { ", RocksDB" } else { "" }
+    );
     let _ = writeln!(
         s,
         "N = {n} keys of 24 random bytes, values of 150 random bytes (the redb benchmark shape).\n\n\
-         - command: `cargo run --release --manifest-path bench-compare/Cargo.toml -- {}`\n\
+         - command: `cargo run --release --manifest-path bench-compare/Cargo.toml {}-- {}`\n\
          - date: {}\n- machine: {} CPUs ({}), {} RAM, kernel {}\n- temp dir: {} on {}\n\
          - versions: {}\n- total run time: {:.0} s\n\n\
          All data is in the page cache: nothing drops caches, every store is smaller than RAM. \
@@ -180,6 +190,7 @@ pub fn markdown(r: &Report) -> String {
          Loads, batches and removals run once. Large-value reads make enough passes over their \
          keys to read about 1 GiB per run (at N = 1M). Ratio = engine ops/s ÷ mapkv ops/s \
          (above 1.00 the peer is faster, below it is slower).\n",
+        if rocks { "--features rocksdb " } else { "" },
         if r.command.is_empty() {
             "(no arguments: N = $BENCH_KEYS or 1000000)"
         } else {
@@ -428,6 +439,7 @@ const COLORS: &[(u8, u8, u8)] = &[
     (44, 160, 44),   // fjall
     (214, 39, 40),   // sled
     (148, 103, 189), // candystore
+    (140, 86, 75),   // rocksdb
 ];
 
 const FONT_PATHS: &[&str] = &[
@@ -605,7 +617,7 @@ fn panel(
 
     let width = 0.8 / peers.len().max(1) as f64;
     for (pi, e) in peers.iter().enumerate() {
-        let ci = engines::ENGINES.iter().position(|n| *n == e.engine).unwrap_or(0);
+        let ci = engines::ALL_ENGINES.iter().position(|n| *n == e.engine).unwrap_or(0);
         let (cr, cg, cb) = COLORS[ci % COLORS.len()];
         let color = RGBColor(cr, cg, cb);
         let bars: Vec<_> = groups
