@@ -405,7 +405,7 @@ pub fn markdown(r: &Report) -> String {
                 let _ = writeln!(
                     s,
                     "- mapkv durable put (put + sync): {us:.1} µs = {:.2} × one msync ({:.1} µs). \
-                     Above ~1× on a large store: see README.md, \"mapkv's durable put and large folios\".",
+                     Above ~1× on a large store: see bench-compare/README.md, \"mapkv's durable put and large folios\".",
                     us / p.msync_us,
                     p.msync_us
                 );
