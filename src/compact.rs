@@ -3,12 +3,15 @@
 //! them in (`Store::compact`; DESIGN.md, "Compaction").
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{DATA_START, HEADER_LEN, HEADER_SLOTS, Kind, LogHeader, Record, crc_seed};
-use crate::os::{LogFile, LogMap, Seam};
+use crate::os::{self, LogFile, LogMap, Seam};
 use crate::recovery::{self, IndexCtx, Rebuild, Replay};
+use crate::store::{DATA_FILE, Store};
 
 /// The new data file while compaction builds it.
 pub(crate) const DATA_COMPACT: &str = "data.mkv.compact";
@@ -127,3 +130,95 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 }
+
+/// Compaction's swap: it needs the writer.
+impl Store {
+    /// Rewrites the live records into a new data file and index and swaps them in, giving
+    /// back the space of overwritten and deleted records. Readers keep reading throughout;
+    /// writers wait only for the last catch-up and the swap ([`CompactStats::pause`]).
+    /// Values, readers and snapshots taken before keep reading the old files, whose disk
+    /// space comes back when the last of them is dropped. A crash at any point leaves the
+    /// old store or the new one, whole. Durable like a [`sync`](Store::sync) (every write
+    /// that returned before the swap is in the new files, flushed).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`], [`Error::Io`] (a full disk: the old store stays as it was),
+    /// [`Error::Poisoned`] if the swap itself failed.
+    pub fn compact(&self) -> Result<CompactStats> {
+        self.check_writable()?;
+        let _one = self.shared.compacting.lock();
+        let started = Instant::now();
+        let seam = self.shared.writer.lock().seam.clone();
+        let data_path = self.shared.dir.join(DATA_FILE);
+        let new_index = self.shared.dir.join(INDEX_COMPACT);
+        let ctx = IndexCtx {
+            path: &new_index,
+            writable: true,
+            store_id: self.shared.store_id,
+            seam: &seam,
+        };
+        let snap = self.snapshot();
+        let mut copier = Copier::create(&self.shared.dir, &ctx, self.len(), &seam)?;
+        for item in snap.iter() {
+            let (key, value) = item?;
+            copier.apply(Kind::Put, key, value)?;
+        }
+        let mut from = snap.visible();
+        drop(snap);
+        // Catch up with the writes made meanwhile without the lock, flushing as we go, until
+        // what is left is small (or the writers keep outrunning us), so that the pause has
+        // only the last few to copy.
+        let mut caught_up = 0;
+        for _ in 0..CATCH_UP_ROUNDS {
+            // `visible` first: the view loaded after it maps every record below it.
+            let to = self.shared.state.load().log.visible();
+            let state = self.shared.state.load_full();
+            caught_up += copier.replay(&state.log, &data_path, from, to)?;
+            from = to;
+            copier.flush()?;
+            if self.shared.state.load().log.visible().saturating_sub(from) < CATCH_UP_LEFT {
+                break;
+            }
+        }
+        let turn = self.shared.durability.exclusive();
+        let mut guard = self.shared.writer.lock();
+        let paused = Instant::now();
+        let w = &mut *guard;
+        self.check_poisoned()?;
+        let old = Arc::clone(w.log.map());
+        caught_up += copier.replay(&old, &data_path, from, w.end)?;
+        copier.finish()?;
+        if w.index_clean {
+            // A crash between the two renames must not find a clean old index.
+            self.mark_index(w, 0)?;
+        }
+        // The commit point: from this rename on, the store is the new files.
+        self.poison_on_err(os::rename(&seam, &self.shared.dir.join(DATA_COMPACT), &data_path))?;
+        let Copier { log, end, rebuild, header, .. } = copier;
+        let (mut index, used, live, counts) =
+            (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
+        self.poison_on_err(index.install(&self.shared.index_path))?;
+        self.poison_on_err(os::sync_dir(&seam, &self.shared.dir))?;
+        let log_before = w.end;
+        (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
+        (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
+        turn.finish(end);
+        self.shared.live.store(live, Ordering::Relaxed);
+        self.publish_state(w);
+        let pause = paused.elapsed();
+        drop(guard);
+        Ok(CompactStats {
+            live_keys: live,
+            log_before,
+            log_after: end,
+            caught_up,
+            duration: started.elapsed(),
+            pause,
+        })
+    }
+}
+
+/// Compaction copies the writes made meanwhile without the lock at most this many times...
+const CATCH_UP_ROUNDS: usize = 8;
+/// ...stopping once less than this is left for the pause.
+const CATCH_UP_LEFT: u64 = 256 << 10;

@@ -1,5 +1,8 @@
 //! `Stats`: what a store holds, for monitoring and for deciding when to compact.
 
+use crate::Store;
+use crate::format::DATA_START;
+
 /// A store's figures at one moment; see [`Store::stats`](crate::Store::stats).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -30,4 +33,38 @@ pub struct Stats {
     pub recovered_at_open: bool,
     /// Compactions since open.
     pub compactions: u64,
+}
+
+impl Store {
+    /// The store's figures now: keys, records, garbage, file sizes, index load, how much
+    /// is durable. Takes the writer lock briefly (never waits for a flush).
+    pub fn stats(&self) -> Stats {
+        let durable = self.shared.durability.end();
+        let w = self.shared.writer.lock();
+        let log_bytes = w.end.saturating_sub(DATA_START);
+        let garbage_bytes = log_bytes.saturating_sub(w.counts.live_bytes);
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        Stats {
+            live_keys: self.len(),
+            records: w.counts.records,
+            log_bytes,
+            garbage_bytes,
+            garbage_ratio: ratio(garbage_bytes, log_bytes),
+            data_file_bytes: w.log.map().len(),
+            index_file_bytes: w.index.len(),
+            index_load_factor: ratio(w.used, self.capacity(&w)),
+            log_end: w.end,
+            durable_end: durable,
+            recovered_at_open: self.shared.recovery.index_rebuilt,
+            compactions: w.generation,
+        }
+    }
+
+    /// Whether garbage is at least `ratio` of a log of at least `min_log` bytes.
+    pub(crate) fn garbage_at_least(&self, ratio: f64, min_log: u64) -> bool {
+        let w = self.shared.writer.lock();
+        let log_bytes = w.end.saturating_sub(DATA_START);
+        let garbage = log_bytes.saturating_sub(w.counts.live_bytes);
+        log_bytes >= min_log && garbage as f64 >= ratio * log_bytes as f64
+    }
 }

@@ -10,15 +10,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::background::{Background, SyncPolicy};
-use crate::batch::Batch;
 use crate::commit::Durability;
-use crate::compact::{CompactStats, Copier, DATA_COMPACT, INDEX_COMPACT};
+use crate::compact::{DATA_COMPACT, INDEX_COMPACT};
 use crate::error::{CorruptKind, Error, Result};
 use crate::format::{
     DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
@@ -29,10 +27,9 @@ use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{
     self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, VerifyReport,
 };
-use crate::stats::Stats;
 use crate::view::Reader;
 
-const DATA_FILE: &str = "data.mkv";
+pub(crate) const DATA_FILE: &str = "data.mkv";
 const INDEX_FILE: &str = "index.mkv";
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
@@ -145,26 +142,26 @@ enum Lookup<'s> {
 }
 
 /// Everything only the writer touches.
-struct Writer {
-    log: LogFile,
-    index: Arc<IndexMap>,
+pub(crate) struct Writer {
+    pub(crate) log: LogFile,
+    pub(crate) index: Arc<IndexMap>,
     /// End of the log (the published length).
-    end: u64,
+    pub(crate) end: u64,
     /// Bytes appended since the last sync started (for [`SyncPolicy::EveryBytes`]).
-    unsynced: u64,
+    pub(crate) unsynced: u64,
     /// Records and live bytes of the log.
-    counts: Counts,
+    pub(crate) counts: Counts,
     /// The newest header slot written: its `seq` and `committed`.
-    header: LogHeader,
+    pub(crate) header: LogHeader,
     /// The index file header currently says "clean".
-    index_clean: bool,
+    pub(crate) index_clean: bool,
     /// Occupied index slots (live and deleted keys).
-    used: u64,
+    pub(crate) used: u64,
     /// Files in use since open: compaction adds one.
-    generation: u64,
+    pub(crate) generation: u64,
     /// Holds the store's lock (exclusive for a writer, shared for a reader) while open.
-    _lock: std::fs::File,
-    seam: Seam,
+    pub(crate) _lock: std::fs::File,
+    pub(crate) seam: Seam,
 }
 
 /// A zero-copy, memory-mapped key-value store. `Send + Sync`: share it with `Arc`.
@@ -184,24 +181,24 @@ pub struct Store {
 /// thread's.
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
-    index_path: PathBuf,
+    pub(crate) index_path: PathBuf,
     pub(crate) state: ArcSwap<State>,
-    writer: Mutex<Writer>,
+    pub(crate) writer: Mutex<Writer>,
     /// How far the log is durable, and whose turn it is to flush (group commit). A turn
     /// is taken before `writer` when both are needed.
-    durability: Durability,
-    policy: SyncPolicy,
+    pub(crate) durability: Durability,
+    pub(crate) policy: SyncPolicy,
     /// Held through a compaction: one at a time.
-    compacting: Mutex<()>,
-    live: AtomicU64,
-    poisoned: OnceLock<String>,
-    store_id: u64,
-    seed: u32,
-    verify: bool,
-    read_only: bool,
-    recovery: RecoveryReport,
+    pub(crate) compacting: Mutex<()>,
+    pub(crate) live: AtomicU64,
+    pub(crate) poisoned: OnceLock<String>,
+    pub(crate) store_id: u64,
+    pub(crate) seed: u32,
+    pub(crate) verify: bool,
+    pub(crate) read_only: bool,
+    pub(crate) recovery: RecoveryReport,
     /// Set by `simulate_crash`: drop without the clean close.
-    abandoned: std::sync::atomic::AtomicBool,
+    pub(crate) abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Store {
@@ -397,233 +394,6 @@ impl Store {
         self.write_one(Kind::Delete, key.as_ref(), &[])
     }
 
-    /// Applies every operation of `batch`, in order, atomically: readers see all of it or
-    /// none of it, and after a crash recovery keeps all of it or none of it (the batch ends
-    /// with a commit record; DESIGN.md, "Batches"). Durable after the next
-    /// [`sync`](Store::sync), like a put. Index slots are prefetched ahead of the writes, so
-    /// a large batch loads faster than the same puts one by one.
-    ///
-    /// # Errors
-    /// As [`put`](Store::put); size limits and a full disk are found before anything is
-    /// written. An error in the middle of the batch (damaged index) poisons the handle;
-    /// reopening recovers to the state before the batch.
-    pub fn write(&self, batch: Batch) -> Result<()> {
-        for (_, key, value) in batch.ops() {
-            check_sizes(key, value)?;
-        }
-        self.check_writable()?;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut guard = self.shared.writer.lock();
-        let w = &mut *guard;
-        self.check_poisoned()?;
-        let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();
-        // Room first, so that nothing fails for want of space once the batch has begun and
-        // the index does not grow (dropping tombstones) in the middle of it.
-        let ops = batch.len() as u64;
-        if w.index_clean {
-            self.mark_index(w, 0)?;
-        }
-        if index::needs_growth(w.used.saturating_add(ops), self.capacity(w)) {
-            self.grow_index(w, ops)?;
-        }
-        let commit_len = Record::len_for(0, 8);
-        let bytes = batch.ops().map(|(_, k, v)| Record::len_for(k.len(), v.len())).sum::<u64>();
-        let end = w.end.saturating_add(bytes).saturating_add(commit_len);
-        if end > w.log.map().len() {
-            self.grow_log(w, end)?;
-        }
-        let (start, mut records, mut live) = (w.end, 0u64, self.len());
-        for (i, (kind, key, value)) in batch.ops().enumerate() {
-            if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
-                w.index.prefetch(Table::new(w.index.words()).home_word(ahead));
-            }
-            let appended = self.append(w, (kind, true), key, value, hashes[i]);
-            let appended = if records > 0 { self.poison_on_err(appended)? } else { appended? };
-            if let Some(change) = appended {
-                records += 1;
-                live = change.live_after(kind, live);
-            }
-        }
-        if records > 0 {
-            let seed = self.shared.seed;
-            let off = w.end;
-            let count = records.to_le_bytes();
-            let fill = |dst: &mut [u8]| {
-                Record::encode_into(seed, (Kind::Commit, false), start, &[], &count, dst)
-            };
-            w.log.write_at(off, fill, commit_len as usize);
-            w.end = off + commit_len;
-            w.unsynced = w.unsynced.saturating_add(commit_len);
-            w.log.publish(w.end);
-            w.log.make_visible(w.end);
-            self.shared.live.store(live, Ordering::Relaxed);
-        }
-        let unsynced = w.unsynced;
-        drop(guard);
-        self.after_write(unsynced)
-    }
-
-    /// The durability point: when it returns, every write that returned before it survives
-    /// power loss. It flushes only what changed since the last `sync` (one msync, one device
-    /// flush); with nothing changed it does nothing.
-    ///
-    /// # Errors
-    /// [`Error::Poisoned`] if this or an earlier flush failed: the failure is never retried
-    /// and reported as success. Read-only handles return `Ok` at once.
-    pub fn sync(&self) -> Result<()> {
-        self.check_poisoned()?;
-        if self.shared.read_only {
-            return Ok(());
-        }
-        let target = self.shared.writer.lock().end;
-        // Syncs queue here; when our turn comes, an earlier flush may have covered us.
-        let Some(turn) = self.shared.durability.turn(target) else {
-            return Ok(()); // a flush that ran meanwhile covered our writes
-        };
-        self.check_poisoned()?;
-        let (log, end) = {
-            let mut w = self.shared.writer.lock();
-            // The header may only claim what is already durable: the previous sync's end.
-            // So it rides in the same flush as the new records (DESIGN.md, "Durability").
-            if w.header.committed != turn.durable {
-                put_header(&mut w, turn.durable);
-            }
-            w.unsynced = 0;
-            (w.log.flusher(), w.end)
-        };
-        // Writers go on appending past `end` while the flush runs.
-        self.poison_on_err(log.flush(0, end))?;
-        turn.finish(end);
-        Ok(())
-    }
-
-    /// Applies the sync policy after a write that returned.
-    fn after_write(&self, unsynced: u64) -> Result<()> {
-        match self.shared.policy {
-            SyncPolicy::EveryWrite => self.sync(),
-            SyncPolicy::EveryBytes(n) if unsynced >= n => self.sync(),
-            _ => Ok(()),
-        }
-    }
-
-    /// Rewrites the live records into a new data file and index and swaps them in, giving
-    /// back the space of overwritten and deleted records. Readers keep reading throughout;
-    /// writers wait only for the last catch-up and the swap ([`CompactStats::pause`]).
-    /// Values, readers and snapshots taken before keep reading the old files, whose disk
-    /// space comes back when the last of them is dropped. A crash at any point leaves the
-    /// old store or the new one, whole. Durable like a [`sync`](Store::sync) (every write
-    /// that returned before the swap is in the new files, flushed).
-    ///
-    /// # Errors
-    /// [`Error::ReadOnly`], [`Error::Io`] (a full disk: the old store stays as it was),
-    /// [`Error::Poisoned`] if the swap itself failed.
-    pub fn compact(&self) -> Result<CompactStats> {
-        self.check_writable()?;
-        let _one = self.shared.compacting.lock();
-        let started = Instant::now();
-        let seam = self.shared.writer.lock().seam.clone();
-        let data_path = self.shared.dir.join(DATA_FILE);
-        let new_index = self.shared.dir.join(INDEX_COMPACT);
-        let ctx = IndexCtx {
-            path: &new_index,
-            writable: true,
-            store_id: self.shared.store_id,
-            seam: &seam,
-        };
-        let snap = self.snapshot();
-        let mut copier = Copier::create(&self.shared.dir, &ctx, self.len(), &seam)?;
-        for item in snap.iter() {
-            let (key, value) = item?;
-            copier.apply(Kind::Put, key, value)?;
-        }
-        let mut from = snap.visible();
-        drop(snap);
-        // Catch up with the writes made meanwhile without the lock, flushing as we go, until
-        // what is left is small (or the writers keep outrunning us), so that the pause has
-        // only the last few to copy.
-        let mut caught_up = 0;
-        for _ in 0..CATCH_UP_ROUNDS {
-            // `visible` first: the view loaded after it maps every record below it.
-            let to = self.shared.state.load().log.visible();
-            let state = self.shared.state.load_full();
-            caught_up += copier.replay(&state.log, &data_path, from, to)?;
-            from = to;
-            copier.flush()?;
-            if self.shared.state.load().log.visible().saturating_sub(from) < CATCH_UP_LEFT {
-                break;
-            }
-        }
-        let turn = self.shared.durability.exclusive();
-        let mut guard = self.shared.writer.lock();
-        let paused = Instant::now();
-        let w = &mut *guard;
-        self.check_poisoned()?;
-        let old = Arc::clone(w.log.map());
-        caught_up += copier.replay(&old, &data_path, from, w.end)?;
-        copier.finish()?;
-        if w.index_clean {
-            // A crash between the two renames must not find a clean old index.
-            self.mark_index(w, 0)?;
-        }
-        // The commit point: from this rename on, the store is the new files.
-        self.poison_on_err(os::rename(&seam, &self.shared.dir.join(DATA_COMPACT), &data_path))?;
-        let Copier { log, end, rebuild, header, .. } = copier;
-        let (mut index, used, live, counts) =
-            (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
-        self.poison_on_err(index.install(&self.shared.index_path))?;
-        self.poison_on_err(os::sync_dir(&seam, &self.shared.dir))?;
-        let log_before = w.end;
-        (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
-        (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
-        turn.finish(end);
-        self.shared.live.store(live, Ordering::Relaxed);
-        self.publish_state(w);
-        let pause = paused.elapsed();
-        drop(guard);
-        Ok(CompactStats {
-            live_keys: live,
-            log_before,
-            log_after: end,
-            caught_up,
-            duration: started.elapsed(),
-            pause,
-        })
-    }
-
-    /// The store's figures now: keys, records, garbage, file sizes, index load, how much
-    /// is durable. Takes the writer lock briefly (never waits for a flush).
-    pub fn stats(&self) -> Stats {
-        let durable = self.shared.durability.end();
-        let w = self.shared.writer.lock();
-        let log_bytes = w.end.saturating_sub(DATA_START);
-        let garbage_bytes = log_bytes.saturating_sub(w.counts.live_bytes);
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        Stats {
-            live_keys: self.len(),
-            records: w.counts.records,
-            log_bytes,
-            garbage_bytes,
-            garbage_ratio: ratio(garbage_bytes, log_bytes),
-            data_file_bytes: w.log.map().len(),
-            index_file_bytes: w.index.len(),
-            index_load_factor: ratio(w.used, self.capacity(&w)),
-            log_end: w.end,
-            durable_end: durable,
-            recovered_at_open: self.shared.recovery.index_rebuilt,
-            compactions: w.generation,
-        }
-    }
-
-    /// Whether garbage is at least `ratio` of a log of at least `min_log` bytes.
-    pub(crate) fn garbage_at_least(&self, ratio: f64, min_log: u64) -> bool {
-        let w = self.shared.writer.lock();
-        let log_bytes = w.end.saturating_sub(DATA_START);
-        let garbage = log_bytes.saturating_sub(w.counts.live_bytes);
-        log_bytes >= min_log && garbage as f64 >= ratio * log_bytes as f64
-    }
-
     /// Number of live keys.
     pub fn len(&self) -> u64 {
         self.shared.live.load(Ordering::Relaxed)
@@ -740,7 +510,7 @@ impl Store {
         }
     }
 
-    fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
+    pub(crate) fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             let _ = self.shared.poisoned.set(e.to_string());
         }
@@ -870,7 +640,7 @@ impl Store {
         Ok(Some((key, rec.value(rest))))
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         if self.shared.read_only {
             return Err(Error::ReadOnly);
         }
@@ -878,7 +648,7 @@ impl Store {
     }
 
     /// A single put or delete, visible as soon as it is in the index.
-    fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
+    pub(crate) fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         check_sizes(key, value)?;
         self.check_writable()?;
         let mut guard = self.shared.writer.lock();
@@ -899,7 +669,7 @@ impl Store {
 
     /// Appends one record and points the key's slot at it; not yet visible to readers.
     /// `None` for a delete of an absent key (nothing written).
-    fn append(
+    pub(crate) fn append(
         &self,
         w: &mut Writer,
         (kind, batch): (Kind, bool),
@@ -951,11 +721,11 @@ impl Store {
         Ok(Some(change))
     }
 
-    fn capacity(&self, w: &Writer) -> u64 {
+    pub(crate) fn capacity(&self, w: &Writer) -> u64 {
         Table::new(w.index.words()).capacity()
     }
 
-    fn publish_state(&self, w: &Writer) {
+    pub(crate) fn publish_state(&self, w: &Writer) {
         let next = Arc::new(State {
             log: Arc::clone(w.log.map()),
             index: Arc::clone(&w.index),
@@ -967,7 +737,7 @@ impl Store {
         let _ = old.next.set(next);
     }
 
-    fn grow_log(&self, w: &mut Writer, min_end: u64) -> Result<()> {
+    pub(crate) fn grow_log(&self, w: &mut Writer, min_end: u64) -> Result<()> {
         let len = w.log.map().len();
         let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
         let wanted = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
@@ -985,7 +755,7 @@ impl Store {
 
     /// Replaces the index with a larger one holding its live keys, with room for `keys`
     /// more.
-    fn grow_index(&self, w: &mut Writer, keys: u64) -> Result<()> {
+    pub(crate) fn grow_index(&self, w: &mut Writer, keys: u64) -> Result<()> {
         let ctx = IndexCtx {
             path: &self.shared.index_path,
             writable: true,
@@ -1003,7 +773,7 @@ impl Store {
         Ok(())
     }
 
-    fn index_full(&self, used: u64) -> Error {
+    pub(crate) fn index_full(&self, used: u64) -> Error {
         Error::Corrupt {
             file: self.shared.index_path.clone(),
             offset: 0,
@@ -1012,7 +782,7 @@ impl Store {
     }
 
     /// Writes the index header with `clean_len` (0 = dirty) and flushes it.
-    fn mark_index(&self, w: &mut Writer, clean_len: u64) -> Result<()> {
+    pub(crate) fn mark_index(&self, w: &mut Writer, clean_len: u64) -> Result<()> {
         let h = IndexHeader {
             store_id: self.shared.store_id,
             capacity: self.capacity(w),
@@ -1081,15 +851,7 @@ pub(crate) fn record_at(log: &LogMap, off: u64) -> Option<Result<(Record, &[u8])
     Some(Record::decode(rest).map(|rec| (rec, rest)))
 }
 
-/// Compaction copies the writes made meanwhile without the lock at most this many times...
-const CATCH_UP_ROUNDS: usize = 8;
-/// ...stopping once less than this is left for the pause.
-const CATCH_UP_LEFT: u64 = 256 << 10;
-
-/// How far ahead of the write a batch prefetches index slots.
-const PREFETCH_AHEAD: usize = 8;
-
-fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
+pub(crate) fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
         return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
     }
@@ -1104,7 +866,7 @@ fn is_enospc<T>(r: &Result<T>) -> bool {
 }
 
 /// Writes the next header slot claiming `committed`, without flushing it.
-fn put_header(w: &mut Writer, committed: u64) {
+pub(crate) fn put_header(w: &mut Writer, committed: u64) {
     let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq.wrapping_add(1), committed };
     let mut b = [0; HEADER_LEN];
     h.encode_into(&mut b);
