@@ -41,7 +41,7 @@ pub use background::SyncPolicy;
 pub use batch::Batch;
 pub use compact::CompactStats;
 pub use error::{CorruptKind, Error, Result};
-pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN, VERSION as FORMAT_VERSION};
 pub use os::Value;
 pub use recovery::{Problem, RecoveryReport, VerifyReport};
 pub use stats::Stats;

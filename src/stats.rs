@@ -28,6 +28,9 @@ pub struct Stats {
     pub log_end: u64,
     /// End of the log that is durable (survives power loss).
     pub durable_end: u64,
+    /// The committed length in the data file's header: recovery treats damage below it as
+    /// corruption, not a torn tail. It lags `durable_end` by one sync (DESIGN.md §5).
+    pub committed: u64,
     /// Whether open had to rebuild the index (the store was not closed cleanly, or its
     /// index was missing or damaged).
     pub recovered_at_open: bool,
@@ -55,6 +58,7 @@ impl Store {
             index_load_factor: ratio(w.used, self.capacity(&w)),
             log_end: w.end,
             durable_end: durable,
+            committed: w.header.committed,
             recovered_at_open: self.shared.recovery.index_rebuilt,
             compactions: w.generation,
         }

@@ -1,0 +1,636 @@
+//! The `mapkv` command-line inspector, run as a real binary: every subcommand, exit codes,
+//! damaged and torn stores through `verify` and `recover`, and `dump | load` round trips of
+//! binary keys and values.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, OpenOptions as FsOpen};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use mapkv::{OpenOptions, Store};
+use predicates::prelude::*;
+use serde_json::Value as Json;
+use tempfile::TempDir;
+
+const DATA_START: u64 = 8192;
+/// A record with a 4-byte key and an 8-byte value: 24 header + 8 key (padded) + 8 value.
+const REC: u64 = 40;
+
+// ---- helpers ----------------------------------------------------------------------------
+
+fn mapkv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mapkv"))
+}
+
+fn fresh() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    (dir, path)
+}
+
+fn key(i: u32) -> [u8; 4] {
+    i.to_le_bytes()
+}
+
+/// Distinct for every `i`; byte 4 is never 1 or 2, so no value reads as a record header.
+fn val(i: u32) -> [u8; 8] {
+    let mut v = (u64::from(i) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
+    v[4] = 0xC3;
+    v
+}
+
+/// Offset of the record of key `i` in a store filled with keys in order, no deletes.
+fn rec(i: u32) -> u64 {
+    DATA_START + u64::from(i) * REC
+}
+
+/// A cleanly closed store holding keys `0..n`.
+fn clean_store(n: u32) -> (TempDir, PathBuf) {
+    let (d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for i in 0..n {
+        store.put(key(i), val(i)).expect("put");
+    }
+    store.close().expect("clean close");
+    (d, path)
+}
+
+fn patch(file: &Path, offset: u64, bytes: &[u8]) {
+    let f = FsOpen::new().write(true).open(file).expect("open for patching");
+    f.write_all_at(bytes, offset).expect("patch");
+}
+
+/// Every live pair, read through the library.
+fn contents(path: &Path) -> HashMap<Vec<u8>, Vec<u8>> {
+    let store = OpenOptions::new().read_only(true).open(path).expect("open read-only");
+    let pairs = store.iter().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())));
+    pairs.collect::<mapkv::Result<_>>().expect("iterate")
+}
+
+fn stdout_of(cmd: &mut Command) -> Vec<u8> {
+    cmd.assert().success().get_output().stdout.clone()
+}
+
+fn json_of(cmd: &mut Command) -> Json {
+    serde_json::from_slice(&cmd.assert().get_output().stdout).expect("one JSON object")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Keys and values that a text format would mangle.
+fn awkward_pairs() -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![
+        (b"plain".to_vec(), b"text value".to_vec()),
+        (b"\x00".to_vec(), b"\x00\x00\x00".to_vec()),
+        (b"\xff\xfe".to_vec(), b"\xff".to_vec()),
+        (b"new\nline".to_vec(), b"a\nb\r\n".to_vec()),
+        (b"quote\"back\\slash".to_vec(), b"{\"json\":true}".to_vec()),
+        ("unicod\u{e9} \u{1f600}".as_bytes().to_vec(), "\u{202e}rtl".as_bytes().to_vec()),
+        (b"half \xc3".to_vec(), b"\xc3\x28 invalid utf-8".to_vec()),
+        (b"empty value".to_vec(), Vec::new()),
+        (b"big".to_vec(), (0..100_000u32).map(|i| (i % 251) as u8).collect()),
+    ]
+}
+
+// ---- usage and missing stores -----------------------------------------------------------
+
+#[test]
+fn usage_errors_exit_2() {
+    let (_d, path) = clean_store(1);
+    mapkv().assert().code(2);
+    mapkv().arg("frobnicate").assert().code(2);
+    mapkv().args(["get"]).arg(&path).assert().code(2).stderr(predicate::str::contains("KEY"));
+    mapkv().args(["get", "--hex", "--base64"]).arg(&path).arg("00").assert().code(2);
+    mapkv()
+        .args(["get", "--hex"])
+        .arg(&path)
+        .arg("0g")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("KEY is not valid hexadecimal"));
+    mapkv()
+        .args(["put", "--base64"])
+        .arg(&path)
+        .args(["AA==", "!!"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("VALUE is not valid base64"));
+    mapkv().args(["keys", "--limit", "many"]).arg(&path).assert().code(2);
+    mapkv().args(["load", "--batch-size", "0"]).arg(&path).assert().code(2);
+    mapkv().arg("--help").assert().success().stdout(predicate::str::contains("recover"));
+    mapkv().args(["dump", "--help"]).assert().success().stdout(predicate::str::contains("key_b64"));
+}
+
+#[test]
+fn a_missing_store_is_a_clear_failure_and_only_created_on_request() {
+    let (_d, path) = fresh();
+    for args in [&["stats"][..], &["get"], &["keys"], &["dump"], &["verify"], &["compact"]] {
+        let mut cmd = mapkv();
+        cmd.args(args).arg(&path);
+        if args == ["get"] {
+            cmd.arg("k");
+        }
+        cmd.assert().code(1).stderr(predicate::str::contains("no mapkv store at"));
+    }
+    mapkv().arg("put").arg(&path).args(["k", "v"]).assert().code(1);
+    assert!(!path.exists(), "a failed command created the store");
+    mapkv().args(["put", "--create"]).arg(&path).args(["k", "v"]).assert().success();
+    assert_eq!(contents(&path), HashMap::from([(b"k".to_vec(), b"v".to_vec())]));
+}
+
+#[test]
+fn a_store_held_by_a_writer_is_refused_with_a_clear_message() {
+    let (_d, path) = clean_store(3);
+    let writer = Store::open(&path).expect("writer");
+    mapkv().arg("get").arg(&path).arg("x").assert().code(1).stderr(
+        predicate::str::contains("open for writing by another process")
+            .and(predicate::str::contains("read-only inspection")),
+    );
+    mapkv().arg("stats").arg(&path).assert().code(1);
+    mapkv()
+        .arg("put")
+        .arg(&path)
+        .args(["k", "v"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("in use by another process"));
+    drop(writer);
+    mapkv().arg("stats").arg(&path).assert().success();
+}
+
+// ---- get, put, delete, keys -------------------------------------------------------------
+
+#[test]
+fn put_get_delete_and_their_exit_codes() {
+    let (_d, path) = fresh();
+    mapkv()
+        .args(["put", "--create"])
+        .arg(&path)
+        .args(["greeting", "hello\nworld"])
+        .assert()
+        .success();
+    let store = OpenOptions::new().read_only(true).open(&path).expect("open");
+    assert!(!store.recovery().index_rebuilt, "put left the store unclean");
+    drop(store);
+    // To a pipe the value is exactly its bytes: no newline added, none escaped.
+    let out = stdout_of(mapkv().arg("get").arg(&path).arg("greeting"));
+    assert_eq!(out, b"hello\nworld");
+    mapkv()
+        .arg("get")
+        .arg(&path)
+        .arg("absent")
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains("key not found"));
+    mapkv().arg("put").arg(&path).args(["greeting", "bye"]).assert().success();
+    assert_eq!(stdout_of(mapkv().arg("get").arg(&path).arg("greeting")), b"bye");
+    mapkv().arg("delete").arg(&path).arg("greeting").assert().success();
+    mapkv().arg("get").arg(&path).arg("greeting").assert().code(1);
+    mapkv()
+        .arg("delete")
+        .arg(&path)
+        .arg("greeting")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nothing deleted"));
+    mapkv().args(["delete", "--force"]).arg(&path).arg("greeting").assert().success();
+    // Durable and visible to the library, closed cleanly.
+    let store = OpenOptions::new().read_only(true).open(&path).expect("open");
+    assert!(store.is_empty());
+    assert!(!store.recovery().index_rebuilt, "the CLI left the store unclean");
+}
+
+#[test]
+fn hex_and_base64_decode_arguments_and_encode_output() {
+    let (_d, path) = fresh();
+    mapkv()
+        .args(["put", "--create", "--hex"])
+        .arg(&path)
+        .args(["00ff0a", "DEADbeef"])
+        .assert()
+        .success();
+    let pairs = contents(&path);
+    assert_eq!(pairs[&b"\x00\xff\n"[..]], b"\xde\xad\xbe\xef");
+    let b64 = stdout_of(mapkv().args(["get", "--base64"]).arg(&path).arg("AP8K"));
+    assert_eq!(b64, b"3q2+7w==\n");
+    let hex = stdout_of(mapkv().args(["get", "--hex"]).arg(&path).arg("00ff0a"));
+    assert_eq!(hex, b"deadbeef\n");
+    // Raw to a pipe, the exact bytes.
+    mapkv().args(["put", "--hex"]).arg(&path).args(["6b", "00ff0a"]).assert().success();
+    assert_eq!(stdout_of(mapkv().arg("get").arg(&path).arg("k")), b"\x00\xff\n");
+}
+
+#[test]
+fn keys_lists_with_prefix_and_limit() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for k in ["user:1", "user:2", "user:3", "order:1", "order:2"] {
+        store.put(k, "v").expect("put");
+    }
+    store.put("user:\n4", "v").expect("put");
+    store.close().expect("close");
+
+    let lines = |out: Vec<u8>| -> Vec<String> {
+        let mut l: Vec<String> = text(&out).lines().map(str::to_string).collect();
+        l.sort();
+        l
+    };
+    let all = lines(stdout_of(mapkv().args(["keys", "--hex"]).arg(&path)));
+    assert_eq!(all.len(), 6);
+    assert!(all.contains(&"757365723a0a34".to_string()), "{all:?}");
+    let users = lines(stdout_of(mapkv().args(["keys", "--prefix", "user:"]).arg(&path)));
+    // Raw to a pipe: the key with a newline spans two lines.
+    assert_eq!(users, ["4", "user:", "user:1", "user:2", "user:3"]);
+    let orders = lines(stdout_of(mapkv().args(["keys", "--prefix", "order:"]).arg(&path)));
+    assert_eq!(orders, ["order:1", "order:2"]);
+    let one =
+        lines(stdout_of(mapkv().args(["keys", "--limit", "1", "--prefix", "order"]).arg(&path)));
+    assert!(one == ["order:1"] || one == ["order:2"], "{one:?}");
+    let three = lines(stdout_of(mapkv().args(["keys", "--limit", "3"]).arg(&path)));
+    assert!((3..=4).contains(&three.len()), "{three:?}"); // 4 if the key with a newline is among them
+    let hex_prefix =
+        lines(stdout_of(mapkv().args(["keys", "--hex", "--prefix", "6f72"]).arg(&path)));
+    assert_eq!(hex_prefix, ["6f726465723a31", "6f726465723a32"]);
+    assert!(stdout_of(mapkv().args(["keys", "--limit", "0"]).arg(&path)).is_empty());
+}
+
+#[test]
+fn values_to_a_terminal_are_escaped() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    store.put("k", b"a\nb\x1b[31m\xff").expect("put");
+    store.close().expect("close");
+    // `script` runs the command with a terminal as its stdout.
+    let cmd = format!("{} get {} k", env!("CARGO_BIN_EXE_mapkv"), path.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).trim_end(), r"a\nb\x1b[31m\xff");
+}
+
+// ---- stats ------------------------------------------------------------------------------
+
+#[test]
+fn stats_reports_figures_as_text_and_json() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for i in 0..10 {
+        store.put(key(i), val(i)).expect("put");
+    }
+    store.put(key(0), val(100)).expect("overwrite");
+    assert!(store.delete(key(1)).expect("delete"));
+    let id = store.id();
+    store.close().expect("close");
+
+    let out = text(&stdout_of(mapkv().arg("stats").arg(&path)));
+    for line in ["format version     1", "live keys          9", "closed cleanly     yes"] {
+        assert!(out.contains(line), "{line:?} missing from\n{out}");
+    }
+    assert!(out.contains(&format!("{id:#018x}")), "{out}");
+
+    let v = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["store_id"], format!("{id:#018x}"));
+    assert_eq!(v["live_keys"], 9);
+    assert_eq!(v["records"], 12);
+    assert_eq!(v["closed_cleanly"], true);
+    assert_eq!(v["committed"], v["log_end"]);
+    assert_eq!(v["log_end"], rec(11) + 24 + 8); // 11 records, then a tombstone (key, no value)
+    assert!(v["garbage_ratio"].as_f64().expect("ratio") > 0.0);
+    assert_eq!(v["data_file_bytes"], 1 << 20);
+    assert!(v["torn_tail"].is_null());
+
+    // After a crash: not closed cleanly, and nothing changed by looking.
+    let store = Store::open(&path).expect("open");
+    store.put(key(50), val(50)).expect("put");
+    store.simulate_crash();
+    let before = fs::read(path.join("data.mkv")).expect("read");
+    let v = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert_eq!(v["closed_cleanly"], false);
+    assert_eq!(v["live_keys"], 10);
+    assert!(v["index_rebuilt_because"].as_str().is_some_and(|s| s.contains("not closed cleanly")));
+    let out = text(&stdout_of(mapkv().arg("stats").arg(&path)));
+    assert!(out.contains("closed cleanly     no"), "{out}");
+    assert!(fs::read(path.join("data.mkv")).expect("read") == before, "stats wrote");
+}
+
+// ---- dump and load ----------------------------------------------------------------------
+
+#[test]
+fn dump_load_round_trips_binary_keys_and_values_exactly() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for (k, v) in awkward_pairs() {
+        store.put(k, v).expect("put");
+    }
+    store.put("gone", "x").expect("put");
+    store.delete("gone").expect("delete");
+    store.put("plain", "overwritten").expect("overwrite");
+    store.close().expect("close");
+    let expected = contents(&path);
+    assert_eq!(expected.len(), awkward_pairs().len());
+
+    let dump = stdout_of(mapkv().arg("dump").arg(&path));
+    let dump_text = text(&dump);
+    assert_eq!(dump_text.lines().count(), expected.len());
+    assert!(dump_text.contains(r#"{"key":"plain","value":"overwritten"}"#), "{dump_text}");
+    assert!(dump_text.contains(r#""key_b64":"//4=""#), "{dump_text}"); // 0xff 0xfe
+    assert!(dump_text.contains(r#""value_b64":"wyggaW52YWxpZCB1dGYtOA==""#), "{dump_text}");
+
+    for flags in [&[][..], &["--base64"], &["--hex"]] {
+        let dump = stdout_of(mapkv().arg("dump").args(flags).arg(&path));
+        let (_d2, copy) = fresh();
+        mapkv()
+            .arg("load")
+            .arg(&copy)
+            .write_stdin(dump.clone())
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!("loaded {} pairs", expected.len())));
+        assert_eq!(contents(&copy), expected, "dump {flags:?} | load");
+        // And dumping the copy gives the same lines (the order may differ).
+        let sorted = |b: &[u8]| {
+            let mut l: Vec<String> = text(b).lines().map(str::to_string).collect();
+            l.sort();
+            l
+        };
+        let again = stdout_of(mapkv().arg("dump").args(flags).arg(&copy));
+        assert_eq!(sorted(&again), sorted(&dump));
+    }
+}
+
+#[test]
+fn load_reads_a_file_in_batches_and_overwrites_existing_keys() {
+    let (d, path) = clean_store(3);
+    let input = d.path().join("in.jsonl");
+    let mut lines = String::new();
+    for i in 0..25 {
+        lines.push_str(&format!("{{\"key\":\"k{i}\",\"value_hex\":\"{i:02x}\"}}\n"));
+    }
+    lines.push_str("\n   \n"); // blank lines are skipped
+    lines.push_str(&format!("{{\"key_hex\":\"{}\",\"value\":\"new\"}}\r\n", "00000000"));
+    fs::write(&input, lines).expect("write input");
+    mapkv()
+        .args(["load", "--batch-size", "7"])
+        .arg(&path)
+        .arg(&input)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("loaded 26 pairs"));
+    let pairs = contents(&path);
+    assert_eq!(pairs.len(), 28); // keys 1 and 2 of the old store, 25 + the overwritten key 0
+    assert_eq!(pairs[&b"k24"[..]], [24]);
+    assert_eq!(pairs[&key(0)[..]], b"new");
+    assert_eq!(pairs[&key(2)[..]], val(2));
+}
+
+#[test]
+fn a_malformed_line_names_its_number_and_writes_nothing_of_its_batch() {
+    let (_d, path) = fresh();
+    let good = |i: u32| format!("{{\"key\":\"k{i}\",\"value\":\"v{i}\"}}\n");
+    let mut input: String = (0..5).map(good).collect();
+    input.push_str("{\"key\":\"k5\"}\n"); // line 6: no value
+    input.push_str(&good(6));
+    mapkv()
+        .args(["load", "--batch-size", "2"])
+        .arg(&path)
+        .write_stdin(input)
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("stdin:6: no value")
+                .and(predicate::str::contains("nothing from line 5 on was written"))
+                .and(predicate::str::contains("the 4 pairs before it")),
+        );
+    let loaded: BTreeMap<_, _> = contents(&path).into_iter().collect();
+    let expected: BTreeMap<_, _> =
+        (0..4).map(|i| (format!("k{i}").into_bytes(), format!("v{i}").into_bytes())).collect();
+    assert_eq!(loaded, expected);
+
+    for (line, message) in [
+        ("not json\n", "not a JSON object"),
+        ("{\"key\":\"a\",\"value\":\"b\",\"extra\":1}\n", "unknown field \"extra\""),
+        ("{\"key\":\"a\",\"key_b64\":\"YQ==\",\"value\":\"b\"}\n", "both \"key\" and \"key_b64\""),
+        ("{\"key\":\"a\",\"value_b64\":\"%%\"}\n", "\"value_b64\" is not valid base64"),
+        ("{\"key\":\"a\",\"value_hex\":\"abc\"}\n", "\"value_hex\" is not valid hexadecimal"),
+        ("{\"key\":1,\"value\":\"b\"}\n", "\"key\" is not a string"),
+    ] {
+        mapkv()
+            .arg("load")
+            .arg(&path)
+            .write_stdin(format!("{}{line}", good(9)))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!("stdin:2: {message}")));
+    }
+    assert!(!contents(&path).contains_key(&b"k9"[..]), "a failed batch was written");
+}
+
+// ---- verify -----------------------------------------------------------------------------
+
+#[test]
+fn verify_passes_a_sound_store() {
+    let (_d, path) = clean_store(20);
+    mapkv().arg("verify").arg(&path).assert().success().stdout(
+        predicate::str::contains("20 records, 20 live keys")
+            .and(predicate::str::ends_with("sound\n")),
+    );
+    let v = json_of(mapkv().args(["verify", "--json"]).arg(&path));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["live_keys"], 20);
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn verify_lists_damage_with_file_and_offset_and_exits_1() {
+    let (_d, path) = clean_store(10);
+    let data = path.join("data.mkv");
+    patch(&data, rec(3) + 32, b"\x00"); // inside key 3's value: its checksum fails
+    let before = fs::read(&data).expect("read");
+
+    let expected = format!("{} at byte {}: checksum mismatch", data.display(), rec(3));
+    mapkv().arg("verify").arg(&path).assert().code(1).stdout(
+        predicate::str::contains(expected).and(predicate::str::contains("damaged: 1 problem")),
+    );
+    let v = json_of(mapkv().args(["verify", "--json"]).arg(&path));
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["problems"][0]["file"], data.display().to_string());
+    assert_eq!(v["problems"][0]["offset"], rec(3));
+    assert_eq!(v["problems"][0]["kind"], "ChecksumMismatch");
+
+    // Reads of the damaged key fail (checksums are verified); the others still work.
+    mapkv()
+        .arg("get")
+        .arg(&path)
+        .arg("--hex")
+        .arg("03000000")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("damaged").and(predicate::str::contains("mapkv verify")));
+    mapkv().args(["get", "--hex"]).arg(&path).arg("04000000").assert().success();
+    mapkv().arg("dump").arg(&path).assert().code(1);
+    let salvage = mapkv().args(["dump", "--skip-damaged"]).arg(&path).assert().code(1);
+    assert_eq!(text(&salvage.get_output().stdout).lines().count(), 9);
+    assert!(fs::read(&data).expect("read") == before, "inspection changed the file");
+}
+
+#[test]
+fn damage_below_the_committed_length_stops_recover_and_verify_names_it() {
+    let (_d, path) = clean_store(10);
+    let data = path.join("data.mkv");
+    patch(&data, rec(5) + 32, b"\x00");
+    // Without its index the store must be rebuilt from the log, which meets the damage.
+    fs::remove_file(path.join("index.mkv")).expect("remove index");
+    let before = fs::read(&data).expect("read");
+
+    mapkv().arg("recover").arg(&path).assert().code(1).stderr(
+        predicate::str::contains(format!("is damaged at byte {}", rec(5)))
+            .and(predicate::str::contains("below the committed length"))
+            .and(predicate::str::contains("changed nothing")),
+    );
+    assert!(fs::read(&data).expect("read") == before, "recover changed a damaged store");
+    assert!(!path.join("index.mkv").exists());
+
+    mapkv().arg("verify").arg(&path).assert().code(1).stdout(
+        predicate::str::contains(format!("{} at byte {}", data.display(), rec(5)))
+            .and(predicate::str::contains("does not open")),
+    );
+    let v = json_of(mapkv().args(["verify", "--json"]).arg(&path));
+    assert_eq!((v["ok"].clone(), v["opened"].clone()), (Json::Bool(false), Json::Bool(false)));
+    assert_eq!(v["problems"][0]["offset"], rec(5));
+}
+
+// ---- recover ----------------------------------------------------------------------------
+
+#[test]
+fn recover_cuts_a_torn_tail_and_says_exactly_what() {
+    let (d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for i in 0..5 {
+        store.put(key(i), val(i)).expect("put");
+    }
+    store.simulate_crash();
+    let data = path.join("data.mkv");
+    // The last record, torn: the page holding its value never reached the disk.
+    patch(&data, rec(4) + 32, &[0xAB; 8]);
+    let before = fs::read(&data).expect("read");
+
+    // Inspection sees the torn tail and changes nothing.
+    let v = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert_eq!(v["torn_tail"]["offset"], rec(4));
+    mapkv().arg("verify").arg(&path).assert().success().stdout(
+        predicate::str::contains(format!("torn tail at byte {}", rec(4)))
+            .and(predicate::str::contains("sound")),
+    );
+    mapkv().args(["recover", "--dry-run"]).arg(&path).assert().success().stdout(
+        predicate::str::contains("would recover")
+            .and(predicate::str::contains(format!(
+                "cut       at byte {}: checksum mismatch",
+                rec(4)
+            )))
+            .and(predicate::str::contains(format!(
+                "bytes {}..{} (40 bytes) would be discarded",
+                rec(4),
+                rec(5)
+            )))
+            .and(predicate::str::contains("nothing was changed")),
+    );
+    assert!(fs::read(&data).expect("read") == before, "a dry run changed the file");
+
+    let saved = d.path().join("tail.bin");
+    mapkv().arg("recover").arg(&path).arg("--save-tail").arg(&saved).assert().success().stdout(
+        predicate::str::contains("recovered")
+            .and(predicate::str::contains("index     rebuilt (the store was not closed cleanly)"))
+            .and(predicate::str::contains("replayed  4 records"))
+            .and(predicate::str::contains(format!("log end   byte {}", rec(4))))
+            .and(predicate::str::contains(format!(
+                "cut       at byte {}: checksum mismatch",
+                rec(4)
+            )))
+            .and(predicate::str::contains(format!(
+                "bytes {}..{} (40 bytes) discarded and zeroed",
+                rec(4),
+                rec(5)
+            ))),
+    );
+    let torn = &before[rec(4) as usize..rec(5) as usize];
+    assert_eq!(fs::read(&saved).expect("saved tail"), torn);
+    // The tail is gone, the rest kept, and the store closed cleanly.
+    let after = fs::read(&data).expect("read");
+    assert!(after[rec(4) as usize..rec(5) as usize].iter().all(|&b| b == 0));
+    let records = DATA_START as usize..rec(4) as usize;
+    assert!(after[records.clone()] == before[records], "records below the cut changed");
+    let store = OpenOptions::new().read_only(true).open(&path).expect("open");
+    assert!(!store.recovery().index_rebuilt);
+    assert_eq!(store.len(), 4);
+    drop(store);
+    mapkv()
+        .arg("recover")
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("was closed cleanly: nothing to recover"));
+    mapkv().arg("verify").arg(&path).assert().success();
+    // --save-tail never overwrites a file.
+    let store = Store::open(&path).expect("open");
+    store.put(key(9), val(9)).expect("put");
+    store.simulate_crash();
+    patch(&data, rec(4) + 32, &[0xAB; 8]);
+    let before = fs::read(&data).expect("read");
+    mapkv()
+        .arg("recover")
+        .arg(&path)
+        .arg("--save-tail")
+        .arg(&saved)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("File exists"));
+    assert!(fs::read(&data).expect("read") == before, "cut without saving the tail");
+}
+
+#[test]
+fn recover_after_a_crash_without_a_torn_tail_cuts_nothing() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for i in 0..5 {
+        store.put(key(i), val(i)).expect("put");
+    }
+    store.simulate_crash();
+    mapkv().arg("recover").arg(&path).assert().success().stdout(
+        predicate::str::contains("replayed  5 records")
+            .and(predicate::str::contains("cut       nothing")),
+    );
+    assert_eq!(contents(&path).len(), 5);
+}
+
+// ---- compact ----------------------------------------------------------------------------
+
+#[test]
+fn compact_gives_back_garbage_and_keeps_every_pair() {
+    let (_d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for round in 0..5 {
+        for i in 0..200 {
+            store.put(key(i), val(i + round)).expect("put");
+        }
+    }
+    store.close().expect("close");
+    let expected = contents(&path);
+    let before = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert!(before["garbage_ratio"].as_f64().expect("ratio") > 0.7);
+
+    mapkv().arg("compact").arg(&path).assert().success().stdout(
+        predicate::str::contains("compacted").and(predicate::str::contains("live keys   200")),
+    );
+    let after = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert_eq!(after["garbage_bytes"], 0);
+    assert_eq!(after["closed_cleanly"], true);
+    assert!(after["log_bytes"].as_u64() < before["log_bytes"].as_u64());
+    assert_eq!(contents(&path), expected);
+}
