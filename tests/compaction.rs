@@ -236,3 +236,108 @@ fn a_failure_at_any_step_of_compaction_leaves_a_whole_store() {
         step += 1;
     }
 }
+
+/// Set in a child process: play the compacting writer in this directory.
+const CHILD_DIR: &str = "MAPKV_COMPACT_CHILD_DIR";
+/// Every line the child reports starts with this; anything else is libtest's.
+const MARK: &str = "@acked ";
+
+/// The child: one thread puts keys with values rising from where the last child stopped
+/// (acknowledging each put on stdout after it returned), another compacts over and over
+/// (its flushes slowed down, so that kills often land inside a compaction), until killed.
+fn compacting_writer(dir: &Path) -> ! {
+    use std::io::Write;
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{MARK}{line}").and_then(|()| out.flush()).is_err() {
+            std::process::exit(0); // the parent is gone
+        }
+    };
+    let store =
+        OpenOptions::new().observer(Arc::new(SlowCompactFlush)).open(dir).expect("child open");
+    let num = |v: &[u8]| u32::from_le_bytes(v.try_into().expect("4 bytes"));
+    let start = store.iter().map(|r| num(&r.expect("iter").1) + 1).max().unwrap_or(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            loop {
+                say("compacting".into());
+                store.compact().expect("child compact");
+                say("compacted".into());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        for n in start.. {
+            store.put(key(n % 500), n.to_le_bytes()).expect("child put");
+            say(n.to_string());
+            if n % 64 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    });
+    unreachable!()
+}
+
+/// kill -9 at random moments of a writer that keeps compacting: after each kill the store
+/// opens and holds every put the child acknowledged (a later value is allowed: the put may
+/// have returned without its acknowledgement getting out), and no leftover blocks the
+/// next compaction.
+#[test]
+fn kill_9_during_compaction_loses_nothing_acknowledged() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        compacting_writer(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let (mut last_seen, mut mid_compaction) = (0u32, 0);
+    for round in 0..8 {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut child = Command::new(exe)
+            .args(["--exact", "kill_9_during_compaction_loses_nothing_acknowledged"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let (mut last, mut compacting) = (None, false);
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match line.strip_prefix(MARK).map(str::trim) {
+                    Some("compacting") => compacting = true,
+                    Some("compacted") => compacting = false,
+                    Some(n) => last = n.parse::<u32>().ok().or(last),
+                    None => {}
+                }
+            }
+            (last, compacting)
+        });
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(std::time::Duration::from_millis(150 + rng % 400));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let (last, compacting) = reader.join().expect("reader");
+        mid_compaction += usize::from(compacting);
+        let Some(last) = last else {
+            continue; // killed before its first put: nothing to check this round
+        };
+        last_seen = last;
+        let store = Store::open(dir.path()).expect("open after kill");
+        assert!(store.verify().expect("verify").is_ok(), "round {round}");
+        // Every key the child wrote up to `last` holds the value of its latest acknowledged
+        // put, or a later one.
+        for n in last.saturating_sub(499)..=last {
+            let v = store.get(key(n % 500)).expect("get").expect("an acknowledged key is gone");
+            let got = u32::from_le_bytes((*v).try_into().expect("4 bytes"));
+            assert!(got >= n, "round {round}: key {} has {got}, acknowledged {n}", n % 500);
+        }
+    }
+    eprintln!("last acknowledged put {last_seen}, {mid_compaction} of 8 kills inside a compaction");
+    assert!(last_seen > 1000, "the children wrote little: {last_seen}");
+    assert!(mid_compaction > 0, "no kill landed inside a compaction");
+}
