@@ -192,9 +192,9 @@ impl Store {
             // A crash between the two renames must not find a clean old index.
             self.mark_index(w, 0)?;
         }
+        let Copier { mut log, end, rebuild, header, .. } = copier;
         // The commit point: from this rename on, the store is the new files.
-        self.poison_on_err(os::rename(&seam, &self.shared.dir.join(DATA_COMPACT), &data_path))?;
-        let Copier { log, end, rebuild, header, .. } = copier;
+        self.poison_on_err(log.install(&data_path))?;
         let (mut index, used, live, counts) =
             (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
         self.poison_on_err(index.install(&self.shared.index_path))?;

@@ -447,6 +447,17 @@ impl LogFile {
         flush_map(&self.seam, &self.map.raw, from, to, &self.path)
     }
 
+    /// Renames this file to `path` (atomically replacing what was there), so that errors
+    /// and the seam name it by its new name from now on.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn install(&mut self, path: &Path) -> Result<()> {
+        rename(&self.seam, &self.path, path)?;
+        self.path = path.to_path_buf();
+        Ok(())
+    }
+
     /// A handle that flushes this file's current mapping without holding the `LogFile`
     /// (a sync flushes while the writer goes on appending).
     pub fn flusher(&self) -> Flusher {

@@ -1,11 +1,12 @@
 //! Guards the zero-copy contract under concurrency: values held across overwrites, deletes,
 //! file growth and index growth stay valid and unchanged; readers on several threads never
-//! see a torn or foreign value while a writer appends and grows the files.
+//! see a torn or foreign value, nor part of a batch, while a writer appends and grows the
+//! files.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use mapkv::Store;
+use mapkv::{Batch, Store};
 
 /// A value that says which key and version it belongs to, and checks itself.
 fn value(key: u64, version: u64, len: usize) -> Vec<u8> {
@@ -205,4 +206,121 @@ fn a_record_straddling_the_growth_boundary_is_found_not_reported_corrupt() {
         }
     }
     assert_eq!(errors.load(Ordering::Relaxed), 0, "readers saw errors across growth");
+}
+
+/// The value a batch of generation `generation` gives every hot key: the generation, then
+/// filler, of a length that changes from batch to batch.
+fn generation_value(generation: u64) -> Vec<u8> {
+    let len = 8 + (generation * 73 % 500) as usize;
+    let mut v = generation.to_le_bytes().to_vec();
+    v.resize(len, generation as u8);
+    v
+}
+
+fn generation_of(v: &[u8]) -> u64 {
+    u64::from_le_bytes(v[..8].try_into().expect("8 bytes"))
+}
+
+/// Reader thread `t` of `readers_never_see_part_of_a_batch`: reads the hot keys with
+/// `get_many` until `done`, checking that all of them hold one generation's value and that
+/// generations never go back; counts in `changes` how often the generation changed.
+/// Returns the number of reads.
+fn read_hot_keys(
+    store: &Store,
+    hot: &[Vec<u8>],
+    t: usize,
+    done: &AtomicBool,
+    changes: &AtomicU64,
+) -> u64 {
+    // Reader 0 keeps one `Reader` for the whole run (following growth); the others take a
+    // new one every 64 reads.
+    let pinned = store.reader();
+    let (mut last, mut reads) = (0u64, 0u64);
+    while !done.load(Ordering::Acquire) {
+        let fresh = store.reader();
+        let reader = if t == 0 { &pinned } else { &fresh };
+        for _ in 0..64 {
+            let values = reader.get_many(hot).expect("get_many");
+            let first = values[0].expect("hot key present");
+            for (i, v) in values.iter().enumerate() {
+                let v = v.expect("hot key present");
+                assert!(
+                    v == first,
+                    "reader {t} saw part of a batch: hot-0 holds generation {}, hot-{i} \
+                     generation {}",
+                    generation_of(first),
+                    generation_of(v),
+                );
+            }
+            let generation = generation_of(first);
+            assert_eq!(first, &generation_value(generation)[..], "torn value");
+            assert!(generation >= last, "reader {t} went back from {last} to {generation}");
+            if generation != last {
+                changes.fetch_add(1, Ordering::Relaxed);
+            }
+            last = generation;
+            reads += 1;
+        }
+    }
+    reads
+}
+
+#[test]
+fn readers_never_see_part_of_a_batch() {
+    const HOT: usize = 16;
+    const READERS: usize = 3;
+    /// At least this many batches; more (up to 4 times as many) if a reader has not yet
+    /// seen the generation change a few times.
+    const BATCHES: u64 = 3000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let store = Store::open(&path).expect("create");
+    let hot: Vec<Vec<u8>> = (0..HOT).map(|i| format!("hot-{i}").into_bytes()).collect();
+    let file_len = |name: &str| std::fs::metadata(path.join(name)).expect("stat").len();
+    let batch = |generation: u64| {
+        // Each hot key, then a new key: the records of the hot keys lie apart, and the new
+        // keys (16 per batch) make the index grow again and again.
+        let mut b = Batch::new();
+        for (i, k) in hot.iter().enumerate() {
+            b.put(k, generation_value(generation));
+            b.put(format!("new-{generation}-{i}"), [i as u8; 40]);
+        }
+        b
+    };
+    store.write(batch(0)).expect("first batch");
+    let (data_before, index_before) = (file_len("data.mkv"), file_len("index.mkv"));
+    let done = AtomicBool::new(false);
+    let changes: Vec<AtomicU64> = (0..READERS).map(|_| AtomicU64::new(0)).collect();
+    let mut last = 0;
+    let reads: Vec<u64> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..READERS)
+            .map(|t| {
+                let (store, hot, done, changes) = (&store, &hot, &done, &changes[t]);
+                s.spawn(move || read_hot_keys(store, hot, t, done, changes))
+            })
+            .collect();
+        let lagging = || changes.iter().any(|c| c.load(Ordering::Relaxed) < 3);
+        while last < BATCHES || (lagging() && last < 4 * BATCHES) {
+            last += 1;
+            store.write(batch(last)).expect("batch");
+        }
+        done.store(true, Ordering::Release);
+        readers.into_iter().map(|r| r.join().expect("reader thread panicked")).collect()
+    });
+    let changes: Vec<u64> = changes.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    eprintln!(
+        "{last} batches; readers: {reads:?} reads, generation changes seen {changes:?}; data \
+         file {data_before} -> {}, index {index_before} -> {}",
+        file_len("data.mkv"),
+        file_len("index.mkv")
+    );
+    // The readers ran while the batches changed, and the files grew under them.
+    assert!(changes.iter().all(|&c| c >= 3), "readers saw few batches: {changes:?}");
+    assert!(file_len("data.mkv") >= 4 * data_before, "the data file barely grew");
+    assert!(file_len("index.mkv") >= 16 * index_before, "the index barely grew");
+    assert_eq!(store.len(), HOT as u64 * (last + 2));
+    let reader = store.reader();
+    for v in reader.get_many(&hot).expect("get_many") {
+        assert_eq!(v, Some(&generation_value(last)[..]));
+    }
 }

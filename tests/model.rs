@@ -1,15 +1,18 @@
 //! Guards the store's behaviour against a `HashMap` model: random sequences of put, delete,
-//! get, sync, clean reopen and simulated process crash must agree with the model at every step.
+//! batch, get, sync, clean reopen and simulated process crash must agree with the model at
+//! every step.
 
 use std::collections::HashMap;
 
-use mapkv::{OpenOptions, Store};
+use mapkv::{Batch, OpenOptions, Store};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u16),
     Delete(u8),
+    /// `Store::write` of these operations, applied to the model in order.
+    Batch(Vec<BatchOp>),
     Get(u8),
     Sync,
     Reopen,
@@ -17,21 +20,76 @@ enum Op {
     ReadOnlyCheck,
 }
 
+#[derive(Clone, Debug)]
+enum BatchOp {
+    Put(u8, u16),
+    Delete(u8),
+}
+
 impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Self {
         // Few distinct keys, so overwrites and deletes of existing keys are common.
         let key = u8::arbitrary(g) % 48;
-        match u8::arbitrary(g) % 20 {
+        match u8::arbitrary(g) % 23 {
             0..=8 => Op::Put(key, u16::arbitrary(g) % 3000),
             9..=11 => Op::Delete(key),
             12..=15 => Op::Get(key),
             16 => Op::Sync,
             17 => Op::Reopen,
             18 => Op::Crash,
-            _ => Op::ReadOnlyCheck,
+            19 => Op::ReadOnlyCheck,
+            _ => Op::Batch(arbitrary_batch(g)),
+        }
+    }
+
+    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+        match self {
+            Op::Batch(ops) => Box::new(ops.shrink().map(Op::Batch)),
+            _ => Box::new(std::iter::empty()),
         }
     }
 }
+
+/// A batch of 0 to 24 operations. Keys often repeat within the batch (a put after a put, a
+/// delete after a put, a put after a delete), and deletes often name absent keys.
+fn arbitrary_batch(g: &mut Gen) -> Vec<BatchOp> {
+    let n = usize::from(u8::arbitrary(g) % 25);
+    let mut ops: Vec<BatchOp> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key = match ops.last() {
+            // Again one of the keys this batch already touched.
+            Some(_) if u8::arbitrary(g) % 3 == 0 => {
+                let i = usize::arbitrary(g) % ops.len();
+                match ops[i] {
+                    BatchOp::Put(k, _) | BatchOp::Delete(k) => k,
+                }
+            }
+            // A key nothing ever puts, so deleting it deletes nothing.
+            _ if u8::arbitrary(g) % 8 == 0 => ABSENT[usize::from(u8::arbitrary(g)) % 4],
+            _ => u8::arbitrary(g) % 48,
+        };
+        ops.push(if u8::arbitrary(g) % 3 == 0 {
+            BatchOp::Delete(key)
+        } else {
+            BatchOp::Put(key, u16::arbitrary(g) % 3000)
+        });
+    }
+    ops
+}
+
+impl Arbitrary for BatchOp {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let key = u8::arbitrary(g) % 48;
+        if bool::arbitrary(g) {
+            BatchOp::Put(key, u16::arbitrary(g) % 3000)
+        } else {
+            BatchOp::Delete(key)
+        }
+    }
+}
+
+/// Key ids that only batches delete, never put (their keys differ from those of 0..48).
+const ABSENT: [u8; 4] = [201, 202, 203, 204];
 
 fn key(k: u8) -> Vec<u8> {
     // Keys of varying length, including the empty key.
@@ -47,7 +105,7 @@ fn check_all(store: &Store, model: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), Str
         return Err(format!("len {} but model has {}", store.len(), model.len()));
     }
     let reader = store.reader();
-    for k in 0..48u8 {
+    for k in (0..48u8).chain(ABSENT) {
         let got = reader.get(key(k)).map_err(|e| e.to_string())?;
         if got != model.get(&key(k)).map(Vec::as_slice) {
             return Err(format!("key {k}: got {got:?}"));
@@ -86,6 +144,25 @@ fn run(ops: Vec<Op>) -> TestResult {
                 if existed != model.remove(&key(*k)).is_some() {
                     return TestResult::error(format!("{}: delete said {existed}", step()));
                 }
+            }
+            Op::Batch(ops) => {
+                let mut batch = Batch::new();
+                for op in ops {
+                    match *op {
+                        BatchOp::Put(k, len) => {
+                            batch.put(key(k), value(k, len));
+                            model.insert(key(k), value(k, len));
+                        }
+                        BatchOp::Delete(k) => {
+                            batch.delete(key(k));
+                            model.remove(&key(k));
+                        }
+                    }
+                }
+                if batch.len() != ops.len() {
+                    return TestResult::error(format!("{}: batch.len() {}", step(), batch.len()));
+                }
+                s.write(batch).expect("write batch");
             }
             Op::Get(k) => {
                 let got = s.get(key(*k)).expect("get");
@@ -179,4 +256,66 @@ fn many_distinct_keys_survive_crash_and_reopen() {
     let store = Store::open(&path).expect("clean reopen");
     assert!(!store.recovery().index_rebuilt, "a clean close must not need a rebuild");
     assert_eq!(store.len(), live);
+}
+
+#[test]
+fn many_distinct_keys_in_batches_survive_crash_and_reopen() {
+    // Batches of very different sizes (one larger than the whole first index) over 20,000
+    // keys: the index grows before batches several times, and the log grows too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let store = Store::open(&path).expect("create");
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let (mut i, mut size) = (0u32, 5000u32);
+    while i < 20_000 {
+        let mut batch = Batch::new();
+        for j in i..(i + size).min(20_000) {
+            let (k, v) = (j.to_le_bytes(), j.to_be_bytes().repeat(1 + j as usize % 7));
+            batch.put(k, &v);
+            model.insert(k.to_vec(), v);
+        }
+        store.write(batch).expect("write batch");
+        assert_eq!(store.len(), model.len() as u64, "after the batch at {i}");
+        i += size;
+        size = size % 487 + 1;
+    }
+    // Deletes in batches: every third key, with deletes of absent keys, and keys put and
+    // deleted (or deleted and put again) within the same batch.
+    for chunk in (0..20_000u32).step_by(3).collect::<Vec<_>>().chunks(300) {
+        let mut batch = Batch::new();
+        for &j in chunk {
+            batch.delete(j.to_le_bytes()).delete((j + 1_000_000).to_le_bytes());
+            model.remove(&j.to_le_bytes()[..]);
+            let fresh = (j + 2_000_000).to_le_bytes();
+            batch.put(fresh, b"brief").delete(fresh);
+            if j % 2 == 0 {
+                batch
+                    .put(j.to_le_bytes(), b"gone")
+                    .delete(j.to_le_bytes())
+                    .put(j.to_le_bytes(), b"back");
+                model.insert(j.to_le_bytes().to_vec(), b"back".to_vec());
+            }
+        }
+        store.write(batch).expect("write batch");
+    }
+    let check = |store: &Store, when: &str| {
+        assert_eq!(store.len(), model.len() as u64, "{when}");
+        let reader = store.reader();
+        for j in (0..20_000u32).chain(1_000_000..1_000_010).chain(2_000_000..2_020_000) {
+            let got = reader.get(j.to_le_bytes()).expect("get");
+            assert_eq!(got, model.get(&j.to_le_bytes()[..]).map(Vec::as_slice), "{when}: key {j}");
+        }
+    };
+    check(&store, "before the crash");
+    let index_len = std::fs::metadata(path.join("index.mkv")).expect("index").len();
+    assert!(index_len > 4096 + 16 * 16_384, "the index never grew: {index_len} bytes");
+    store.simulate_crash();
+    let store = Store::open(&path).expect("recover");
+    assert!(store.recovery().index_rebuilt);
+    assert_eq!(store.recovery().cut, None);
+    check(&store, "after the crash");
+    store.close().expect("close");
+    let store = Store::open(&path).expect("clean reopen");
+    assert!(!store.recovery().index_rebuilt, "a clean close must not need a rebuild");
+    check(&store, "after a clean reopen");
 }

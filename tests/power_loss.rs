@@ -1,9 +1,10 @@
 //! Guards the power-loss promise with a crash simulator: at every flush, every step of
-//! growth, index growth, the middle of appends and recovery itself, it builds the disk
-//! images a power cut could leave (each page written since its last flush old or new, each
-//! unsynced size old or new, each unsynced name old or new) and checks that each one opens,
-//! holds every synced write, equals the model after some prefix of the history, verifies,
-//! recovers twice to the same state, and keeps writes made after recovery.
+//! growth, index growth, the middle of appends (including the middle of batches) and
+//! recovery itself, it builds the disk images a power cut could leave (each page written
+//! since its last flush old or new, each unsynced size old or new, each unsynced name old or
+//! new), compactions included, and checks that each one opens, holds every synced write, equals the model after
+//! some prefix of the history (a batch is one step of it: never a state inside a batch),
+//! verifies, recovers twice to the same state, and keeps writes made after recovery.
 //!
 //! Scale it with `MAPKV_SIM_SEEDS` (workloads, default 2), `MAPKV_SIM_OPS` (operations per
 //! workload, default 120), `MAPKV_SIM_SAMPLES` (random images per crash point beyond the
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mapkv::testing::{Observer, Op};
-use mapkv::{OpenOptions, Store};
+use mapkv::{Batch, CorruptKind, OpenOptions, Store};
 
 const PAGE: usize = 4096;
 /// Keys the workload writes, past the prefilled ones.
@@ -27,6 +28,8 @@ type State = BTreeMap<Vec<u8>, Vec<u8>>;
 enum Write {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    /// One `Store::write` of these puts and deletes: a single step of the history.
+    Batch(Vec<Write>),
 }
 
 fn apply(state: &mut State, w: &Write) {
@@ -36,6 +39,11 @@ fn apply(state: &mut State, w: &Write) {
         }
         Write::Delete(k) => {
             state.remove(k);
+        }
+        Write::Batch(ws) => {
+            for w in ws {
+                apply(state, w);
+            }
         }
     }
 }
@@ -55,7 +63,7 @@ struct History {
 
 impl History {
     /// Every state a power cut now may legally leave: after `synced` writes or any later
-    /// prefix, up to all of them.
+    /// prefix, up to all of them. A batch is one write: the states inside it are not here.
     fn allowed(&self) -> Vec<State> {
         let mut s = self.synced_state.clone();
         let mut out = vec![s.clone()];
@@ -89,9 +97,12 @@ struct Sim {
     samples: usize,
     /// Enumerate every combination up to this many independent choices.
     exhaustive: usize,
-    /// Check one crash point in this many appends.
+    /// Check one crash point in this many appends outside batches.
     append_stride: u64,
     appends: Mutex<u64>,
+    /// Inside a batch: the crash point is before the batch's append number this counts
+    /// down to (one crash point per batch, at a random record or its commit).
+    batch_point: Mutex<Option<u64>>,
     checked: Mutex<Stats>,
     /// Keys `0..universe` are read back from every image.
     universe: u64,
@@ -104,6 +115,15 @@ struct Stats {
     exhaustive_points: u64,
     /// Size of the index file at the end.
     index_len: u64,
+    /// Data file growths and index growths that happened inside `Store::write`.
+    log_growths_in_batch: u64,
+    index_growths_in_batch: u64,
+    /// Images whose recovery cut an unfinished batch (`CorruptKind::UnfinishedBatch`).
+    unfinished_batch_cuts: u64,
+    /// Crash points at the operations of a compaction on its new files (`*.compact*`),
+    /// and compactions that reached their swap (the rename onto `data.mkv`).
+    compaction_points: u64,
+    compaction_swaps: u64,
 }
 
 fn name_of(path: &Path) -> String {
@@ -131,6 +151,11 @@ enum Choice {
 impl Sim {
     fn in_store(&self, path: &Path) -> bool {
         path.parent() == Some(self.dir.as_path())
+    }
+
+    fn batch_in_flight(&self) -> bool {
+        let h = self.history.lock().expect("history");
+        h.in_flight && matches!(h.writes.last(), Some(Write::Batch(_)))
     }
 
     fn live_bytes(&self, disk: &Disk, file: usize) -> Vec<u8> {
@@ -227,8 +252,10 @@ impl Sim {
                 write_sparse(&store_dir.join(name), &bytes);
             }
             let what = format!("{label}, image {n} of {} ({} choices)", picks.len(), choices.len());
-            check_image(&store_dir, &allowed, self.universe, n % 4 == 0, &what);
-            self.checked.lock().expect("stats").images += 1;
+            let cut_batch = check_image(&store_dir, &allowed, self.universe, n % 4 == 0, &what);
+            let mut stats = self.checked.lock().expect("stats");
+            stats.images += 1;
+            stats.unfinished_batch_cuts += u64::from(cut_batch);
         }
     }
 
@@ -290,12 +317,14 @@ fn contents(store: &Store, universe: u64) -> State {
         .collect()
 }
 
-fn check_image(dir: &Path, allowed: &[State], universe: u64, deep: bool, what: &str) {
+/// Checks one crash image; returns whether its recovery cut an unfinished batch.
+fn check_image(dir: &Path, allowed: &[State], universe: u64, deep: bool, what: &str) -> bool {
     let contents = |s: &Store| contents(s, universe);
     let store = match OpenOptions::new().verify_checksums(true).open(dir) {
         Ok(s) => s,
         Err(e) => panic!("{what}: open failed: {e}"),
     };
+    let cut_batch = matches!(store.recovery().cut, Some((_, CorruptKind::UnfinishedBatch { .. })));
     let state = contents(&store);
     assert!(
         allowed.contains(&state),
@@ -308,7 +337,7 @@ fn check_image(dir: &Path, allowed: &[State], universe: u64, deep: bool, what: &
     let report = store.verify().expect("verify runs");
     assert!(report.is_ok(), "{what}: verify found {:?}", report.problems);
     if !deep {
-        return;
+        return cut_batch;
     }
     // Recovering again (after a crash right after recovery) gives the same state.
     store.simulate_crash();
@@ -325,6 +354,7 @@ fn check_image(dir: &Path, allowed: &[State], universe: u64, deep: bool, what: &
         "{what}: a write made after recovery was lost"
     );
     assert_eq!(contents(&third), state, "{what}: state changed after a later write");
+    cut_batch
 }
 
 struct Probe(Arc<Sim>);
@@ -336,7 +366,32 @@ impl Observer for Probe {
         }
         let sim = &self.0;
         let label = format!("before {op:?}");
+        let compacting = match op {
+            Op::Rename { from, to } => {
+                let swap = name_of(from) == "data.mkv.compact" && name_of(to) == "data.mkv";
+                sim.checked.lock().expect("stats").compaction_swaps += u64::from(swap);
+                name_of(from).contains(".compact")
+            }
+            Op::Flush { path, .. }
+            | Op::SyncFile { path }
+            | Op::Extend { path, .. }
+            | Op::Create { path } => name_of(path).contains(".compact"),
+            _ => false,
+        };
+        sim.checked.lock().expect("stats").compaction_points += u64::from(compacting);
         match op {
+            Op::Append { .. } if sim.batch_point.lock().expect("batch point").is_some() => {
+                let mut point = sim.batch_point.lock().expect("batch point");
+                let left = point.as_mut().expect("checked");
+                // 0: this batch's crash point is behind us.
+                if *left > 0 {
+                    *left -= 1;
+                    if *left == 0 {
+                        drop(point);
+                        sim.crash_point(&format!("{label} in a batch"));
+                    }
+                }
+            }
             Op::Append { .. } => {
                 let mut n = sim.appends.lock().expect("appends");
                 *n += 1;
@@ -353,6 +408,19 @@ impl Observer for Probe {
             | Op::Zero { path, .. }
                 if sim.in_store(path) =>
             {
+                let (extend, create) =
+                    (matches!(op, Op::Extend { .. }), matches!(op, Op::Create { .. }));
+                let name = name_of(path);
+                if (extend && name == "data.mkv" || create && name == "index.mkv.tmp")
+                    && sim.batch_in_flight()
+                {
+                    let mut stats = sim.checked.lock().expect("stats");
+                    if extend {
+                        stats.log_growths_in_batch += 1;
+                    } else {
+                        stats.index_growths_in_batch += 1;
+                    }
+                }
                 sim.crash_point(&label)
             }
             Op::SyncDir { path } if path == sim.dir => sim.crash_point(&label),
@@ -415,10 +483,62 @@ fn key(i: u64) -> Vec<u8> {
     format!("key-{i:02}").into_bytes()
 }
 
-/// Runs one seeded workload of puts, deletes, syncs, clean reopens and process crashes,
-/// checking crash images throughout, on a store first filled (unobserved, cleanly closed)
-/// with `prefill` keys. Returns what was checked.
-fn run_workload(seed: u64, ops: usize, prefill: u64) -> Stats {
+/// A value for write `n` (and `j` within a batch): a pattern, or with `zeros` a short
+/// pattern and then zeros (cheap to image: zero pages are holes).
+fn value(len: u64, n: usize, j: usize, zeros: bool) -> Vec<u8> {
+    let tag = (n as u8) ^ (j as u8).wrapping_mul(37);
+    let patterned = if zeros { len.min(64) } else { len };
+    (0..len).map(|i| if i < patterned { (i as u8) ^ tag } else { 0 }).collect()
+}
+
+/// A batch of 1 to 40 puts and deletes of the workload's keys (repeats and deletes of
+/// absent keys included); one in four carries a few large values.
+fn random_batch(rng: &mut u64, n: usize, prefill: u64) -> Vec<Write> {
+    let size = 1 + next(rng) % 40;
+    let large = next(rng).is_multiple_of(4);
+    (0..size as usize)
+        .map(|j| {
+            let k = key(prefill + next(rng) % KEYS);
+            if next(rng) % 10 < 3 {
+                return Write::Delete(k);
+            }
+            let len = if large && next(rng).is_multiple_of(8) {
+                20_000 + next(rng) % 40_000
+            } else {
+                next(rng) % 600
+            };
+            Write::Put(k, value(len, n, j, false))
+        })
+        .collect()
+}
+
+/// A batch of 20 to 40 puts that cannot fit in the data file as it is (one value, mostly
+/// zeros, as long as the file): the file grows before the batch's first record, and with
+/// enough new keys so does the index.
+fn growth_batch(rng: &mut u64, n: usize, prefill: u64, dir: &Path) -> Vec<Write> {
+    let file_len = std::fs::metadata(dir.join("data.mkv")).expect("stat data file").len();
+    let size = 20 + next(rng) % 21;
+    (0..size as usize)
+        .map(|j| {
+            let k = key(prefill + next(rng) % KEYS);
+            let len = if j == 3 { file_len } else { next(rng) % 600 };
+            Write::Put(k, value(len, n, j, true))
+        })
+        .collect()
+}
+
+/// Runs one seeded workload of puts, deletes, batches, syncs, clean reopens and process
+/// crashes, checking crash images throughout, on a store first filled (unobserved, cleanly
+/// closed) with `prefill` keys; with `batches` some writes are batches, and operation
+/// `growth_at` is a batch that makes the data file grow (and the index, if the prefill left
+/// it nearly full). Returns what was checked.
+fn run_workload(
+    seed: u64,
+    ops: usize,
+    prefill: u64,
+    batches: bool,
+    growth_at: Option<usize>,
+) -> Stats {
     let samples = env("MAPKV_SIM_SAMPLES");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("db");
@@ -431,6 +551,7 @@ fn run_workload(seed: u64, ops: usize, prefill: u64) -> Stats {
         exhaustive: env("MAPKV_SIM_EXHAUSTIVE").unwrap_or(8),
         append_stride: 9,
         appends: Mutex::new(0),
+        batch_point: Mutex::new(None),
         checked: Mutex::default(),
         universe: prefill + KEYS,
     });
@@ -466,12 +587,15 @@ fn run_workload(seed: u64, ops: usize, prefill: u64) -> Stats {
         let r = next(&mut rng) % 100;
         let k = key(prefill + next(&mut rng) % KEYS);
         let write = match r {
+            _ if Some(n) == growth_at => {
+                Some(Write::Batch(growth_batch(&mut rng, n, prefill, &dir)))
+            }
+            52..=54 if batches => Some(Write::Batch(random_batch(&mut rng, n, prefill))),
             0..=54 => {
-                // Mostly small values, some large ones so that the log grows past 1 MiB.
+                // Mostly small values, some large ones.
                 let len =
                     if r < 6 { 20_000 + next(&mut rng) % 40_000 } else { next(&mut rng) % 600 };
-                let v: Vec<u8> = (0..len).map(|i| (i as u8) ^ (n as u8)).collect();
-                Some(Write::Put(k, v))
+                Some(Write::Put(k, value(len, n, 0, false)))
             }
             55..=74 => Some(Write::Delete(k)),
             _ => None,
@@ -487,6 +611,22 @@ fn run_workload(seed: u64, ops: usize, prefill: u64) -> Stats {
                 Write::Delete(k) => {
                     store.delete(k).expect("delete");
                 }
+                Write::Batch(ws) => {
+                    // Its records, then the commit (if any op writes a record).
+                    let appends = ws.len() as u64 + 1;
+                    *sim.batch_point.lock().expect("batch point") =
+                        Some(1 + next(&mut rng) % appends);
+                    let mut batch = Batch::new();
+                    for w in ws {
+                        match w {
+                            Write::Put(k, v) => batch.put(k, v),
+                            Write::Delete(k) => batch.delete(k),
+                            Write::Batch(_) => unreachable!("batches do not nest"),
+                        };
+                    }
+                    store.write(batch).expect("write batch");
+                    *sim.batch_point.lock().expect("batch point") = None;
+                }
             }
             sim.history.lock().expect("history").in_flight = false;
             continue;
@@ -501,8 +641,13 @@ fn run_workload(seed: u64, ops: usize, prefill: u64) -> Stats {
             h.synced_state = s;
         };
         match r {
-            75..=90 => {
+            75..=88 => {
                 store.sync().expect("sync");
+                mark_synced(&sim);
+            }
+            89..=90 => {
+                // Compaction: the same contents in new files, made durable like a sync.
+                store.compact().expect("compact");
                 mark_synced(&sim);
             }
             91..=95 => {
@@ -532,23 +677,39 @@ fn power_loss_at_every_crash_point_keeps_a_synced_prefix() {
     let ops = env("MAPKV_SIM_OPS").unwrap_or(120);
     let mut total = Stats::default();
     for seed in 1..=seeds {
-        let s = run_workload(seed, ops, 0);
+        let s = run_workload(seed, ops, 0, true, None);
         eprintln!("seed {seed}: {s:?}");
         total.points += s.points;
         total.images += s.images;
         total.exhaustive_points += s.exhaustive_points;
+        total.unfinished_batch_cuts += s.unfinished_batch_cuts;
+        total.compaction_points += s.compaction_points;
+        total.compaction_swaps += s.compaction_swaps;
     }
     eprintln!("total: {total:?}");
     assert!(total.points > 50 && total.images > total.points, "the simulator checked little");
+    assert!(total.unfinished_batch_cuts > 0, "no crash image held part of a batch");
+    assert!(
+        total.compaction_swaps > 0 && total.compaction_points > 10,
+        "no crash inside a compaction"
+    );
 }
 
 #[test]
 fn power_loss_during_index_growth_keeps_a_synced_prefix() {
     // 700 keys fill a fresh 1024-slot index to its limit (704): the workload's new keys
-    // make it grow, with crash points at the new file's creation, sizing and rename.
+    // make it grow, with crash points at the new file's creation, sizing and rename. In
+    // the first workload a put makes it grow (it writes no batches); in the second the
+    // first write is a batch, which grows the index and the data file before its records.
     let ops = env("MAPKV_SIM_OPS").unwrap_or(120) / 2;
-    let s = run_workload(99, ops, 700);
-    eprintln!("index growth: {s:?}");
+    let s = run_workload(99, ops, 700, false, None);
+    eprintln!("index growth in a put: {s:?}");
     assert!(s.points > 10 && s.images > s.points, "the simulator checked little");
     assert!(s.index_len > 4096 + 16 * 1024, "the index never grew past 1024 slots");
+    assert_eq!(s.index_growths_in_batch, 0, "the index grew in a batch, not in a put");
+    let s = run_workload(98, ops / 4, 700, true, Some(0));
+    eprintln!("index growth in a batch: {s:?}");
+    assert!(s.points > 10 && s.images > s.points, "the simulator checked little");
+    assert!(s.index_growths_in_batch > 0, "the batch did not make the index grow");
+    assert!(s.log_growths_in_batch > 0, "the batch did not make the data file grow");
 }

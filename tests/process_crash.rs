@@ -1,22 +1,26 @@
 //! Guards the cross-process promises: a second writer process is refused with `Locked` at
 //! once (no wait, nothing changed), a lock left by a killed process does not block, and
-//! `kill -9` at any moment loses nothing that `put` or `delete` had returned.
+//! `kill -9` at any moment loses nothing that `put`, `delete` or `write` (a batch) had
+//! returned, and leaves every batch whole or absent.
 //!
 //! Each test re-executes this test binary (`current_exe() --exact <test> --nocapture`) with
 //! `MAPKV_CHILD=<role>` set; the test function sees that variable first thing, plays the
 //! role and exits the process. Children report through their exit code and through stdout
 //! lines that carry the `@mapkv ` marker (libtest's own output is ignored).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use mapkv::{Error, OpenOptions, Store};
+use mapkv::testing::{Observer, Op as OsOp};
+use mapkv::{Batch, CorruptKind, Error, OpenOptions, Store};
 
 // ---- child dispatch ----------------------------------------------------------------------
 
@@ -26,6 +30,9 @@ const ROLE_ENV: &str = "MAPKV_CHILD";
 const DIR_ENV: &str = "MAPKV_CHILD_DIR";
 /// The seed of a writer child's operation sequence.
 const SEED_ENV: &str = "MAPKV_CHILD_SEED";
+/// `<op> <n>`: the writer stops inside batch operation `op`, before its record `n` (1-based;
+/// one past its records is the commit) is published, reports `M` and waits to be killed.
+const STALL_ENV: &str = "MAPKV_CHILD_STALL";
 /// Prefix of every line a child reports on; anything else on stdout is libtest's.
 const MARK: &str = "@mapkv ";
 
@@ -51,7 +58,11 @@ fn dispatch_child_role() {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .expect("writer child without a numeric MAPKV_CHILD_SEED");
-            child_writer(&dir, seed)
+            let stall = std::env::var(STALL_ENV).ok().map(|s| {
+                let mut f = s.split(' ').map(|x| x.parse::<u64>().expect("numeric stall"));
+                (f.next().expect("stall op"), f.next().expect("stall record"))
+            });
+            child_writer(&dir, seed, stall)
         }
         other => {
             report(&format!("E unknown role {other}"));
@@ -72,6 +83,17 @@ fn report(line: &str) {
 
 /// Spawns this test binary running only `test`, in `role`, on `dir`.
 fn spawn_child(test: &str, role: &str, dir: &Path, seed: Option<u64>) -> KillOnDrop {
+    spawn_child_with(test, role, dir, seed, None)
+}
+
+/// As `spawn_child`, with a writer told to stall inside a batch (`STALL_ENV`).
+fn spawn_child_with(
+    test: &str,
+    role: &str,
+    dir: &Path,
+    seed: Option<u64>,
+    stall: Option<(u64, u64)>,
+) -> KillOnDrop {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -82,6 +104,9 @@ fn spawn_child(test: &str, role: &str, dir: &Path, seed: Option<u64>) -> KillOnD
         .stderr(Stdio::piped());
     if let Some(seed) = seed {
         cmd.env(SEED_ENV, seed.to_string());
+    }
+    if let Some((op, record)) = stall {
+        cmd.env(STALL_ENV, format!("{op} {record}"));
     }
     KillOnDrop(Some(cmd.spawn().expect("spawn child test process")))
 }
@@ -374,7 +399,10 @@ fn lock_left_by_a_killed_process_does_not_block() {
 
 const CRASH_TEST: &str = "kill_9_at_any_moment_loses_nothing_put_or_delete_returned";
 /// Rounds of spawn, write, kill, check, all on one directory.
-const ROUNDS: u64 = 16;
+const ROUNDS: u64 = 20;
+/// Every round `STALL_EVERY - 1`, `2 * STALL_EVERY - 1`, ... kills the writer inside a
+/// batch (stalled there by a test seam) rather than after a random delay.
+const STALL_EVERY: u64 = 5;
 /// Keys a writer chooses from (ids; see `key_bytes`).
 /// More than the 704 keys a fresh index holds, so rounds cross index growth too.
 const KEYS: u32 = 1500;
@@ -427,6 +455,46 @@ fn value_bytes(key: &[u8], vseed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// What a value of a batch starts with, before its generation (the batch's seed).
+const GEN_TAG: &[u8; 8] = b"mapkvgen";
+
+/// The value a batch with generation `generation` puts for `key`: the tag, the generation,
+/// then bytes as for a put.
+fn batch_value(key: &[u8], generation: u64, len: usize) -> Vec<u8> {
+    let mut v = GEN_TAG.to_vec();
+    v.extend_from_slice(&generation.to_le_bytes());
+    v.extend(value_bytes(key, generation, len));
+    v
+}
+
+/// The generation a batch wrote into `value`, if a batch wrote it.
+fn generation_of(value: &[u8]) -> Option<u64> {
+    let tagged = value.len() >= 16 && value[..8] == GEN_TAG[..];
+    tagged.then(|| u64::from_le_bytes(value[8..16].try_into().expect("8 bytes")))
+}
+
+/// The operations of the batch with generation (and seed) `generation`, in order: key id
+/// and, for a put, the length of the value after the tag; `None` for a delete. 20 to 200
+/// operations, the first a put; keys repeat now and then, and some deletes name absent keys.
+fn batch_ops(generation: u64) -> Vec<(u32, Option<usize>)> {
+    let mut r = Rng(generation);
+    let n = 20 + r.below(181);
+    (0..n)
+        .map(|i| {
+            let key = r.below(u64::from(KEYS)) as u32;
+            if i > 0 && r.below(10) == 0 {
+                return (key, None);
+            }
+            let len = match r.below(100) {
+                0..80 => r.below(512) as usize,
+                80..98 => 512 + r.below(1536) as usize,
+                _ => 2048 + r.below(6144) as usize,
+            };
+            (key, Some(len))
+        })
+        .collect()
+}
+
 fn hex(b: &[u8]) -> String {
     if b.is_empty() {
         return "-".into();
@@ -434,10 +502,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A writer's operation; `Batch` is `Store::write` of `batch_ops(generation)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Put { key: u32, vseed: u64, len: usize },
     Delete { key: u32 },
+    Batch { generation: u64 },
     Sync,
 }
 
@@ -453,7 +523,8 @@ impl Ops {
         let r = &mut self.0;
         match r.below(1000) {
             0..4 => Op::Sync,
-            4..204 => Op::Delete { key: r.below(u64::from(KEYS)) as u32 },
+            4..9 => Op::Batch { generation: r.next_u64() },
+            9..209 => Op::Delete { key: r.below(u64::from(KEYS)) as u32 },
             _ => {
                 // A hot set of keys is overwritten often; the rest now and then.
                 let key = if r.below(2) == 0 {
@@ -479,15 +550,44 @@ fn ack_line(i: u64, op: Op, existed: bool) -> String {
     match op {
         Op::Put { key, vseed, len } => format!("{i} P {} {vseed} {len}", hex(&key_bytes(key))),
         Op::Delete { key } => format!("{i} D {} {}", hex(&key_bytes(key)), u8::from(existed)),
+        Op::Batch { generation } => format!("{i} B {generation}"),
         Op::Sync => format!("{i} S"),
     }
 }
 
+/// The writer's seam when told to stall: counts down the appends of the armed batch and,
+/// before the chosen one is published, reports `M` and waits to be killed.
+struct Stall {
+    /// Appends left until the stall; 0 when not armed.
+    left: AtomicU64,
+}
+
+impl Observer for Stall {
+    fn before(&self, op: OsOp<'_>) -> std::io::Result<()> {
+        if matches!(op, OsOp::Append { .. }) {
+            let left = self.left.load(Ordering::Relaxed);
+            if left == 1 {
+                report("M");
+                thread::sleep(CHILD_IDLE);
+                std::process::exit(1); // never killed: the parent is gone
+            }
+            self.left.store(left.saturating_sub(1), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// Child role `writer`: opens the store, reports what open found, then performs the seed's
-/// operations, acknowledging each one after it returned.
-fn child_writer(dir: &Path, seed: u64) -> i32 {
+/// operations, acknowledging each one after it returned. With `stall = (op, record)`,
+/// stalls inside batch operation `op` before publishing its record number `record`.
+fn child_writer(dir: &Path, seed: u64, stall: Option<(u64, u64)>) -> i32 {
     let t = Instant::now();
-    let store = match Store::open(dir) {
+    let seam = Arc::new(Stall { left: AtomicU64::new(0) });
+    let opened = match stall {
+        Some(_) => OpenOptions::new().observer(seam.clone()).open(dir),
+        None => Store::open(dir),
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(e) => {
             report(&format!("E open: {e}"));
@@ -509,6 +609,22 @@ fn child_writer(dir: &Path, seed: u64) -> i32 {
                 store.put(&k, value_bytes(&k, vseed, len)).map(|()| false)
             }
             Op::Delete { key } => store.delete(key_bytes(key)),
+            Op::Batch { generation } => {
+                let mut batch = Batch::new();
+                for (key, put) in batch_ops(generation) {
+                    let k = key_bytes(key);
+                    match put {
+                        Some(len) => batch.put(&k, batch_value(&k, generation, len)),
+                        None => batch.delete(&k),
+                    };
+                }
+                if let Some((op, record)) = stall
+                    && op == i
+                {
+                    seam.left.store(record, Ordering::Relaxed);
+                }
+                store.write(batch).map(|()| false)
+            }
             Op::Sync => store.sync().map(|()| false),
         };
         match existed {
@@ -525,26 +641,68 @@ fn child_writer(dir: &Path, seed: u64) -> i32 {
     1
 }
 
-/// What the parent knows must be in the store: key id -> (value seed, length).
-type Model = HashMap<u32, (u64, usize)>;
+/// A value the parent knows a key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Val {
+    /// Written by a put: `value_bytes(key, vseed, len)`.
+    Put { vseed: u64, len: usize },
+    /// Written by a batch: `batch_value(key, generation, len)`.
+    Batch { generation: u64, len: usize },
+}
+
+impl Val {
+    fn bytes(self, key: u32) -> Vec<u8> {
+        match self {
+            Val::Put { vseed, len } => value_bytes(&key_bytes(key), vseed, len),
+            Val::Batch { generation, len } => batch_value(&key_bytes(key), generation, len),
+        }
+    }
+}
+
+/// What the parent knows must be in the store: key id -> value.
+type Model = HashMap<u32, Val>;
 
 fn apply(model: &mut Model, op: Op) {
     match op {
         Op::Put { key, vseed, len } => {
-            model.insert(key, (vseed, len));
+            model.insert(key, Val::Put { vseed, len });
         }
         Op::Delete { key } => {
             model.remove(&key);
         }
+        Op::Batch { generation } => {
+            for (key, put) in batch_ops(generation) {
+                match put {
+                    Some(len) => model.insert(key, Val::Batch { generation, len }),
+                    None => model.remove(&key),
+                };
+            }
+        }
         Op::Sync => {}
     }
+}
+
+/// The number of records the batch writes onto `model` (a delete of an absent key writes
+/// none).
+fn batch_records(model: &Model, generation: u64) -> u64 {
+    let mut live: BTreeSet<u32> = model.keys().copied().collect();
+    let mut records = 0;
+    for (key, put) in batch_ops(generation) {
+        records += u64::from(put.is_some() || live.contains(&key));
+        if put.is_some() {
+            live.insert(key);
+        } else {
+            live.remove(&key);
+        }
+    }
+    records
 }
 
 /// Whether `got` is what `model` says `key` holds.
 fn holds(model: &Model, key: u32, got: Option<&[u8]>) -> bool {
     match (model.get(&key), got) {
         (None, None) => true,
-        (Some(&(vseed, len)), Some(got)) => got == value_bytes(&key_bytes(key), vseed, len),
+        (Some(val), Some(got)) => got == val.bytes(key),
         _ => false,
     }
 }
@@ -577,14 +735,34 @@ enum Left {
     Unknown,
 }
 
-/// Checks every key of the key space against `model`, and the live count.
+/// Checks that every batch is whole or absent (the keys carrying each batch's generation
+/// are exactly those the model says still hold its values), then every key of the key
+/// space against `model`, and the live count.
 fn check_all(store: &Store, model: &Model, ctx: &str) {
+    let values: Vec<_> = (0..KEYS).map(|key| store.get(key_bytes(key)).expect("get")).collect();
+    let mut found: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let mut wanted: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for key in 0..KEYS {
-        let got = store.get(key_bytes(key)).expect("get");
+        if let Some(generation) = values[key as usize].as_deref().and_then(generation_of) {
+            found.entry(generation).or_default().push(key);
+        }
+        if let Some(Val::Batch { generation, .. }) = model.get(&key) {
+            wanted.entry(*generation).or_default().push(key);
+        }
+    }
+    for generation in found.keys().chain(wanted.keys()) {
+        let (found, wanted) = (found.get(generation), wanted.get(generation));
+        assert!(
+            found == wanted,
+            "batch {generation} is only partly there: keys {found:?} carry its generation, \
+             the acknowledged operations leave it on keys {wanted:?}; {ctx}"
+        );
+    }
+    for key in 0..KEYS {
+        let got = &values[key as usize];
         assert!(
             holds(model, key, got.as_deref()),
-            "key {key} ({}) reads {} but the acknowledged operations left it {:?} \
-             (value seed, len); {ctx}",
+            "key {key} ({}) reads {} but the acknowledged operations left it {:?}; {ctx}",
             hex(&key_bytes(key)),
             describe(got.as_deref()),
             model.get(&key)
@@ -616,15 +794,46 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
         // Odd rounds check through a read-only handle, which leaves the store dirty: the
         // next writer recovers it (and may be killed while doing so).
         let check_read_only = round % 2 == 1;
+        // Some rounds kill the writer inside a batch for certain: the first batch from a
+        // random operation on, before a random one of its records (or its commit) is
+        // published. (Other rounds kill inside a batch only when the delay lands there.)
+        let stall = (round % STALL_EVERY == STALL_EVERY - 1).then(|| {
+            let from = plan.below(1500);
+            let mut ops = Ops::new(seed);
+            let (op, generation) = (0..MAX_OPS)
+                .find_map(|i| match ops.next_op() {
+                    Op::Batch { generation } if i >= from => Some((i, generation)),
+                    _ => None,
+                })
+                .expect("the seed gives a batch");
+            let puts = batch_ops(generation).iter().filter(|(_, put)| put.is_some()).count();
+            (op, 1 + plan.below(puts as u64 + 1))
+        });
         let ctx = format!(
-            "base seed {base} (MAPKV_CRASH_SEED), round {round}, seed {seed}, delay {delay:?}"
+            "base seed {base} (MAPKV_CRASH_SEED), round {round}, seed {seed}, {}",
+            match stall {
+                Some((op, record)) => format!("stalled in op {op} before record {record}"),
+                None => format!("delay {delay:?}"),
+            }
         );
 
-        let mut child = spawn_child(CRASH_TEST, "writer", &dir, Some(seed));
+        let mut child = spawn_child_with(CRASH_TEST, "writer", &dir, Some(seed), stall);
         let lines_rx = read_marked_lines(child.child());
         let stderr = read_stderr(child.child());
         let mut lines = Vec::new();
-        if after_first_put {
+        if stall.is_some() {
+            loop {
+                match lines_rx.recv_timeout(HANG_GUARD) {
+                    Ok(l) if l == "M" => break,
+                    Ok(l) => {
+                        let end = l == "done" || l.starts_with('E');
+                        lines.push(l);
+                        assert!(!end, "the writer never stalled: {:?}; {ctx}", lines.last());
+                    }
+                    Err(e) => panic!("the writer never stalled ({e:?}); {ctx}"),
+                }
+            }
+        } else if after_first_put {
             loop {
                 match lines_rx.recv_timeout(HANG_GUARD) {
                     Ok(l) => {
@@ -640,7 +849,9 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
                 }
             }
         }
-        thread::sleep(delay);
+        if stall.is_none() {
+            thread::sleep(delay);
+        }
         let status = child.kill_and_wait();
         lines.extend(lines_rx.iter());
         let stderr = stderr.join().unwrap_or_default();
@@ -696,7 +907,7 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
                  delete, the last field is what delete returned vs. whether the key was \
                  live); {ctx}"
             );
-            wrote |= matches!(op, Op::Put { .. }) || existed;
+            wrote |= matches!(op, Op::Put { .. } | Op::Batch { .. }) || existed;
             apply(&mut model, op);
             acked += 1;
         }
@@ -707,7 +918,7 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
         left = match left {
             _ if wrote => Left::Dirty,
             Left::Dirty => Left::Dirty,
-            _ if matches!(in_flight, Some(Op::Put { .. } | Op::Delete { .. })) => Left::Unknown,
+            _ if in_flight.is_some_and(|op| op != Op::Sync) => Left::Unknown,
             Left::Clean => Left::Clean,
             Left::New | Left::Unknown => Left::Unknown,
         };
@@ -749,12 +960,74 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
                 took_effect = Some(false);
             }
         }
+        if let Some(op @ Op::Batch { generation }) = in_flight {
+            // All of it or none of it: every key it touches as before, or every one as after.
+            let mut after = model.clone();
+            apply(&mut after, op);
+            let keys: BTreeSet<u32> = batch_ops(generation).iter().map(|&(key, _)| key).collect();
+            let (mut as_before, mut as_after, mut tagged) = (Vec::new(), Vec::new(), 0);
+            for &key in &keys {
+                let got = store.get(key_bytes(key)).expect("get in-flight batch key");
+                let got = got.as_deref();
+                tagged += usize::from(got.and_then(generation_of) == Some(generation));
+                match (holds(&model, key, got), holds(&after, key, got)) {
+                    (true, false) => as_before.push(key),
+                    (false, true) => as_after.push(key),
+                    (true, true) => {} // the batch leaves this key as it was
+                    (false, false) => panic!(
+                        "key {key} of the in-flight batch reads {}: neither as before nor as \
+                         after it; {ctx}",
+                        describe(got)
+                    ),
+                }
+            }
+            let should = keys.iter().filter(|k| {
+                after.get(k).is_some_and(
+                    |v| matches!(v, Val::Batch { generation: g, .. } if *g == generation),
+                )
+            });
+            let should = should.count();
+            assert!(
+                as_before.is_empty() || as_after.is_empty(),
+                "the in-flight batch was applied in part: {tagged} of its {should} keys carry \
+                 its generation; keys as after it {as_after:?}, as before it {as_before:?}; \
+                 {ctx}"
+            );
+            assert!(tagged == 0 || tagged == should, "{tagged} of {should} tagged; {ctx}");
+            took_effect = Some(!as_after.is_empty());
+            if let Some((op, record)) = stall {
+                assert_eq!(acked, op, "the writer stalled in another operation; {ctx}");
+                // The stall says exactly what the page cache held: records before `record`
+                // published and `record` itself copied, or the whole batch with its commit.
+                let records = batch_records(&model, generation);
+                let cut = match report.cut {
+                    Some((_, CorruptKind::UnfinishedBatch { records })) => Some(records),
+                    _ => None,
+                };
+                if record <= records {
+                    assert_eq!(took_effect, Some(false), "a batch without commit kept; {ctx}");
+                    assert_eq!(cut, Some(record), "the unfinished batch's cut; {ctx}");
+                } else {
+                    assert_eq!(took_effect, Some(true), "a batch with its commit lost; {ctx}");
+                    assert_eq!(report.cut, None, "{ctx}");
+                }
+            }
+            if took_effect == Some(true) {
+                model = after;
+            }
+        } else {
+            assert!(stall.is_none(), "the writer stalled outside a batch; {ctx}");
+        }
         check_all(&store, &model, &ctx);
         summary.push(format!(
-            "round {round}: delay {delay:?}{}, writer open {open_micros:?} us, acked {acked}, \
+            "round {round}: {}{}, writer open {open_micros:?} us, acked {acked}, \
              in flight {in_flight:?} (took effect {took_effect:?}), checked {}, rebuilt {}, \
              replayed {}, cut {:?}",
-            if after_first_put { " after 1st put" } else { "" },
+            match stall {
+                Some((op, record)) => format!("stalled in op {op} before record {record}"),
+                None => format!("delay {delay:?}"),
+            },
+            if after_first_put && stall.is_none() { " after 1st put" } else { "" },
             if check_read_only { "read-only" } else { "writable" },
             report.index_rebuilt,
             report.records_replayed,
