@@ -152,6 +152,15 @@ fn batch_step(rec: &Record, rest: &[u8], p: u64, batch: &mut OpenBatch) -> Resul
     Ok(())
 }
 
+/// Index of the first nonzero byte of `b`. Scans a page at a time with an OR that the
+/// compiler vectorises (a byte-at-a-time search of the 1 MiB window took 40 % of the
+/// power-loss simulator's time).
+fn first_nonzero(b: &[u8]) -> Option<usize> {
+    let page = b.chunks(4096).position(|c| c.iter().fold(0, |acc, &x| acc | x) != 0)?;
+    let at = page * 4096;
+    b[at..].iter().position(|&x| x != 0).map(|i| at + i)
+}
+
 /// Where the valid log ends: after the last record or committed batch whose checksums
 /// hold. A bad record below `committed` is corruption; at or past it, it is a torn tail,
 /// reported as the cut (with an unfinished batch, the cut is at the batch's start).
@@ -178,7 +187,7 @@ fn valid_end(
                     // The clean end, unless data follows (a page that never reached disk).
                     // Past the end everything is zero (DESIGN.md §2), so look a little way.
                     let window = &rest[..rest.len().min(GAP_WINDOW)];
-                    let data = window.iter().position(|&b| b != 0);
+                    let data = first_nonzero(window);
                     data.map(|d| (p, CorruptKind::ZeroGap { data_at: p + d as u64 }))
                 } else {
                     Some((p, kind))
@@ -668,6 +677,20 @@ mod tests {
         assert_eq!((rep.log_end, rep.cut), (DATA_START, Some((DATA_START, CorruptKind::BadBatch))));
         let commit = &log[..(DATA_START + Record::len_for(0, 8)) as usize];
         assert_eq!(check_log(commit, 9), (0, vec![(DATA_START, CorruptKind::BadBatch)]));
+    }
+
+    #[test]
+    fn first_nonzero_finds_the_first_nonzero_byte() {
+        let mut b = vec![0u8; 3 * 4096 + 100];
+        assert_eq!(first_nonzero(&b), None);
+        for at in [0, 1, 4095, 4096, 8191, 3 * 4096 + 99] {
+            b[at] = 7;
+            assert_eq!(first_nonzero(&b), Some(at));
+            b[at] = 0;
+        }
+        b[5000] = 1;
+        b[9000] = 1;
+        assert_eq!(first_nonzero(&b), Some(5000));
     }
 
     #[test]
