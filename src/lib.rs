@@ -58,3 +58,11 @@ pub struct ReadmeDoctests;
 pub mod testing {
     pub use crate::os::{Observer, Op};
 }
+
+/// The decoders of on-disk bytes, for the fuzz targets in `fuzz/` (`record_decode`), which
+/// cannot reach them through the store. Not part of the supported API: hidden, and may
+/// change or go away in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::format::{DecodeError, IndexHeader, Kind, LogHeader, Record, crc_seed};
+}
