@@ -137,7 +137,8 @@ impl Store {
             w.unsynced = w.unsynced.saturating_add(commit_len);
             w.log.publish(w.end);
             w.log.make_visible(w.end);
-            self.shared.live.store(live, Ordering::Relaxed);
+            self.shared.live_keys.store(live, Ordering::Relaxed);
+            self.mirror_figures(w);
         }
         let unsynced = w.unsynced;
         drop(guard);

@@ -119,7 +119,11 @@ impl Store {
         };
         // Writers go on appending past `end` while the flush runs.
         self.poison_on_err(log.flush(0, end))?;
+        let committed = turn.durable;
         turn.finish(end);
+        if let Some(live) = &self.shared.live {
+            live.set_durable(end, committed);
+        }
         Ok(())
     }
 

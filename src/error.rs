@@ -38,8 +38,8 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u32,
     },
-    /// Another handle (in this or another process) holds the store: a writer excludes
-    /// every other handle, and readers exclude a writer.
+    /// Another handle (in this or another process) writes the store: one writer at a time.
+    /// For a read-only open: a writer holds it that cannot be followed (DESIGN.md §4).
     Locked {
         /// The store directory.
         path: PathBuf,
@@ -239,14 +239,15 @@ impl fmt::Display for Error {
             ),
             Self::Locked { path, read_only: false } => write!(
                 f,
-                "store {} is in use by another handle or process (one writer excludes all \
-                 others, and readers exclude a writer); close the other handle first",
+                "store {} is open for writing by another handle or process (one writer at a \
+                 time); close it first, or open this one read-only to follow it",
                 path.display()
             ),
             Self::Locked { path, read_only: true } => write!(
                 f,
-                "store {} is open for writing by another handle or process; close the writer \
-                 first, then open it read-only",
+                "store {} is held by a writer that cannot be followed (a mapkv without \
+                 cross-process readers, or a writer still opening the store); retry when it \
+                 has opened or closed it",
                 path.display()
             ),
             Self::NotFound { path } => write!(

@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -24,20 +25,21 @@ use fs2::FileExt;
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
+use crate::live::Live;
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("mapkv maps whole files and needs a 64-bit address space");
 
-/// Takes the store's lock without waiting: an `flock` on the store directory itself,
-/// exclusive for a writer, shared for a read-only handle. Locking the directory (rather than
-/// a file in it) works on read-only file systems and for stores copied without any extra
-/// file. The lock lasts as long as the returned handle; the kernel drops it when the
-/// process dies, so a killed process never leaves a stale lock.
+/// Takes the writer's lock without waiting: an exclusive `flock` on the store directory
+/// itself (read-only handles take none). Locking the directory (rather than a file in it)
+/// works for stores copied without any extra file. The lock lasts as long as the returned
+/// handle; the kernel drops it when the process dies, so a killed process never leaves a
+/// stale lock.
 ///
 /// # Errors
-/// [`Error::NotFound`] if `dir` does not exist, [`Error::Locked`] if another handle holds a
-/// conflicting lock, [`Error::Io`] otherwise.
-pub fn lock_dir(dir: &Path, writable: bool) -> Result<File> {
+/// [`Error::NotFound`] if `dir` does not exist, [`Error::Locked`] if another handle holds
+/// it, [`Error::Io`] otherwise.
+pub fn lock_dir(dir: &Path) -> Result<File> {
     let file = File::open(dir).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
         _ => Error::io("open", dir, e),
@@ -48,12 +50,7 @@ pub fn lock_dir(dir: &Path, writable: bool) -> Result<File> {
     // earlier). So a lock this process just released can look taken for a moment: retry
     // briefly before saying `Locked`. A real holder is still reported within milliseconds.
     for attempt in 0..LOCK_ATTEMPTS {
-        let locked = if writable {
-            FileExt::try_lock_exclusive(&file)
-        } else {
-            FileExt::try_lock_shared(&file)
-        };
-        match locked {
+        match FileExt::try_lock_exclusive(&file) {
             Ok(()) => return Ok(file),
             Err(e) if e.raw_os_error() == contended && attempt + 1 < LOCK_ATTEMPTS => {
                 std::thread::sleep(std::time::Duration::from_millis(1));
@@ -62,7 +59,27 @@ pub fn lock_dir(dir: &Path, writable: bool) -> Result<File> {
             Err(e) => return Err(Error::io("lock", dir, e)),
         }
     }
-    Err(Error::Locked { path: dir.to_path_buf(), read_only: !writable })
+    Err(Error::Locked { path: dir.to_path_buf(), read_only: false })
+}
+
+/// Whether a writer holds the store's lock now. Takes a shared lock and drops it at once;
+/// a writer opening in that instant retries (`lock_dir`), so this never makes it fail.
+///
+/// # Errors
+/// [`Error::NotFound`] if `dir` does not exist, [`Error::Io`] otherwise.
+pub fn writer_alive(dir: &Path) -> Result<bool> {
+    let file = File::open(dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+        _ => Error::io("open", dir, e),
+    })?;
+    match FileExt::try_lock_shared(&file) {
+        Ok(()) => {
+            let _ = FileExt::unlock(&file);
+            Ok(false)
+        }
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(true),
+        Err(e) => Err(Error::io("lock", dir, e)),
+    }
 }
 
 /// The data file is faulted in ahead of the writer this many bytes at a time.
@@ -161,13 +178,47 @@ pub struct LogMap {
 
 /// The two watermarks of the log, shared by every mapping of the file (one cache line, so
 /// a reader pays one miss for both).
-#[derive(Debug)]
 struct Marks {
     /// Bytes in `[data_start, published)` are written and immutable: safe to read.
     published: AtomicU64,
     /// Records below this belong to finished writes (whole batches): what a reader may
     /// return. Never above `published`.
     visible: AtomicU64,
+    /// For a follower (a read-only handle beside a writer in another process): the marks
+    /// are the writer's, read from the live page, and the two above are unused.
+    follow: Option<Follow>,
+}
+
+/// Where a follower finds the marks of one data file: the live page, while it names the
+/// file by `key`; see [`Live::ends`].
+struct Follow {
+    live: Live,
+    key: u64,
+    ino: u64,
+    /// The visible end when the follower mapped the file.
+    seen: u64,
+}
+
+impl Marks {
+    /// Published end, visible end, and whether they are final.
+    #[inline]
+    fn ends(&self) -> (u64, u64, bool) {
+        match &self.follow {
+            None => {
+                let published = self.published.load(Ordering::Acquire);
+                (published, self.visible.load(Ordering::Acquire), false)
+            }
+            Some(f) => f.live.ends(f.key, f.ino, f.seen),
+        }
+    }
+
+    #[inline]
+    fn published(&self) -> u64 {
+        match &self.follow {
+            None => self.published.load(Ordering::Acquire),
+            Some(_) => self.ends().0,
+        }
+    }
 }
 
 impl LogMap {
@@ -187,20 +238,24 @@ impl LogMap {
     /// Whether the log has been published past the end of this mapping (a newer mapping
     /// exists).
     pub fn outgrown(&self) -> bool {
-        self.marks.published.load(Ordering::Acquire) > self.len()
+        let (published, _, last) = self.marks.ends();
+        !last && published > self.len()
     }
 
     /// End of the finished writes: a reader returns only records that start below it.
     #[inline]
     pub fn visible(&self) -> u64 {
-        self.marks.visible.load(Ordering::Acquire)
+        match &self.marks.follow {
+            None => self.marks.visible.load(Ordering::Acquire),
+            Some(_) => self.marks.ends().1,
+        }
     }
 
     /// The published bytes from `off` to the end of what this mapping and the watermark
     /// allow, or `None` if `off` lies outside them.
     #[inline]
     pub fn tail(&self, off: u64) -> Option<&[u8]> {
-        let end = self.marks.published.load(Ordering::Acquire).min(self.len());
+        let end = self.marks.published().min(self.len());
         if off < self.data_start || off >= end {
             return None;
         }
@@ -209,6 +264,9 @@ impl LogMap {
         // mapping once published: `LogFile::write_at` only writes at or past the watermark,
         // `LogFile::write_header` only below `data_start`, and the watermark only rises
         // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
+        // A follower's watermark is the writer's, in the live page (`Live::ends`): the
+        // writer in the other process keeps the same rule, and a file it no longer writes
+        // is immutable whole.
         Some(unsafe {
             std::slice::from_raw_parts(self.raw.as_ptr().add(off as usize), (end - off) as usize)
         })
@@ -222,7 +280,7 @@ impl LogMap {
     pub fn value(self: &Arc<Self>, bytes: &[u8]) -> Value {
         let base = self.raw.as_ptr() as usize;
         let start = bytes.as_ptr() as usize;
-        let published = self.marks.published.load(Ordering::Acquire).min(self.len()) as usize;
+        let published = self.marks.published().min(self.len()) as usize;
         assert!(
             start >= base + self.data_start as usize && start + bytes.len() <= base + published,
             "value outside the published log"
@@ -276,6 +334,10 @@ pub struct LogFile {
     map: Arc<LogMap>,
     writable: bool,
     seam: Seam,
+    /// The writer's live page, where its marks are mirrored for followers.
+    mirror: Option<Live>,
+    /// The file's inode number, by which followers recognise it.
+    ino: u64,
 }
 
 impl LogFile {
@@ -290,7 +352,8 @@ impl LogFile {
         data_start: u64,
         seam: &Seam,
     ) -> Result<Self> {
-        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let (len, ino) = (meta.len(), meta.ino());
         if writable {
             // Re-reserve blocks a sparse copy may have turned into holes (cheap otherwise).
             allocate(&file, 0, len, path)?;
@@ -299,9 +362,50 @@ impl LogFile {
         let marks = Arc::new(Marks {
             published: AtomicU64::new(data_start),
             visible: AtomicU64::new(data_start),
+            follow: None,
         });
         let map = Arc::new(LogMap { raw, marks, data_start });
-        Ok(Self { file, path: path.to_path_buf(), map, writable, seam: seam.clone() })
+        let (path, seam) = (path.to_path_buf(), seam.clone());
+        Ok(Self { file, path, map, writable, seam, mirror: None, ino })
+    }
+
+    /// A follower's read-only data file, whose marks are the writer's in `live` while it
+    /// names the file by `key` (`ino` is the file's inode, `seen` its visible end now).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be inspected or mapped.
+    pub fn follow(
+        file: File,
+        path: &Path,
+        data_start: u64,
+        (live, key, ino, seen): (Live, u64, u64, u64),
+    ) -> Result<Self> {
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let raw = map(&file, len, false, path)?;
+        let follow = Some(Follow { live, key, ino, seen });
+        let marks = Arc::new(Marks {
+            published: AtomicU64::new(data_start),
+            visible: AtomicU64::new(data_start),
+            follow,
+        });
+        let map = Arc::new(LogMap { raw, marks, data_start });
+        let seam = Seam::default();
+        Ok(Self { file, path: path.to_path_buf(), map, writable: false, seam, mirror: None, ino })
+    }
+
+    /// The file's inode number.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// The visible end (this handle's own marks).
+    pub fn visible(&self) -> u64 {
+        self.map.marks.visible.load(Ordering::Relaxed)
+    }
+
+    /// From now on, mirrors the marks into the writer's live page.
+    pub fn set_mirror(&mut self, live: Live) {
+        self.mirror = Some(live);
     }
 
     /// The current (largest) mapping.
@@ -337,6 +441,9 @@ impl LogFile {
     pub fn publish(&mut self, end: u64) {
         assert!(end >= self.published() && end <= self.map.len(), "bad publish to {end}");
         self.map.marks.published.store(end, Ordering::Release);
+        if let Some(live) = &self.mirror {
+            live.set_published(end);
+        }
     }
 
     /// Lets readers return the records below `end` (a finished write or batch).
@@ -346,6 +453,9 @@ impl LogFile {
     pub fn make_visible(&mut self, end: u64) {
         assert!(end <= self.published(), "records made visible before they are published");
         self.map.marks.visible.store(end, Ordering::Release);
+        if let Some(live) = &self.mirror {
+            live.set_visible(end);
+        }
     }
 
     /// Copies `src` to `[off, off + src.len())`, which must lie at or past the published end
@@ -432,7 +542,7 @@ impl LogFile {
     pub fn remap(&mut self) -> Result<()> {
         let path = &self.path;
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-        let raw = map(&self.file, len, true, path)?;
+        let raw = map(&self.file, len, self.writable, path)?;
         let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));
         let marks = Arc::clone(&self.map.marks);
         self.map = Arc::new(LogMap { raw, marks, data_start: self.map.data_start });
@@ -536,6 +646,8 @@ pub struct IndexMap {
     backing: Backing,
     path: PathBuf,
     seam: Seam,
+    /// The file's inode number (0 in memory), by which followers recognise it.
+    ino: u64,
 }
 
 impl IndexMap {
@@ -554,19 +666,31 @@ impl IndexMap {
             // Too short or ragged to hold words: treat as absent and rebuild.
             return Ok(None);
         }
+        Self::map_file(&file, path, writable, seam).map(Some)
+    }
+
+    /// Maps an open file of words (its length a multiple of 8, at least a page: the caller
+    /// checked).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn map_file(file: &File, path: &Path, writable: bool, seam: &Seam) -> Result<Self> {
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let (len, ino) = (meta.len(), meta.ino());
         let raw = if writable {
-            allocate(&file, 0, len, path)?; // re-reserve holes left by a sparse copy
-            map(&file, len, true, path)?
+            allocate(file, 0, len, path)?; // re-reserve holes left by a sparse copy
+            map(file, len, true, path)?
         } else {
             // Atomic loads are only guaranteed sound on writable memory, so a read-only
             // handle maps the index privately (copy-on-write) rather than PROT_READ. It
             // never writes to it, so no page is ever copied.
             // SAFETY: the mapping is private, so nothing we do changes the file; changes by
             // another process are read only through atomics (see `words`).
-            let mmap = unsafe { MmapOptions::new().map_copy(&file) };
+            let mmap = unsafe { MmapOptions::new().map_copy(file) };
             MmapRaw::from(mmap.map_err(|e| Error::io("map", path, e))?)
         };
-        Ok(Some(Self { backing: Backing::File(raw), path: path.to_path_buf(), seam: seam.clone() }))
+        let (path, seam) = (path.to_path_buf(), seam.clone());
+        Ok(Self { backing: Backing::File(raw), path, seam, ino })
     }
 
     /// Creates a zero-filled, fully allocated index file at `tmp` of `len` bytes, to be
@@ -582,7 +706,8 @@ impl IndexMap {
             .map_err(|e| Error::io("create", tmp, e))?;
         extend(seam, &file, 0, len, tmp)?;
         let raw = map(&file, len, true, tmp)?;
-        Ok(Self { backing: Backing::File(raw), path: tmp.to_path_buf(), seam: seam.clone() })
+        let ino = file.metadata().map_err(|e| Error::io("stat", tmp, e))?.ino();
+        Ok(Self { backing: Backing::File(raw), path: tmp.to_path_buf(), seam: seam.clone(), ino })
     }
 
     /// An index in heap memory (read-only handles that had to rebuild).
@@ -592,7 +717,13 @@ impl IndexMap {
             backing: Backing::Heap(words),
             path: PathBuf::from("<memory>"),
             seam: Seam::default(),
+            ino: 0,
         }
+    }
+
+    /// The file's inode number (0 in memory).
+    pub fn ino(&self) -> u64 {
+        self.ino
     }
 
     /// Renames this (temporary) file to `path`, atomically replacing the old index.

@@ -34,33 +34,48 @@ pub struct Stats {
     /// Whether open had to rebuild the index (the store was not closed cleanly, or its
     /// index was missing or damaged).
     pub recovered_at_open: bool,
-    /// Compactions since open.
+    /// Compactions since open (for a following handle: times it moved to new files).
     pub compactions: u64,
+    /// Whether this is a read-only handle following a writer in another process: the
+    /// figures are the writer's, from its live page.
+    pub following: bool,
 }
 
 impl Store {
     /// The store's figures now: keys, records, garbage, file sizes, index load, how much
     /// is durable. Takes the writer lock briefly (never waits for a flush).
     pub fn stats(&self) -> Stats {
+        let _ = self.follow();
         let durable = self.shared.durability.end();
         let w = self.shared.writer.lock();
-        let log_bytes = w.end.saturating_sub(DATA_START);
-        let garbage_bytes = log_bytes.saturating_sub(w.counts.live_bytes);
+        // A follower shows the writer's figures, from the live page.
+        let page = self.shared.follow.as_ref().filter(|f| f.attached()).map(|f| f.live.figures());
+        let (end, records, live_bytes, used, durable, committed) = match page {
+            Some(f) => {
+                (w.log.map().visible(), f.records, f.live_bytes, f.used, f.durable, f.committed)
+            }
+            None => {
+                (w.end, w.counts.records, w.counts.live_bytes, w.used, durable, w.header.committed)
+            }
+        };
+        let log_bytes = end.saturating_sub(DATA_START);
+        let garbage_bytes = log_bytes.saturating_sub(live_bytes);
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         Stats {
             live_keys: self.len(),
-            records: w.counts.records,
+            records,
             log_bytes,
             garbage_bytes,
             garbage_ratio: ratio(garbage_bytes, log_bytes),
             data_file_bytes: w.log.map().len(),
             index_file_bytes: w.index.len(),
-            index_load_factor: ratio(w.used, self.capacity(&w)),
-            log_end: w.end,
+            index_load_factor: ratio(used, self.capacity(&w)),
+            log_end: end,
             durable_end: durable,
-            committed: w.header.committed,
+            committed,
             recovered_at_open: self.shared.recovery.index_rebuilt,
             compactions: w.generation,
+            following: page.is_some(),
         }
     }
 

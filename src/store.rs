@@ -18,11 +18,13 @@ use crate::background::{Background, SyncPolicy};
 use crate::commit::Durability;
 use crate::compact::{DATA_COMPACT, INDEX_COMPACT};
 use crate::error::{CorruptKind, Error, Result};
+use crate::follow::{self, Follower, Start};
 use crate::format::{
     DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
     PAGE, RECORD_ALIGN, Record, crc_seed,
 };
 use crate::index::{self, DELETED, Table};
+use crate::live::{Files, Live};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{
     self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, VerifyReport,
@@ -30,7 +32,7 @@ use crate::recovery::{
 use crate::view::Reader;
 
 pub(crate) const DATA_FILE: &str = "data.mkv";
-const INDEX_FILE: &str = "index.mkv";
+pub(crate) const INDEX_FILE: &str = "index.mkv";
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
 /// Largest growth step: growth is geometric up to here, then linear.
@@ -66,8 +68,11 @@ impl OpenOptions {
         }
     }
 
-    /// Open for reading only: takes a shared lock, never writes any file. After an unclean
-    /// shutdown the index is rebuilt in memory.
+    /// Open for reading only; never writes any file and takes no lock. While a writer (in
+    /// any process) has the store open, the handle follows it: each read sees every write
+    /// that returned before it, across growth and compaction (DESIGN.md §4). With no
+    /// writer, it reads the store as it is, rebuilding the index in memory after an
+    /// unclean shutdown, and follows a writer that opens the store later.
     pub fn read_only(&mut self, yes: bool) -> &mut Self {
         self.read_only = yes;
         self
@@ -112,8 +117,9 @@ impl OpenOptions {
     /// Opens the store in directory `dir`.
     ///
     /// # Errors
-    /// [`Error::Locked`] at once if another handle writes the store (or, for a writer, if
-    /// any handle has it open); [`Error::NotFound`] without `create`; [`Error::Corrupt`] or
+    /// [`Error::Locked`] at once, for a writer, if another handle writes the store; for a
+    /// read-only handle, if a writer holds it that cannot be followed (an older mapkv, or
+    /// one still opening the store after 2 s); [`Error::NotFound`] without `create`; [`Error::Corrupt`] or
     /// [`Error::UnsupportedVersion`] for files it cannot read; [`Error::Io`].
     pub fn open(&self, dir: impl AsRef<Path>) -> Result<Store> {
         Store::open_with(dir.as_ref(), self)
@@ -141,6 +147,16 @@ enum Lookup<'s> {
     Stale(u64, u64),
 }
 
+/// What `Store::assemble` makes a handle of.
+pub(crate) struct Parts {
+    pub w: Writer,
+    pub header: LogHeader,
+    pub live_keys: u64,
+    pub report: RecoveryReport,
+    pub live: Option<Live>,
+    pub follow: Option<Follower>,
+}
+
 /// Everything only the writer touches.
 pub(crate) struct Writer {
     pub(crate) log: LogFile,
@@ -159,8 +175,11 @@ pub(crate) struct Writer {
     pub(crate) used: u64,
     /// Files in use since open: compaction adds one.
     pub(crate) generation: u64,
-    /// Holds the store's lock (exclusive for a writer, shared for a reader) while open.
-    pub(crate) _lock: std::fs::File,
+    /// A writer's exclusive lock on the store, held while open (read-only handles take
+    /// none).
+    pub(crate) _lock: Option<std::fs::File>,
+    /// The files announced on the live page (writer) or followed (read-only handle).
+    pub(crate) files: Files,
     pub(crate) seam: Seam,
 }
 
@@ -190,7 +209,7 @@ pub(crate) struct Shared {
     pub(crate) policy: SyncPolicy,
     /// Held through a compaction: one at a time.
     pub(crate) compacting: Mutex<()>,
-    pub(crate) live: AtomicU64,
+    pub(crate) live_keys: AtomicU64,
     pub(crate) poisoned: OnceLock<String>,
     pub(crate) store_id: u64,
     pub(crate) seed: u32,
@@ -199,6 +218,10 @@ pub(crate) struct Shared {
     pub(crate) recovery: RecoveryReport,
     /// Set by `simulate_crash`: drop without the clean close.
     pub(crate) abandoned: std::sync::atomic::AtomicBool,
+    /// A writer's live page, where it shows followers its files and marks.
+    pub(crate) live: Option<Live>,
+    /// A read-only handle's link to the writer's live page.
+    pub(crate) follow: Option<Follower>,
 }
 
 impl fmt::Debug for Store {
@@ -227,8 +250,18 @@ impl Store {
         if writable && opts.create && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         }
-        // The lock comes first: an opener that is refused has changed nothing.
-        let lock = os::lock_dir(dir, writable)?;
+        // The lock comes first: an opener that is refused has changed nothing. Read-only
+        // handles take none: they follow a writer if there is one.
+        let (lock, start) = if writable {
+            (Some(os::lock_dir(dir)?), None)
+        } else {
+            match follow::start(dir)? {
+                Start::Follow(live, attached) => {
+                    return Self::open_following(dir, opts, live, *attached);
+                }
+                Start::Alone(live) => (None, Some(live)),
+            }
+        };
         let data_path = dir.join(DATA_FILE);
         if writable {
             // Leftovers of a compaction that never reached its swap: the store is the old
@@ -247,6 +280,7 @@ impl Store {
             os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
             create_data_file(seam, dir, &data_path, random_id())?;
         }
+        let page = if writable { Some(Live::create(dir, seam)?) } else { None };
         let file =
             std::fs::OpenOptions::new().read(true).write(writable).open(&data_path).map_err(
                 |e| match e.kind() {
@@ -298,49 +332,78 @@ impl Store {
             used,
             generation: 0,
             _lock: lock,
+            files: Files::default(),
             seam: seam.clone(),
         };
         w.log.publish(end);
         w.log.make_visible(end);
+        if let Some(live) = &page {
+            // Followers switch to this session before recovery zeroes anything.
+            w.log.set_mirror(live.clone());
+            let ids = (w.log.ino(), w.index.ino());
+            let key = live.start_session(header.store_id, ids, end);
+            w.files = Files { key, data_ino: ids.0, index_ino: ids.1 };
+        }
         if writable && report.index_rebuilt {
             // Stale bytes past the cut must never parse later; then record the new end.
             w.log.zero_tail(end)?;
             write_header(&mut w, end)?;
             os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
         }
-        let state = Arc::new(State {
-            log: Arc::clone(w.log.map()),
-            index: Arc::clone(&w.index),
-            next: OnceLock::new(),
-            generation: 0,
-        });
         if created {
             // A new store: its first index was built, not recovered.
             report = RecoveryReport { log_end: end, ..RecoveryReport::default() };
         }
+        let parts = Parts {
+            w,
+            header,
+            live_keys: live,
+            report,
+            live: page,
+            follow: start.flatten().map(Follower::unattached),
+        };
+        Self::assemble(dir, opts, parts)
+    }
+
+    /// The handle over an opened writer state (writers and read-only handles alike).
+    pub(crate) fn assemble(dir: &Path, opts: &OpenOptions, p: Parts) -> Result<Self> {
+        let state = Arc::new(State {
+            log: Arc::clone(p.w.log.map()),
+            index: Arc::clone(&p.w.index),
+            next: OnceLock::new(),
+            generation: 0,
+        });
+        let end = p.w.end;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            index_path,
+            index_path: dir.join(INDEX_FILE),
             state: ArcSwap::new(state),
-            writer: Mutex::new(w),
+            writer: Mutex::new(p.w),
             durability: Durability::new(end),
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
-            live: AtomicU64::new(live),
+            live_keys: AtomicU64::new(p.live_keys),
             poisoned: OnceLock::new(),
-            store_id: header.store_id,
-            seed: crc_seed(header.store_id),
+            store_id: p.header.store_id,
+            seed: crc_seed(p.header.store_id),
             verify: opts.verify_checksums,
             read_only: opts.read_only,
-            recovery: report,
+            recovery: p.report,
             abandoned: Default::default(),
+            live: p.live,
+            follow: p.follow,
         });
         let mut store = Self { shared, background: None };
+        if let Some(live) = &store.shared.live {
+            let w = store.shared.writer.lock();
+            store.mirror_figures(&w);
+            live.set_durable(end, w.header.committed);
+        }
         let interval = match opts.sync_policy {
             SyncPolicy::Interval(every) => Some(every),
             _ => None,
         };
-        if writable && (interval.is_some() || opts.auto_compact.is_some()) {
+        if !opts.read_only && (interval.is_some() || opts.auto_compact.is_some()) {
             let worker = Self { shared: Arc::clone(&store.shared), background: None };
             let bg = Background::spawn(worker, interval, opts.auto_compact)
                 .map_err(|e| Error::io("start the background thread", dir, e))?;
@@ -359,6 +422,7 @@ impl Store {
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         self.check_poisoned()?;
+        self.follow()?;
         let key = key.as_ref();
         let hash = self.hash(key);
         let guard = self.shared.state.load();
@@ -371,6 +435,7 @@ impl Store {
     /// before each `get`, follows growth, and keeps every mapping it lent from alive until
     /// it is dropped, so hold one per batch of work rather than forever.
     pub fn reader(&self) -> Reader<'_> {
+        let _ = self.follow(); // an error here shows at the reader's first get
         Reader::new(self, self.shared.state.load_full())
     }
 
@@ -396,7 +461,10 @@ impl Store {
 
     /// Number of live keys.
     pub fn len(&self) -> u64 {
-        self.shared.live.load(Ordering::Relaxed)
+        match &self.shared.follow {
+            Some(f) if f.attached() => f.live.figures().live,
+            _ => self.shared.live_keys.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the store has no live keys.
@@ -430,11 +498,25 @@ impl Store {
     /// an error here: it is listed in the report.
     pub fn verify(&self) -> Result<VerifyReport> {
         self.check_poisoned()?;
-        let w = self.shared.writer.lock();
-        let log = &w.log.bytes()[..w.end as usize];
+        let following = self.shared.follow.as_ref().is_some_and(|f| f.attached());
+        // A follower checks the log as far as the writer had made visible when it started
+        // (and mapped), and the index slots that point below that.
+        let mut tries = 0;
+        let (w, end) = loop {
+            self.follow()?;
+            let w = self.shared.writer.lock();
+            let end = if following { w.log.map().visible() } else { w.end };
+            tries += 1;
+            if end <= w.log.map().len() || tries == 100 {
+                // (Past the mapping 100 times running: check what open saw.)
+                let end = if end <= w.log.map().len() { end } else { w.end };
+                break (w, end);
+            }
+        };
+        let log = &w.log.bytes()[..end as usize];
         let data_path = self.shared.dir.join(DATA_FILE);
         // Everything below the end must be valid: claim it all as committed.
-        let header = LogHeader { committed: w.end, ..w.header };
+        let header = LogHeader { committed: end, ..w.header };
         let ctx = IndexCtx {
             path: &self.shared.index_path,
             writable: false,
@@ -445,7 +527,7 @@ impl Store {
         let (index, _) = ctx.create(None, hint)?;
         let mut rebuilt = Rebuild::new(index, &ctx);
         let (records, damaged) = recovery::check_log(log, self.shared.store_id);
-        let mut report = VerifyReport { log_end: w.end, records, ..VerifyReport::default() };
+        let mut report = VerifyReport { log_end: end, records, ..VerifyReport::default() };
         if !damaged.is_empty() {
             // The index can only be judged against a sound log.
             let file = || data_path.clone();
@@ -463,19 +545,22 @@ impl Store {
             offset,
             kind: CorruptKind::IndexDisagrees { record },
         };
-        // Every live key of the log is in the index at its latest record...
+        // Every live key of the log is in the index at its latest record (or at a later one,
+        // for a follower: the writer went on)...
+        let later = |word: u64| following && word & !DELETED >= end;
         for (_, hash, word) in truth.occupied().filter(|(_, _, w)| w & DELETED == 0) {
-            if disk.get(hash, |_, off| Ok(off == word))?.is_none() {
+            if disk.find(hash, |_, w| Ok(w == word || later(w)))?.is_none() {
                 report.problems.push(mismatch(0, word));
             }
         }
         // ...and the index holds no live slot the log does not.
-        for (slot, hash, word) in disk.occupied().filter(|(_, _, w)| w & DELETED == 0) {
+        for (slot, hash, word) in disk.occupied().filter(|&(_, _, w)| w & DELETED == 0 && !later(w))
+        {
             if truth.get(hash, |_, off| Ok(off == word))?.is_none() {
                 report.problems.push(mismatch(Table::slot_offset(slot), word));
             }
         }
-        if rebuilt.live != self.len() {
+        if !following && rebuilt.live != self.len() {
             report.problems.push(Problem {
                 file: self.shared.index_path.clone(),
                 offset: 0,
@@ -542,6 +627,10 @@ impl Store {
     /// The view after `state`, which must exist because `state`'s mapping is outgrown by
     /// the record at `off` named by `slot`.
     pub(crate) fn newer<'s>(&self, state: &'s State, slot: u64, off: u64) -> Result<&'s State> {
+        if state.next.get().is_none() {
+            // A follower learns of growth from the page, not from its own writer.
+            self.follow()?;
+        }
         state
             .next
             .get()
@@ -660,7 +749,8 @@ impl Store {
         let end = w.end;
         w.log.make_visible(end);
         // Only the writer changes the count, so load-then-store does not race.
-        self.shared.live.store(change.live_after(kind, self.len()), Ordering::Relaxed);
+        self.shared.live_keys.store(change.live_after(kind, self.len()), Ordering::Relaxed);
+        self.mirror_figures(w);
         let unsynced = w.unsynced;
         drop(guard);
         self.after_write(unsynced)?;
@@ -766,10 +856,11 @@ impl Store {
         w.index = Arc::new(new);
         // Counts from the slots themselves: this also heals counts read off a damaged header.
         w.used = live;
-        self.shared.live.store(live, Ordering::Relaxed);
+        self.shared.live_keys.store(live, Ordering::Relaxed);
         // The new file is marked dirty from birth.
         w.index_clean = false;
         self.publish_state(w);
+        self.announce(w);
         Ok(())
     }
 
@@ -902,7 +993,7 @@ pub(crate) fn create_data_file(seam: &Seam, dir: &Path, path: &Path, store_id: u
 }
 
 /// A random 64-bit id, from the standard library's randomly keyed hasher.
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()

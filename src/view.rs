@@ -50,6 +50,7 @@ impl<'s> Reader<'s> {
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
         self.store.check_poisoned()?;
+        self.store.follow()?;
         let key = key.as_ref();
         let state = latest(&self.first);
         let found = self.store.find(state, None, self.store.hash(key), key, state.log.visible())?;
@@ -69,6 +70,7 @@ impl<'s> Reader<'s> {
         let mut out = Vec::with_capacity(keys.len());
         let mut hashes = [0u64; BATCH];
         for chunk in keys.chunks(BATCH) {
+            self.store.follow()?;
             let state = latest(&self.first);
             let visible = state.log.visible();
             let table = Table::new(state.index.words());
@@ -116,10 +118,12 @@ impl Store {
         loop {
             // The index loaded must be the one in use when `visible` is read: a growth in
             // between could have dropped a tombstone the snapshot needs. Growth always
-            // publishes a successor state first, so "no successor yet" proves it.
+            // publishes a successor state first, so "no successor yet" proves it (and, for
+            // a follower, a live page that names no newer files).
+            let _ = self.follow(); // an error here shows at the snapshot's first get
             let first = self.shared.state.load_full();
             let visible = first.log.visible();
-            if first.next.get().is_none() {
+            if first.next.get().is_none() && !self.behind_writer() {
                 return Snapshot { store: self, first, visible };
             }
         }

@@ -142,23 +142,31 @@ fn a_missing_store_is_a_clear_failure_and_only_created_on_request() {
 }
 
 #[test]
-fn a_store_held_by_a_writer_is_refused_with_a_clear_message() {
+fn read_only_commands_follow_a_live_writer_and_writing_ones_are_refused_clearly() {
     let (_d, path) = clean_store(3);
     let writer = Store::open(&path).expect("writer");
-    mapkv().arg("get").arg(&path).arg("x").assert().code(1).stderr(
+    // Written after the open and never synced: a follower still sees it.
+    writer.put(b"fresh", b"from the writer").expect("put");
+    writer.put(b"gone", b"soon").expect("put");
+    writer.delete(b"gone").expect("delete");
+    let got = stdout_of(mapkv().arg("get").arg(&path).arg("fresh"));
+    assert_eq!(got, b"from the writer");
+    mapkv().arg("get").arg(&path).arg("gone").assert().code(1);
+    let stats = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert_eq!(stats["live_keys"], 4, "{stats}");
+    assert_eq!(stats["writer_open"], true, "{stats}");
+    assert_eq!(stats["closed_cleanly"], false, "{stats}");
+    let keys = stdout_of(mapkv().arg("keys").arg(&path));
+    assert_eq!(String::from_utf8_lossy(&keys).lines().count(), 4);
+    mapkv().arg("verify").arg(&path).assert().success();
+    mapkv().arg("put").arg(&path).args(["k", "v"]).assert().code(1).stderr(
         predicate::str::contains("open for writing by another process")
-            .and(predicate::str::contains("read-only inspection")),
+            .and(predicate::str::contains("read-only commands")),
     );
-    mapkv().arg("stats").arg(&path).assert().code(1);
-    mapkv()
-        .arg("put")
-        .arg(&path)
-        .args(["k", "v"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("in use by another process"));
     drop(writer);
-    mapkv().arg("stats").arg(&path).assert().success();
+    let stats = json_of(mapkv().args(["stats", "--json"]).arg(&path));
+    assert_eq!(stats["closed_cleanly"], true, "{stats}");
+    assert_eq!(stats["writer_open"], false, "{stats}");
 }
 
 // ---- get, put, delete, keys -------------------------------------------------------------

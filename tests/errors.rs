@@ -58,18 +58,41 @@ fn missing_store_without_create_is_not_found() {
 }
 
 #[test]
-fn a_second_writer_in_the_same_process_is_locked_out() {
+fn a_second_writer_in_the_same_process_is_locked_out_but_readers_are_not() {
     let (_d, path) = fresh();
     let store = Store::open(&path).expect("create");
     store.put(b"k", b"v").expect("put");
     let err = Store::open(&path).expect_err("second writer");
     assert!(matches!(err, Error::Locked { read_only: false, .. }), "{err}");
-    assert!(err.to_string().contains("in use by another handle"), "{err}");
-    let err = OpenOptions::new().read_only(true).open(&path).expect_err("reader vs writer");
-    assert!(matches!(err, Error::Locked { read_only: true, .. }), "{err}");
-    assert!(err.to_string().contains("close the writer"), "{err}");
+    assert!(err.to_string().contains("open for writing by another handle"), "{err}");
+    // A reader beside the writer follows it; the writer goes on beside the reader.
+    let reader = OpenOptions::new().read_only(true).open(&path).expect("reader beside writer");
+    assert_eq!(reader.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    store.put(b"k2", b"v2").expect("put beside a reader");
+    assert_eq!(reader.get(b"k2").expect("get").as_deref(), Some(&b"v2"[..]));
+    assert!(matches!(reader.put(b"x", b"y"), Err(Error::ReadOnly)));
     drop(store);
-    Store::open(&path).expect("free again after the first handle is dropped");
+    Store::open(&path).expect("free again after the writer is dropped, reader still open");
+    drop(reader);
+}
+
+#[test]
+fn a_writer_that_cannot_be_followed_refuses_readers_with_a_clear_message() {
+    use fs2::FileExt;
+    let (_d, path) = fresh();
+    Store::open(&path).expect("create").close().expect("close");
+    // A writer of a mapkv without live pages: it holds the lock, and names no files.
+    fs::remove_file(path.join("live.mkv")).expect("remove the live page");
+    let lock = fs::File::open(&path).expect("open dir");
+    lock.try_lock_exclusive().expect("lock");
+    let started = std::time::Instant::now();
+    let err = OpenOptions::new().read_only(true).open(&path).expect_err("nothing to follow");
+    assert!(matches!(err, Error::Locked { read_only: true, .. }), "{err}");
+    assert!(err.to_string().contains("cannot be followed"), "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "it waits for a writer");
+    FileExt::unlock(&lock).expect("unlock");
+    let reader = OpenOptions::new().read_only(true).open(&path).expect("no writer: alone");
+    assert!(reader.is_empty());
 }
 
 /// Fails the next msync of the data file with EIO once armed, as a dying disk would.

@@ -167,9 +167,10 @@ pub fn describe(e: &Error) -> String {
 
 // ---- opening ----------------------------------------------------------------------------
 
-/// Opens an existing store for reading only (a shared lock; nothing on disk changes, even
-/// after an unclean shutdown: the index is then rebuilt in memory). Every value's checksum
-/// is verified before it is served.
+/// Opens an existing store for reading only (no lock; nothing on disk changes, even after
+/// an unclean shutdown: the index is then rebuilt in memory). Beside a live writer it
+/// follows the writer (DESIGN.md §4). Every value's checksum is verified before it is
+/// served.
 pub fn open_read(dir: &Path) -> Result<Store, Failure> {
     read_only().open(dir).map_err(|e| open_failure(dir, e))
 }
@@ -197,13 +198,13 @@ pub fn open_failure(dir: &Path, e: Error) -> Failure {
     Failure::Failed(match e {
         Error::NotFound { .. } => format!("no mapkv store at {dir} (no data.mkv there)"),
         Error::Locked { read_only: true, .. } => format!(
-            "store {dir} is open for writing by another process, so it cannot be inspected \
-             now; retry when that process has closed it (read-only inspection alongside a \
-             writer comes with cross-process readers, in a later release)"
+            "store {dir} is held by a writer that cannot be followed (an older mapkv, or one \
+             still opening the store); retry in a moment or when it has closed the store"
         ),
         Error::Locked { read_only: false, .. } => format!(
-            "store {dir} is in use by another process (a writer, or readers such as another \
-             mapkv command); retry when it has closed the store"
+            "store {dir} is open for writing by another process (one writer at a time); the \
+             read-only commands (stats, get, keys, dump, verify) work beside it; retry this \
+             one when that process has closed the store"
         ),
         e => format!("cannot open store {dir}: {}", describe(&e)),
     })

@@ -41,7 +41,8 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             "index_load_factor": s.index_load_factor,
             "log_end": s.log_end,
             "committed": s.committed,
-            "closed_cleanly": clean,
+            "closed_cleanly": clean && !s.following,
+            "writer_open": s.following,
             "index_rebuilt_because": recovery.reason,
             "torn_tail": recovery.cut.as_ref().map(|(offset, kind)| json!({
                 "offset": offset,
@@ -77,6 +78,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         ("committed", format!("byte {}", s.committed)),
     ];
     lines.push(match (&recovery.reason, clean) {
+        _ if s.following => {
+            ("state", "open for writing by another process (figures are its)".into())
+        }
         (_, true) => ("closed cleanly", "yes".to_string()),
         (Some(why), false) => ("closed cleanly", format!("no: index rebuilt in memory ({why})")),
         (None, false) => ("closed cleanly", "no: index rebuilt in memory".to_string()),

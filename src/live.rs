@@ -1,0 +1,338 @@
+//! The live page, `live.mkv`: how the writer tells read-only handles in other processes
+//! which files are the store and how far its log is published and visible (DESIGN.md §4,
+//! "Readers in other processes").
+//!
+//! One page of 64-bit words, mapped by the writer and by every follower. The writer stores
+//! its marks there as it stores them in memory (a put costs two more stores); whenever the
+//! files change (open, index growth, compaction) it rewrites the rest under a sequence
+//! lock. Nothing here is ever flushed: the page means something only during the boot that
+//! wrote it, which its boot id says. Bytes read from it are untrusted like any file's: a
+//! follower checks the files it names (by inode) before it maps them.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::os::{IndexMap, Seam};
+
+pub(crate) const LIVE_FILE: &str = "live.mkv";
+const MAGIC: u64 = u64::from_le_bytes(*b"MAPKVLIV");
+const VERSION: u64 = 1;
+/// Size of the file: one page.
+const LEN: u64 = 4096;
+
+// Word numbers. Line 0: who wrote the page. Line 1: what a follower reads on every get.
+// Line 2: figures for `len` and `stats`.
+const W_MAGIC: usize = 0;
+const W_VERSION: usize = 1;
+const W_BOOT: usize = 2; // two words
+const W_STORE: usize = 4;
+const W_PID: usize = 5;
+const W_PREV_KEY: usize = 6;
+const W_PREV_VISIBLE: usize = 7;
+const W_SEQ: usize = 8;
+const W_KEY: usize = 9;
+const W_DATA_INO: usize = 10;
+const W_INDEX_INO: usize = 11;
+const W_PUBLISHED: usize = 12;
+const W_VISIBLE: usize = 13;
+const W_LIVE: usize = 16;
+const W_USED: usize = 17;
+const W_RECORDS: usize = 18;
+const W_LIVE_BYTES: usize = 19;
+const W_DURABLE: usize = 20;
+const W_COMMITTED: usize = 21;
+const WORDS: usize = 22;
+
+/// How long a reader waits for a page the writer is in the middle of rewriting.
+const SPINS: u32 = 1000;
+
+/// Which files a writer announced. `key` changes with every writable open and every
+/// compaction: it names one writer's use of one pair of files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Files {
+    pub key: u64,
+    pub data_ino: u64,
+    pub index_ino: u64,
+}
+
+/// One consistent reading of the page.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Announced {
+    pub seq: u64,
+    pub store_id: u64,
+    pub files: Files,
+    pub published: u64,
+    pub visible: u64,
+    /// The key of the previous writer's last files, and what it had made visible.
+    pub prev: (u64, u64),
+}
+
+/// Figures the writer keeps current on the page, for a follower's `len` and `stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Figures {
+    pub live: u64,
+    pub used: u64,
+    pub records: u64,
+    pub live_bytes: u64,
+    pub durable: u64,
+    pub committed: u64,
+}
+
+/// The mapped page.
+#[derive(Clone)]
+pub(crate) struct Live {
+    map: Arc<IndexMap>,
+}
+
+impl Live {
+    /// The writer's page: opened or created, never truncated (followers may have it
+    /// mapped, and a truncated mapping faults).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn create(dir: &Path, seam: &Seam) -> Result<Self> {
+        let path = dir.join(LIVE_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        if len < LEN {
+            file.set_len(LEN).map_err(|e| Error::io("extend", &path, e))?;
+        }
+        let map = IndexMap::map_file(&file, &path, true, seam)?;
+        Ok(Self { map: Arc::new(map) })
+    }
+
+    /// A follower's view of the page; `None` if there is none (no writer of this version
+    /// has opened the store) or it is too short to be one.
+    ///
+    /// # Errors
+    /// [`Error::Io`] other than a missing file.
+    pub fn open(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(LIVE_FILE);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path, e)),
+        };
+        let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        if len < LEN {
+            return Ok(None);
+        }
+        let map = IndexMap::map_file(&file, &path, false, &Seam::default())?;
+        Ok(Some(Self { map: Arc::new(map) }))
+    }
+
+    fn w(&self, i: usize) -> &AtomicU64 {
+        &self.map.words()[i]
+    }
+
+    // ---- the writer ----------------------------------------------------------------------
+
+    /// Starts a writer's session: the page names `files` (whose key this picks) and the
+    /// marks, under the sequence lock. Remembers the previous session's key and visible
+    /// mark if the page held one of this boot, for followers still reading its files.
+    /// Returns the key.
+    pub fn start_session(&self, store_id: u64, ids: (u64, u64), end: u64) -> u64 {
+        let boot = boot_id();
+        let valid = self.w(W_MAGIC).load(Ordering::Acquire) == MAGIC
+            && self.w(W_VERSION).load(Ordering::Acquire) == VERSION
+            && boot != 0
+            && self.boot() == boot
+            && self.w(W_STORE).load(Ordering::Acquire) == store_id;
+        let old_key = self.w(W_KEY).load(Ordering::Acquire);
+        let key = if valid { old_key.wrapping_add(1).max(1) } else { crate::store::random_id() };
+        let files = Files { key, data_ino: ids.0, index_ino: ids.1 };
+        self.write(|| {
+            let (prev_key, prev_visible) =
+                if valid { (old_key, self.w(W_VISIBLE).load(Ordering::Relaxed)) } else { (0, 0) };
+            for (i, v) in [
+                (W_MAGIC, MAGIC),
+                (W_VERSION, VERSION),
+                (W_BOOT, boot as u64),
+                (W_BOOT + 1, (boot >> 64) as u64),
+                (W_STORE, store_id),
+                (W_PID, u64::from(std::process::id())),
+                (W_PREV_KEY, prev_key),
+                (W_PREV_VISIBLE, prev_visible),
+            ] {
+                self.w(i).store(v, Ordering::Relaxed);
+            }
+            self.put_files(files, end, end);
+        });
+        key
+    }
+
+    /// Announces new files (index growth, compaction) and, with them, the marks.
+    pub fn announce(&self, files: Files, published: u64, visible: u64) {
+        self.write(|| self.put_files(files, published, visible));
+    }
+
+    fn put_files(&self, files: Files, published: u64, visible: u64) {
+        // The key first: a follower reads a mark, then the key, and trusts the mark only
+        // if the key is its own (see `Live::ends`).
+        self.w(W_KEY).store(files.key, Ordering::Release);
+        self.w(W_DATA_INO).store(files.data_ino, Ordering::Release);
+        self.w(W_INDEX_INO).store(files.index_ino, Ordering::Release);
+        self.w(W_PUBLISHED).store(published, Ordering::Release);
+        self.w(W_VISIBLE).store(visible, Ordering::Release);
+    }
+
+    /// Runs `f` inside the sequence lock: odd while it runs.
+    fn write(&self, f: impl FnOnce()) {
+        let seq = self.w(W_SEQ).load(Ordering::Relaxed);
+        self.w(W_SEQ).store(seq | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        f();
+        self.w(W_SEQ).store((seq | 1).wrapping_add(1), Ordering::Release);
+    }
+
+    pub fn set_published(&self, end: u64) {
+        self.w(W_PUBLISHED).store(end, Ordering::Release);
+    }
+
+    pub fn set_visible(&self, end: u64) {
+        self.w(W_VISIBLE).store(end, Ordering::Release);
+    }
+
+    pub fn set_figures(&self, f: &Figures) {
+        for (i, v) in [
+            (W_LIVE, f.live),
+            (W_USED, f.used),
+            (W_RECORDS, f.records),
+            (W_LIVE_BYTES, f.live_bytes),
+        ] {
+            self.w(i).store(v, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_durable(&self, durable: u64, committed: u64) {
+        self.w(W_DURABLE).store(durable, Ordering::Relaxed);
+        self.w(W_COMMITTED).store(committed, Ordering::Relaxed);
+    }
+
+    // ---- followers -----------------------------------------------------------------------
+
+    /// The sequence number: it changes whenever the page names other files.
+    #[inline]
+    pub fn seq(&self) -> u64 {
+        self.w(W_SEQ).load(Ordering::Acquire)
+    }
+
+    /// The published end, whatever files it is for.
+    #[inline]
+    pub fn published(&self) -> u64 {
+        self.w(W_PUBLISHED).load(Ordering::Acquire)
+    }
+
+    /// One consistent reading of the page, if it was written during this boot and is not
+    /// in the middle of a rewrite (a writer killed inside one leaves it so: `None`).
+    pub fn read(&self) -> Option<Announced> {
+        for spin in 0..SPINS {
+            let seq = self.seq();
+            if seq & 1 == 0 {
+                let a = Announced {
+                    seq,
+                    store_id: self.w(W_STORE).load(Ordering::Relaxed),
+                    files: Files {
+                        key: self.w(W_KEY).load(Ordering::Relaxed),
+                        data_ino: self.w(W_DATA_INO).load(Ordering::Relaxed),
+                        index_ino: self.w(W_INDEX_INO).load(Ordering::Relaxed),
+                    },
+                    published: self.w(W_PUBLISHED).load(Ordering::Relaxed),
+                    visible: self.w(W_VISIBLE).load(Ordering::Relaxed),
+                    prev: (
+                        self.w(W_PREV_KEY).load(Ordering::Relaxed),
+                        self.w(W_PREV_VISIBLE).load(Ordering::Relaxed),
+                    ),
+                };
+                let ok = self.w(W_MAGIC).load(Ordering::Relaxed) == MAGIC
+                    && self.w(W_VERSION).load(Ordering::Relaxed) == VERSION;
+                let boot = self.boot();
+                fence(Ordering::Acquire);
+                if self.w(W_SEQ).load(Ordering::Relaxed) == seq {
+                    let current = boot != 0 && boot == boot_id();
+                    return (ok && current && a.files.key != 0).then_some(a);
+                }
+            }
+            if spin % 64 == 63 {
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        None
+    }
+
+    /// The published and visible ends of the files with `key` (a data file with inode
+    /// `ino`), as a follower may use them, and whether they are final (nothing more will be
+    /// published there): the page's marks while `key` is current; else see `retired`.
+    #[inline]
+    pub fn ends(&self, key: u64, ino: u64, fallback: u64) -> (u64, u64, bool) {
+        let visible = self.w(W_VISIBLE).load(Ordering::Acquire);
+        let published = self.w(W_PUBLISHED).load(Ordering::Acquire);
+        if self.w(W_KEY).load(Ordering::Acquire) == key {
+            (published, visible, false)
+        } else {
+            self.retired(key, ino, fallback)
+        }
+    }
+
+    /// The ends of files the writer no longer announces:
+    /// - a data file a compaction replaced (another inode is the store now) is whole and
+    ///   immutable, and no batch was open at the swap: all of it is published and visible;
+    /// - the same data file under the previous writer's key (that writer stopped and a new
+    ///   one recovered the store): what the old writer had made visible, which recovery
+    ///   never cuts; past it the new writer may rewrite an unfinished batch;
+    /// - otherwise (the page unreadable, or files older than that): `fallback`, what the
+    ///   follower saw when it mapped them.
+    #[cold]
+    fn retired(&self, key: u64, ino: u64, fallback: u64) -> (u64, u64, bool) {
+        match self.read() {
+            Some(a) if a.files.data_ino != ino => (u64::MAX, u64::MAX, true),
+            Some(a) if a.prev.0 == key => (a.prev.1, a.prev.1, true),
+            _ => (fallback, fallback, true),
+        }
+    }
+
+    pub fn figures(&self) -> Figures {
+        let r = |i| self.w(i).load(Ordering::Relaxed);
+        Figures {
+            live: r(W_LIVE),
+            used: r(W_USED),
+            records: r(W_RECORDS),
+            live_bytes: r(W_LIVE_BYTES),
+            durable: r(W_DURABLE),
+            committed: r(W_COMMITTED),
+        }
+    }
+
+    fn boot(&self) -> u128 {
+        let lo = self.w(W_BOOT).load(Ordering::Relaxed);
+        let hi = self.w(W_BOOT + 1).load(Ordering::Relaxed);
+        u128::from(lo) | u128::from(hi) << 64
+    }
+}
+
+const _: () = assert!(WORDS * 8 <= LEN as usize);
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), 0 if unknown: a page written in
+/// another boot describes files as they were before a power loss or reboot.
+fn boot_id() -> u128 {
+    static BOOT: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|s| u128::from_str_radix(&s.trim().replace('-', ""), 16).ok())
+            .unwrap_or(0)
+    })
+}
