@@ -119,11 +119,10 @@ impl Store {
         };
         // Writers go on appending past `end` while the flush runs.
         self.poison_on_err(log.flush(0, end))?;
-        let committed = turn.durable;
-        turn.finish(end);
         if let Some(live) = &self.shared.live {
-            live.set_durable(end, committed);
+            live.set_durable(end, turn.durable); // before the next flush may run
         }
+        turn.finish(end);
         Ok(())
     }
 

@@ -202,16 +202,16 @@ impl Store {
         let log_before = w.end;
         (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
-        turn.finish(end);
         self.shared.live_keys.store(live, Ordering::Relaxed);
         self.publish_state(w);
         if let Some(live) = &self.shared.live {
             // Followers move to the new files; the old ones are whole and final for them.
-            w.files.key = w.files.key.wrapping_add(1);
+            w.files.key = w.files.key.wrapping_add(1).max(1);
             w.log.set_mirror(live.clone());
             self.announce(w);
             live.set_durable(end, end);
         }
+        turn.finish(end);
         let pause = paused.elapsed();
         drop(guard);
         Ok(CompactStats {

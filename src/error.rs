@@ -246,8 +246,9 @@ impl fmt::Display for Error {
             Self::Locked { path, read_only: true } => write!(
                 f,
                 "store {} is held by a writer that cannot be followed (a mapkv without \
-                 cross-process readers, or a writer still opening the store); retry when it \
-                 has opened or closed it",
+                 cross-process readers, a writer still opening the store, or a system \
+                 without /proc/sys/kernel/random/boot_id); retry when it has opened or \
+                 closed it",
                 path.display()
             ),
             Self::NotFound { path } => write!(

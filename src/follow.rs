@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::DATA_START;
 use crate::live::{Announced, Figures, Files, Live};
 use crate::os::{self, IndexMap, LogFile, Seam};
-use crate::recovery::{self, Counts, RecoveryReport};
+use crate::recovery::{Counts, RecoveryReport};
 use crate::store::{DATA_FILE, INDEX_FILE, OpenOptions, Parts, Store, Writer};
 
 /// How long a read-only open waits for a writer that holds the lock but whose live page
@@ -63,10 +63,17 @@ pub(crate) struct Attached {
 ///
 /// # Errors
 /// [`Error::Io`] if a file cannot be opened or mapped.
-pub(crate) fn attach(dir: &Path, live: &Live, have: Option<Files>) -> Result<Option<Attached>> {
+pub(crate) fn attach(
+    dir: &Path,
+    live: &Live,
+    (have, store_id): (Option<Files>, Option<u64>),
+) -> Result<Option<Attached>> {
     let seam = Seam::default();
     for _ in 0..ATTACH_TRIES {
         let Some(a) = live.read() else { return Ok(None) };
+        if store_id.is_some_and(|id| id != a.store_id) {
+            return Ok(None); // another store's files were put in this directory
+        }
         let same_log = have.is_some_and(|h| (h.key, h.data_ino) == (a.files.key, a.files.data_ino));
         let same_index = have.is_some_and(|h| h.index_ino == a.files.index_ino);
         let mut log = None;
@@ -76,7 +83,7 @@ pub(crate) fn attach(dir: &Path, live: &Live, have: Option<Files>) -> Result<Opt
                 Some(file) => {
                     let follow = (live.clone(), a.files.key, a.files.data_ino, a.visible);
                     let opened = LogFile::follow(file, &path, DATA_START, follow)?;
-                    if recovery::read_header(opened.bytes(), &path)?.store_id != a.store_id {
+                    if opened.read_head()?.store_id != a.store_id {
                         return Ok(None); // a page left by another store (a copied directory)
                     }
                     log = Some(opened);
@@ -122,8 +129,9 @@ fn open_if(path: &Path, ino: u64) -> Result<Option<std::fs::File>> {
 /// How a read-only open starts: following a writer's files, or reading the store as it is.
 pub(crate) enum Start {
     Follow(Live, Box<Attached>),
-    /// No writer holds the store: read it alone. `Some` page to watch for a writer later.
-    Alone(Option<Live>),
+    /// No writer holds the store: read it alone. `Some` page to watch for a writer later,
+    /// with its sequence number from before the writer was looked for.
+    Alone(Option<(Live, u64)>),
 }
 
 /// Decides how a read-only open starts: following while a writer holds the lock, alone
@@ -138,11 +146,17 @@ pub(crate) fn start(dir: &Path) -> Result<Start> {
     loop {
         // Without a writer the page may be stale (files edited, copied or damaged since it
         // was written): read the files as they are, as open always did.
+        // The sequence number first: a writer that opens after the look sees the handle
+        // behind, and is followed from its first read.
+        let live = Live::open(dir)?.map(|l| {
+            let seq = l.seq();
+            (l, seq)
+        });
         if !os::writer_alive(dir)? {
-            return Ok(Start::Alone(Live::open(dir)?));
+            return Ok(Start::Alone(live));
         }
-        if let Some(live) = Live::open(dir)?
-            && let Some(attached) = attach(dir, &live, None)?
+        if let Some((live, _)) = live
+            && let Some(attached) = attach(dir, &live, (None, None))?
         {
             return Ok(Start::Follow(live, Box::new(attached)));
         }
@@ -156,8 +170,8 @@ pub(crate) fn start(dir: &Path) -> Result<Start> {
 impl Follower {
     /// A link for a handle that reads the store alone: it attaches once a writer's page
     /// changes.
-    pub(crate) fn unattached(live: Live) -> Self {
-        let seen = AtomicU64::new(live.seq());
+    pub(crate) fn unattached((live, seq): (Live, u64)) -> Self {
+        let seen = AtomicU64::new(seq);
         Self { live, seen, mapped: AtomicU64::new(u64::MAX), attached: AtomicBool::new(false) }
     }
 }
@@ -191,15 +205,24 @@ impl Store {
         }
         let seq = f.live.seq();
         let have = f.attached().then_some(w.files);
-        let Some(Attached { announced: a, log, index }) = attach(&self.shared.dir, &f.live, have)?
-        else {
+        let found = attach(&self.shared.dir, &f.live, (have, Some(self.shared.store_id)))?;
+        let Some(Attached { announced: a, log, index }) = found else {
             // Names nothing mappable: stay on the files we have until the page changes.
             f.mapped.store(u64::MAX, Ordering::Release);
             f.seen.store(seq, Ordering::Release);
             return Ok(());
         };
         match log {
+            // The same file under a new writer: a newer view of the same generation, so
+            // snapshots and readers go on reading it through the new mapping.
+            Some(log) if have.is_some_and(|h| h.data_ino == a.files.data_ino) => w.log = log,
             Some(log) => {
+                if have.is_some() {
+                    // A compaction replaced the file. Views of the old generation read
+                    // it whole from now on: map all of it first.
+                    w.log.remap()?;
+                    self.publish_state(w);
+                }
                 w.log = log;
                 w.generation += 1;
             }
@@ -212,7 +235,9 @@ impl Store {
         w.files = a.files;
         self.publish_state(w);
         f.attached.store(true, Ordering::Release);
-        f.mapped.store(w.log.map().len(), Ordering::Release);
+        // A page claiming more than the file holds is damaged: stop watching the length.
+        let len = w.log.map().len();
+        f.mapped.store(if a.published > len { u64::MAX } else { len }, Ordering::Release);
         f.seen.store(a.seq, Ordering::Release);
         Ok(())
     }
@@ -258,7 +283,7 @@ impl Store {
             // `attach` without files of our own opens both.
             return Err(Error::Locked { path: dir.to_path_buf(), read_only: true });
         };
-        let header = recovery::read_header(log.bytes(), &dir.join(DATA_FILE))?;
+        let header = log.read_head()?;
         let follow = Follower {
             live: live.clone(),
             seen: AtomicU64::new(a.seq),

@@ -25,13 +25,12 @@ const VERSION: u64 = 1;
 /// Size of the file: one page.
 const LEN: u64 = 4096;
 
-// Word numbers. Line 0: who wrote the page. Line 1: what a follower reads on every get.
+// Word numbers (5 is unused). Line 0: who wrote the page. Line 1: what a follower reads on every get.
 // Line 2: figures for `len` and `stats`.
 const W_MAGIC: usize = 0;
 const W_VERSION: usize = 1;
 const W_BOOT: usize = 2; // two words
 const W_STORE: usize = 4;
-const W_PID: usize = 5;
 const W_PREV_KEY: usize = 6;
 const W_PREV_VISIBLE: usize = 7;
 const W_SEQ: usize = 8;
@@ -70,6 +69,18 @@ pub(crate) struct Announced {
     pub visible: u64,
     /// The key of the previous writer's last files, and what it had made visible.
     pub prev: (u64, u64),
+}
+
+/// The ends of one data file as a follower may use them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ends {
+    /// The writer's marks: the file is the writer's now.
+    Live { published: u64, visible: u64 },
+    /// A compaction replaced the file: all of it is published and visible, for good.
+    Replaced,
+    /// A later writer took the file over: this view reads below `bound`; newer views of
+    /// the same file read the rest.
+    TakenOver { bound: u64 },
 }
 
 /// Figures the writer keeps current on the page, for a follower's `len` and `stats`.
@@ -161,7 +172,6 @@ impl Live {
                 (W_BOOT, boot as u64),
                 (W_BOOT + 1, (boot >> 64) as u64),
                 (W_STORE, store_id),
-                (W_PID, u64::from(std::process::id())),
                 (W_PREV_KEY, prev_key),
                 (W_PREV_VISIBLE, prev_visible),
             ] {
@@ -273,34 +283,31 @@ impl Live {
         None
     }
 
-    /// The published and visible ends of the files with `key` (a data file with inode
-    /// `ino`), as a follower may use them, and whether they are final (nothing more will be
-    /// published there): the page's marks while `key` is current; else see `retired`.
+    /// The writer's published and visible ends, if it still names the files by `key`.
+    /// A mark is loaded before the key, and the writer stores a new key before new marks
+    /// (`put_files`), so marks read with the caller's own key are its files'.
     #[inline]
-    pub fn ends(&self, key: u64, ino: u64, fallback: u64) -> (u64, u64, bool) {
+    pub fn current(&self, key: u64) -> Option<(u64, u64)> {
         let visible = self.w(W_VISIBLE).load(Ordering::Acquire);
         let published = self.w(W_PUBLISHED).load(Ordering::Acquire);
-        if self.w(W_KEY).load(Ordering::Acquire) == key {
-            (published, visible, false)
-        } else {
-            self.retired(key, ino, fallback)
-        }
+        (self.w(W_KEY).load(Ordering::Acquire) == key).then_some((published, visible))
     }
 
-    /// The ends of files the writer no longer announces:
-    /// - a data file a compaction replaced (another inode is the store now) is whole and
-    ///   immutable, and no batch was open at the swap: all of it is published and visible;
-    /// - the same data file under the previous writer's key (that writer stopped and a new
-    ///   one recovered the store): what the old writer had made visible, which recovery
-    ///   never cuts; past it the new writer may rewrite an unfinished batch;
-    /// - otherwise (the page unreadable, or files older than that): `fallback`, what the
-    ///   follower saw when it mapped them.
+    /// The final ends of a data file (inode `ino`) the writer no longer names by `key`:
+    /// - another inode is the store now: a compaction replaced this file, which is whole
+    ///   and immutable, and no batch was open at the swap: all of it;
+    /// - the same file under the previous writer's key (that writer stopped and a new one
+    ///   recovered the store): what the old writer had made visible, which recovery never
+    ///   cuts; past it the new writer may have rewritten an unfinished batch, and its own
+    ///   records are read through a newer view;
+    /// - otherwise (the page unreadable, or writers came and went unseen): `seen`, the
+    ///   most this handle saw visible in the file.
     #[cold]
-    fn retired(&self, key: u64, ino: u64, fallback: u64) -> (u64, u64, bool) {
+    pub fn retired(&self, key: u64, ino: u64, seen: u64) -> Ends {
         match self.read() {
-            Some(a) if a.files.data_ino != ino => (u64::MAX, u64::MAX, true),
-            Some(a) if a.prev.0 == key => (a.prev.1, a.prev.1, true),
-            _ => (fallback, fallback, true),
+            Some(a) if a.files.data_ino != ino => Ends::Replaced,
+            Some(a) if a.prev.0 == key => Ends::TakenOver { bound: a.prev.1 },
+            _ => Ends::TakenOver { bound: seen },
         }
     }
 

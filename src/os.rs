@@ -25,7 +25,8 @@ use fs2::FileExt;
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
-use crate::live::Live;
+use crate::format::LogHeader;
+use crate::live::{Ends, Live};
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("mapkv maps whole files and needs a 64-bit address space");
@@ -185,38 +186,55 @@ struct Marks {
     /// return. Never above `published`.
     visible: AtomicU64,
     /// For a follower (a read-only handle beside a writer in another process): the marks
-    /// are the writer's, read from the live page, and the two above are unused.
+    /// are the writer's, read from the live page; `visible` above then keeps the largest
+    /// visible end this handle has seen, and `published` is unused.
     follow: Option<Follow>,
 }
 
 /// Where a follower finds the marks of one data file: the live page, while it names the
-/// file by `key`; see [`Live::ends`].
+/// file by `key`; then, fixed once, its final ends (see [`Live::retired`]).
 struct Follow {
     live: Live,
     key: u64,
     ino: u64,
-    /// The visible end when the follower mapped the file.
-    seen: u64,
+    retired: std::sync::OnceLock<Ends>,
 }
 
 impl Marks {
-    /// Published end, visible end, and whether they are final.
+    /// The ends a reader may use now.
     #[inline]
-    fn ends(&self) -> (u64, u64, bool) {
-        match &self.follow {
-            None => {
-                let published = self.published.load(Ordering::Acquire);
-                (published, self.visible.load(Ordering::Acquire), false)
+    fn ends(&self) -> Ends {
+        let Some(f) = &self.follow else {
+            let published = self.published.load(Ordering::Acquire);
+            return Ends::Live { published, visible: self.visible.load(Ordering::Acquire) };
+        };
+        if let Some(e) = f.retired.get() {
+            return *e;
+        }
+        match f.live.current(f.key) {
+            Some((published, visible)) => {
+                if visible > self.visible.load(Ordering::Relaxed) {
+                    self.visible.fetch_max(visible, Ordering::Relaxed);
+                }
+                Ends::Live { published, visible }
             }
-            Some(f) => f.live.ends(f.key, f.ino, f.seen),
+            None => {
+                let seen = self.visible.load(Ordering::Relaxed);
+                *f.retired.get_or_init(|| f.live.retired(f.key, f.ino, seen))
+            }
         }
     }
 
+    /// The end of the bytes a reader may read.
     #[inline]
     fn published(&self) -> u64 {
         match &self.follow {
             None => self.published.load(Ordering::Acquire),
-            Some(_) => self.ends().0,
+            Some(_) => match self.ends() {
+                Ends::Live { published, .. } => published,
+                Ends::Replaced => u64::MAX,
+                Ends::TakenOver { bound } => bound,
+            },
         }
     }
 }
@@ -238,8 +256,12 @@ impl LogMap {
     /// Whether the log has been published past the end of this mapping (a newer mapping
     /// exists).
     pub fn outgrown(&self) -> bool {
-        let (published, _, last) = self.marks.ends();
-        !last && published > self.len()
+        match self.marks.ends() {
+            Ends::Live { published, .. } => published > self.len(),
+            // A view of the whole replaced file (a follower maps one when it moves on), or
+            // a later writer's records in this file: a newer view maps them.
+            Ends::Replaced | Ends::TakenOver { .. } => true,
+        }
     }
 
     /// End of the finished writes: a reader returns only records that start below it.
@@ -247,7 +269,11 @@ impl LogMap {
     pub fn visible(&self) -> u64 {
         match &self.marks.follow {
             None => self.marks.visible.load(Ordering::Acquire),
-            Some(_) => self.marks.ends().1,
+            Some(_) => match self.marks.ends() {
+                Ends::Live { visible, .. } => visible,
+                Ends::Replaced => u64::MAX,
+                Ends::TakenOver { bound } => bound,
+            },
         }
     }
 
@@ -264,9 +290,10 @@ impl LogMap {
         // mapping once published: `LogFile::write_at` only writes at or past the watermark,
         // `LogFile::write_header` only below `data_start`, and the watermark only rises
         // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
-        // A follower's watermark is the writer's, in the live page (`Live::ends`): the
-        // writer in the other process keeps the same rule, and a file it no longer writes
-        // is immutable whole.
+        // A follower's watermark is the writer's, in the live page (`Live::current`): the
+        // writer in the other process keeps the same rule. A file it replaced is
+        // immutable whole; a file a later writer took over is bounded by the old writer's
+        // visible end, below which recovery rewrites nothing (`Live::retired`).
         Some(unsafe {
             std::slice::from_raw_parts(self.raw.as_ptr().add(off as usize), (end - off) as usize)
         })
@@ -278,12 +305,14 @@ impl LogMap {
     /// # Panics
     /// If `bytes` does not lie in the published part of this mapping (a bug in the caller).
     pub fn value(self: &Arc<Self>, bytes: &[u8]) -> Value {
+        // `bytes` came from `tail`, which checked the watermark; a follower's may have
+        // moved since (the writer moved on), so only the mapping itself is checked here.
         let base = self.raw.as_ptr() as usize;
         let start = bytes.as_ptr() as usize;
-        let published = self.marks.published().min(self.len()) as usize;
+        let len = self.len() as usize;
         assert!(
-            start >= base + self.data_start as usize && start + bytes.len() <= base + published,
-            "value outside the published log"
+            start >= base + self.data_start as usize && start + bytes.len() <= base + len,
+            "value outside the mapped log"
         );
         Value { ptr: NonNull::from(bytes).cast(), len: bytes.len(), _map: Arc::clone(self) }
     }
@@ -382,10 +411,10 @@ impl LogFile {
     ) -> Result<Self> {
         let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let raw = map(&file, len, false, path)?;
-        let follow = Some(Follow { live, key, ino, seen });
+        let follow = Some(Follow { live, key, ino, retired: std::sync::OnceLock::new() });
         let marks = Arc::new(Marks {
             published: AtomicU64::new(data_start),
-            visible: AtomicU64::new(data_start),
+            visible: AtomicU64::new(seen),
             follow,
         });
         let map = Arc::new(LogMap { raw, marks, data_start });
@@ -396,6 +425,19 @@ impl LogFile {
     /// The file's inode number.
     pub fn ino(&self) -> u64 {
         self.ino
+    }
+
+    /// The header, read from a copy of the header pages (`pread`): for a follower, whose
+    /// writer in another process may be rewriting a header slot at this moment (a torn
+    /// slot fails its CRC, and the other one is whole).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn read_head(&self) -> Result<LogHeader> {
+        let mut head = vec![0; self.map.data_start.min(self.map.len()) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut head, 0)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        crate::recovery::header_of(&head, self.map.len(), &self.path)
     }
 
     /// The visible end (this handle's own marks).

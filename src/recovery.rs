@@ -37,7 +37,16 @@ pub struct RecoveryReport {
 /// [`Error::Corrupt`] if neither slot is valid, [`Error::UnsupportedVersion`] for a valid
 /// header of another version.
 pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
+    header_of(bytes, bytes.len() as u64, path)
+}
+
+/// As [`read_header`], from `head` (the file's first bytes) of a file of `len` bytes.
+///
+/// # Errors
+/// As [`read_header`].
+pub fn header_of(head: &[u8], len: u64, path: &Path) -> Result<LogHeader> {
     let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
+    let bytes = head;
     if (bytes.len() as u64) < DATA_START {
         return Err(corrupt(0, CorruptKind::TooShort { len: bytes.len() as u64, min: DATA_START }));
     }
@@ -58,10 +67,9 @@ pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
         }
     }
     match best {
-        Some(h) if h.committed > bytes.len() as u64 => Err(corrupt(
-            0,
-            CorruptKind::LengthPastEnd { end: h.committed, limit: bytes.len() as u64 },
-        )),
+        Some(h) if h.committed > len => {
+            Err(corrupt(0, CorruptKind::LengthPastEnd { end: h.committed, limit: len }))
+        }
         Some(h) => Ok(h),
         None if errors.iter().all(|(_, k)| *k == CorruptKind::BadMagic) => {
             Err(corrupt(0, CorruptKind::BadMagic))

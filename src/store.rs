@@ -498,19 +498,22 @@ impl Store {
     /// an error here: it is listed in the report.
     pub fn verify(&self) -> Result<VerifyReport> {
         self.check_poisoned()?;
-        let following = self.shared.follow.as_ref().is_some_and(|f| f.attached());
         // A follower checks the log as far as the writer had made visible when it started
         // (and mapped), and the index slots that point below that.
         let mut tries = 0;
-        let (w, end) = loop {
+        let (w, end, following) = loop {
             self.follow()?;
             let w = self.shared.writer.lock();
+            let following = self.shared.follow.as_ref().is_some_and(|f| f.attached());
             let end = if following { w.log.map().visible() } else { w.end };
+            if end <= w.log.map().len() {
+                break (w, end, following);
+            }
+            // The writer grew the log since this handle mapped it: map it and look again.
             tries += 1;
-            if end <= w.log.map().len() || tries == 100 {
-                // (Past the mapping 100 times running: check what open saw.)
-                let end = if end <= w.log.map().len() { end } else { w.end };
-                break (w, end);
+            if tries == 100 {
+                let why = std::io::Error::other("the writer's log keeps outgrowing this handle");
+                return Err(Error::io("verify", &self.shared.dir, why));
             }
         };
         let log = &w.log.bytes()[..end as usize];
@@ -619,14 +622,23 @@ impl Store {
             match self.lookup(index, &state.log, hash, key, visible)? {
                 Lookup::Found(bytes) => return Ok(Some((state, bytes))),
                 Lookup::Absent => return Ok(None),
-                Lookup::Stale(slot, off) => state = self.newer(state, slot, off)?,
+                Lookup::Stale(slot, off) => {
+                    state = self.newer(state, slot, off, pinned.is_some())?
+                }
             }
         }
     }
 
     /// The view after `state`, which must exist because `state`'s mapping is outgrown by
-    /// the record at `off` named by `slot`.
-    pub(crate) fn newer<'s>(&self, state: &'s State, slot: u64, off: u64) -> Result<&'s State> {
+    /// the record at `off` named by `slot`; with `same_files`, only a view of the same files
+    /// will do (a snapshot's pinned index means nothing in a compacted log).
+    pub(crate) fn newer<'s>(
+        &self,
+        state: &'s State,
+        slot: u64,
+        off: u64,
+        same_files: bool,
+    ) -> Result<&'s State> {
         if state.next.get().is_none() {
             // A follower learns of growth from the page, not from its own writer.
             self.follow()?;
@@ -635,6 +647,7 @@ impl Store {
             .next
             .get()
             .map(|n| &**n)
+            .filter(|n| !same_files || n.generation == state.generation)
             .ok_or_else(|| recovery::bad_slot(&self.shared.index_path, slot, off))
     }
 

@@ -120,10 +120,11 @@ impl Store {
             // between could have dropped a tombstone the snapshot needs. Growth always
             // publishes a successor state first, so "no successor yet" proves it (and, for
             // a follower, a live page that names no newer files).
-            let _ = self.follow(); // an error here shows at the snapshot's first get
+            // An error catching up shows at the snapshot's first get.
+            let caught_up = self.follow().is_ok();
             let first = self.shared.state.load_full();
             let visible = first.log.visible();
-            if first.next.get().is_none() && !self.behind_writer() {
+            if first.next.get().is_none() && (!caught_up || !self.behind_writer()) {
                 return Snapshot { store: self, first, visible };
             }
         }
@@ -183,7 +184,7 @@ impl Snapshot<'_> {
                     }
                     // Written past this mapping since it was loaded, or damaged: a newer
                     // view has it, or there is none and the slot is bad.
-                    _ => match self.store.newer(state, i, off) {
+                    _ => match self.store.newer(state, i, off, true) {
                         Ok(next) => state = next,
                         Err(e) => break Err(e),
                     },

@@ -738,6 +738,177 @@ fn read_only_open_without_any_writer() {
     check_model(&writer, &model, &[], "the writer after the crash");
 }
 
+// ---- edge cases found in review ----------------------------------------------------------
+
+fn store_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("db");
+    (tmp, dir)
+}
+
+fn get_vec(store: &Store, key: &str) -> Option<Vec<u8>> {
+    store.get(key).expect("get").map(|v| v.to_vec())
+}
+
+/// `verify` on a handle that opened alone, after a writer came, wrote (past the handle's
+/// mapping) and compacted: no panic, no false problems.
+#[test]
+fn verify_on_a_handle_that_opened_alone_then_followed() {
+    let (_t, dir) = store_dir();
+    let w = Store::open(&dir).expect("writer");
+    for i in 0..5000u32 {
+        w.put(format!("k{}", i % 10), vec![7u8; 4000]).expect("put");
+    }
+    w.close().expect("close");
+    let r = open_reader(&dir);
+    let w = Store::open(&dir).expect("writer");
+    for i in 100..200u32 {
+        w.put(format!("n{i}"), "v").expect("put");
+    }
+    w.sync().expect("sync");
+    let report = r.verify().expect("verify runs");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    w.compact().expect("compact");
+    w.put("x", "y").expect("put");
+    w.sync().expect("sync");
+    let report = r.verify().expect("verify runs");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.live_keys, 111);
+}
+
+/// A follower's snapshot held while the writer grows the log past the follower's mapping,
+/// overwrites a key and compacts: it still reads its own moment, every key of it.
+#[test]
+fn a_snapshot_survives_growth_then_compaction() {
+    let (_t, dir) = store_dir();
+    let w = Store::open(&dir).expect("writer");
+    for i in 0..100u32 {
+        w.put(format!("k{i}"), "old").expect("put");
+    }
+    w.sync().expect("sync");
+    let r = open_reader(&dir);
+    let snap = r.snapshot();
+    for j in 0..100 {
+        w.put(format!("filler{}", j % 3), vec![1u8; 100_000]).expect("put");
+    }
+    w.put("k5", "new").expect("put");
+    w.compact().expect("compact");
+    w.sync().expect("sync");
+    assert_eq!(snap.get("k5").expect("get").map(<[u8]>::to_vec), Some(b"old".to_vec()));
+    let all: Vec<_> = snap.iter().collect::<mapkv::Result<_>>().expect("iterate");
+    assert_eq!(all.len(), 100);
+    assert_eq!(get_vec(&r, "k5"), Some(b"new".to_vec()));
+}
+
+/// A follower's snapshot held while writers come and go (each `mapkv put` is one).
+#[test]
+fn a_snapshot_survives_writer_sessions() {
+    let (_t, dir) = store_dir();
+    let w = Store::open(&dir).expect("writer");
+    w.put("a", "1").expect("put");
+    w.sync().expect("sync");
+    let r = open_reader(&dir);
+    w.put("b", "2").expect("put");
+    w.sync().expect("sync");
+    let snap = r.snapshot();
+    w.put("b", "3").expect("put");
+    w.close().expect("close");
+    for key in ["c", "d"] {
+        let w = Store::open(&dir).expect("writer");
+        w.put(key, "x").expect("put");
+        w.close().expect("close");
+    }
+    let w = Store::open(&dir).expect("writer");
+    w.put("b", "4").expect("put");
+    assert_eq!(snap.get("b").expect("get"), Some(&b"2"[..]));
+    assert_eq!(snap.get("a").expect("get"), Some(&b"1"[..]));
+    assert_eq!(snap.get("d").expect("get"), None);
+    assert_eq!(get_vec(&r, "b"), Some(b"4".to_vec()));
+    assert_eq!(get_vec(&r, "d"), Some(b"x".to_vec()));
+}
+
+/// A reader opening alone while a writer is opening: whichever way the race goes, it
+/// follows the writer afterwards.
+#[test]
+fn a_reader_opening_as_a_writer_opens_follows_it() {
+    for round in 0..60u64 {
+        let (_t, dir) = store_dir();
+        let w = Store::open(&dir).expect("writer");
+        for i in 0..2000u32 {
+            w.put(format!("k{i}"), "v").expect("put");
+        }
+        if round % 2 == 0 {
+            w.simulate_crash(); // the next writer recovers for a while
+        } else {
+            w.close().expect("close");
+        }
+        let d = dir.clone();
+        let opener = thread::spawn(move || {
+            thread::sleep(Duration::from_micros(round % 15 * 40));
+            Store::open(&d).expect("writer")
+        });
+        let r = open_reader(&dir);
+        let w = opener.join().expect("opener");
+        w.put("new", "1").expect("put");
+        w.sync().expect("sync");
+        assert_eq!(get_vec(&r, "new"), Some(b"1".to_vec()), "round {round}");
+        w.put("k1", "changed").expect("put");
+        w.sync().expect("sync");
+        assert_eq!(get_vec(&r, "k1"), Some(b"changed".to_vec()), "round {round}");
+    }
+}
+
+/// A damaged live page that claims more log than the file holds: reads and snapshots
+/// still return (from the files the handle has), nothing spins.
+#[test]
+fn a_page_claiming_more_than_the_file_holds_does_not_hang_readers() {
+    use std::os::unix::fs::FileExt;
+    let (_t, dir) = store_dir();
+    let w = Store::open(&dir).expect("writer");
+    w.put("a", "1").expect("put");
+    w.sync().expect("sync");
+    let r = open_reader(&dir);
+    let page = std::fs::OpenOptions::new().write(true).open(dir.join("live.mkv")).expect("page");
+    page.write_all_at(&(1u64 << 40).to_le_bytes(), 12 * 8).expect("damage published");
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..1000 {
+                let _ = r.get("a");
+            }
+            let snap = r.snapshot();
+            tx.send(snap.get("a").map(|v| v.map(<[u8]>::to_vec))).expect("send");
+        });
+        let got = rx.recv_timeout(Duration::from_secs(20)).expect("reads return");
+        assert!(got.is_ok() || matches!(got, Err(Error::Corrupt { .. })), "{got:?}");
+    });
+}
+
+/// Another store's files renamed into the directory, opened by a writer: a follower of
+/// the first store does not take them for its own (other hash and checksum seeds).
+#[test]
+fn a_follower_does_not_attach_to_another_stores_files() {
+    let (tmp, dir) = store_dir();
+    let other = tmp.path().join("other");
+    let w = Store::open(&dir).expect("writer");
+    w.put("a", "s1").expect("put");
+    w.close().expect("close");
+    let w = Store::open(&other).expect("other");
+    w.put("a", "s2").expect("put");
+    w.put("b", "s2").expect("put");
+    w.close().expect("close");
+    let r = open_reader(&dir);
+    for f in ["data.mkv", "index.mkv"] {
+        std::fs::rename(other.join(f), dir.join(f)).expect("swap in");
+    }
+    let w = Store::open(&dir).expect("writer of the other store");
+    w.put("c", "s2").expect("put");
+    w.sync().expect("sync");
+    assert!(!r.stats().following);
+    assert_eq!(get_vec(&r, "a"), Some(b"s1".to_vec()), "still its own files");
+    assert_eq!(r.len(), 1);
+}
+
 // ---- readers in other processes ------------------------------------------------------------
 
 /// Names the role a re-executed child plays: `writer` or `reader`.
