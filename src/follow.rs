@@ -212,17 +212,21 @@ impl Store {
             f.seen.store(seq, Ordering::Release);
             return Ok(());
         };
+        let same_file = have.is_some_and(|h| h.data_ino == a.files.data_ino);
         match log {
-            // The same file under a new writer: a newer view of the same generation, so
-            // snapshots and readers go on reading it through the new mapping.
-            Some(log) if have.is_some_and(|h| h.data_ino == a.files.data_ino) => w.log = log,
+            // A new writer on the same files (the index too: a clean handover): a newer
+            // view of the same generation, which snapshots go on reading through.
+            Some(log) if same_file && index.is_none() => w.log = log,
             Some(log) => {
-                if have.is_some() {
+                if have.is_some() && !same_file {
                     // A compaction replaced the file. Views of the old generation read
                     // it whole from now on: map all of it first.
                     w.log.remap()?;
                     self.publish_state(w);
                 }
+                // (A new writer with a rebuilt index may have rewritten what the old one
+                // had not made visible: a new generation, so a pinned old index is never
+                // paired with its records.)
                 w.log = log;
                 w.generation += 1;
             }

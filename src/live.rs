@@ -25,12 +25,13 @@ const VERSION: u64 = 1;
 /// Size of the file: one page.
 const LEN: u64 = 4096;
 
-// Word numbers (5 is unused). Line 0: who wrote the page. Line 1: what a follower reads on every get.
+// Word numbers. Line 0: who wrote the page. Line 1: what a follower reads on every get.
 // Line 2: figures for `len` and `stats`.
 const W_MAGIC: usize = 0;
 const W_VERSION: usize = 1;
 const W_BOOT: usize = 2; // two words
 const W_STORE: usize = 4;
+const W_SESSION: usize = 5;
 const W_PREV_KEY: usize = 6;
 const W_PREV_VISIBLE: usize = 7;
 const W_SEQ: usize = 8;
@@ -69,6 +70,8 @@ pub(crate) struct Announced {
     pub visible: u64,
     /// The key of the previous writer's last files, and what it had made visible.
     pub prev: (u64, u64),
+    /// The key this writer started with: its keys are this and above.
+    pub session: u64,
 }
 
 /// The ends of one data file as a follower may use them.
@@ -161,7 +164,9 @@ impl Live {
             && self.boot() == boot
             && self.w(W_STORE).load(Ordering::Acquire) == store_id;
         let old_key = self.w(W_KEY).load(Ordering::Acquire);
-        let key = if valid { old_key.wrapping_add(1).max(1) } else { crate::store::random_id() };
+        // Keys only grow within a boot (from a random start below 2^63, so they never wrap).
+        let key =
+            if valid { old_key.wrapping_add(1).max(1) } else { crate::store::random_id() >> 1 };
         let files = Files { key, data_ino: ids.0, index_ino: ids.1 };
         self.write(|| {
             let (prev_key, prev_visible) =
@@ -172,6 +177,7 @@ impl Live {
                 (W_BOOT, boot as u64),
                 (W_BOOT + 1, (boot >> 64) as u64),
                 (W_STORE, store_id),
+                (W_SESSION, key),
                 (W_PREV_KEY, prev_key),
                 (W_PREV_VISIBLE, prev_visible),
             ] {
@@ -264,6 +270,7 @@ impl Live {
                         self.w(W_PREV_KEY).load(Ordering::Relaxed),
                         self.w(W_PREV_VISIBLE).load(Ordering::Relaxed),
                     ),
+                    session: self.w(W_SESSION).load(Ordering::Relaxed),
                 };
                 let ok = self.w(W_MAGIC).load(Ordering::Relaxed) == MAGIC
                     && self.w(W_VERSION).load(Ordering::Relaxed) == VERSION;
@@ -293,22 +300,26 @@ impl Live {
         (self.w(W_KEY).load(Ordering::Acquire) == key).then_some((published, visible))
     }
 
-    /// The final ends of a data file (inode `ino`) the writer no longer names by `key`:
-    /// - another inode is the store now: a compaction replaced this file, which is whole
-    ///   and immutable, and no batch was open at the swap: all of it;
-    /// - the same file under the previous writer's key (that writer stopped and a new one
-    ///   recovered the store): what the old writer had made visible, which recovery never
-    ///   cuts; past it the new writer may have rewritten an unfinished batch, and its own
-    ///   records are read through a newer view;
-    /// - otherwise (the page unreadable, or writers came and went unseen): `seen`, the
-    ///   most this handle saw visible in the file.
+    /// The final ends of a data file (inode `ino`) the writer no longer names by `key`,
+    /// or `None` if the page cannot be read now (a writer in the middle of rewriting it):
+    /// - the current writer's own file (`key` is of its session), replaced by its
+    ///   compaction: whole and immutable, and no batch was open at the swap: all of it;
+    /// - a file under the previous writer's key (that writer stopped and the current one
+    ///   took the file over, and may have compacted it since): what the old writer had
+    ///   made visible, which recovery never cuts; past it the new writer may have
+    ///   rewritten an unfinished batch;
+    /// - otherwise (writers came and went unseen): `seen`, the most this handle saw
+    ///   visible in the file.
     #[cold]
-    pub fn retired(&self, key: u64, ino: u64, seen: u64) -> Ends {
-        match self.read() {
-            Some(a) if a.files.data_ino != ino => Ends::Replaced,
-            Some(a) if a.prev.0 == key => Ends::TakenOver { bound: a.prev.1 },
-            _ => Ends::TakenOver { bound: seen },
-        }
+    pub fn retired(&self, key: u64, ino: u64, seen: u64) -> Option<Ends> {
+        let a = self.read()?;
+        Some(if a.files.data_ino != ino && key >= a.session {
+            Ends::Replaced
+        } else if a.prev.0 == key {
+            Ends::TakenOver { bound: a.prev.1 }
+        } else {
+            Ends::TakenOver { bound: seen }
+        })
     }
 
     pub fn figures(&self) -> Figures {

@@ -186,8 +186,7 @@ struct Marks {
     /// return. Never above `published`.
     visible: AtomicU64,
     /// For a follower (a read-only handle beside a writer in another process): the marks
-    /// are the writer's, read from the live page; `visible` above then keeps the largest
-    /// visible end this handle has seen, and `published` is unused.
+    /// are the writer's, read from the live page, and the two above are unused.
     follow: Option<Follow>,
 }
 
@@ -198,7 +197,13 @@ struct Follow {
     key: u64,
     ino: u64,
     retired: std::sync::OnceLock<Ends>,
+    /// The largest visible end seen in the file: its own cache line, since it changes
+    /// with the writer while the fields above are read on every get.
+    seen: Padded,
 }
+
+#[repr(align(64))]
+struct Padded(AtomicU64);
 
 impl Marks {
     /// The ends a reader may use now.
@@ -213,14 +218,18 @@ impl Marks {
         }
         match f.live.current(f.key) {
             Some((published, visible)) => {
-                if visible > self.visible.load(Ordering::Relaxed) {
-                    self.visible.fetch_max(visible, Ordering::Relaxed);
+                if visible > f.seen.0.load(Ordering::Relaxed) {
+                    f.seen.0.fetch_max(visible, Ordering::Release);
                 }
                 Ends::Live { published, visible }
             }
             None => {
-                let seen = self.visible.load(Ordering::Relaxed);
-                *f.retired.get_or_init(|| f.live.retired(f.key, f.ino, seen))
+                let seen = f.seen.0.load(Ordering::Acquire);
+                match f.live.retired(f.key, f.ino, seen) {
+                    Some(ends) => *f.retired.get_or_init(|| ends),
+                    // Not cached: the page may read whole in a moment.
+                    None => Ends::TakenOver { bound: seen },
+                }
             }
         }
     }
@@ -303,7 +312,7 @@ impl LogMap {
     /// that keeps the mapping alive.
     ///
     /// # Panics
-    /// If `bytes` does not lie in the published part of this mapping (a bug in the caller).
+    /// If `bytes` does not lie in the data area of this mapping (a bug in the caller).
     pub fn value(self: &Arc<Self>, bytes: &[u8]) -> Value {
         // `bytes` came from `tail`, which checked the watermark; a follower's may have
         // moved since (the writer moved on), so only the mapping itself is checked here.
@@ -411,10 +420,11 @@ impl LogFile {
     ) -> Result<Self> {
         let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let raw = map(&file, len, false, path)?;
-        let follow = Some(Follow { live, key, ino, retired: std::sync::OnceLock::new() });
+        let retired = std::sync::OnceLock::new();
+        let follow = Some(Follow { live, key, ino, retired, seen: Padded(AtomicU64::new(seen)) });
         let marks = Arc::new(Marks {
             published: AtomicU64::new(data_start),
-            visible: AtomicU64::new(seen),
+            visible: AtomicU64::new(data_start),
             follow,
         });
         let map = Arc::new(LogMap { raw, marks, data_start });

@@ -172,7 +172,7 @@ fn first_nonzero(b: &[u8]) -> Option<usize> {
 /// Where the valid log ends: after the last record or committed batch whose checksums
 /// hold. A bad record below `committed` is corruption; at or past it, it is a torn tail,
 /// reported as the cut (with an unfinished batch, the cut is at the batch's start).
-fn valid_end(
+pub(crate) fn valid_end(
     log: &[u8],
     header: &LogHeader,
     path: &Path,

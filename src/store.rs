@@ -509,6 +509,13 @@ impl Store {
             if end <= w.log.map().len() {
                 break (w, end, following);
             }
+            if end == u64::MAX {
+                // Files a compaction replaced, which the handle could not leave: whole
+                // and final, so their end is where their records end.
+                let path = self.shared.dir.join(DATA_FILE);
+                let (end, _) = recovery::valid_end(w.log.bytes(), &w.header, &path)?;
+                break (w, end, following);
+            }
             // The writer grew the log since this handle mapped it: map it and look again.
             tries += 1;
             if tries == 100 {

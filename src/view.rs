@@ -120,7 +120,8 @@ impl Store {
             // between could have dropped a tombstone the snapshot needs. Growth always
             // publishes a successor state first, so "no successor yet" proves it (and, for
             // a follower, a live page that names no newer files).
-            // An error catching up shows at the snapshot's first get.
+            // A handle that cannot catch up (an error mapping the writer's new files, which
+            // its next `get` reports) takes the snapshot of the newest view it has.
             let caught_up = self.follow().is_ok();
             let first = self.shared.state.load_full();
             let visible = first.log.visible();

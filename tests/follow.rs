@@ -909,6 +909,91 @@ fn a_follower_does_not_attach_to_another_stores_files() {
     assert_eq!(r.len(), 1);
 }
 
+/// Panics at the `n`th append once armed: a writer killed in the middle of a batch.
+struct KillMidBatch(AtomicU64);
+
+impl mapkv::testing::Observer for KillMidBatch {
+    fn before(&self, op: mapkv::testing::Op<'_>) -> std::io::Result<()> {
+        if let mapkv::testing::Op::Append { .. } = op
+            && self.0.load(Ordering::SeqCst) > 0
+            && self.0.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            panic!("killed mid-batch");
+        }
+        Ok(())
+    }
+}
+
+/// A follower's snapshot held while a writer dies inside a batch (its records written and
+/// in the index, never visible) and a new writer recovers and writes where they were, and
+/// (second round) compacts: the snapshot never gives a wrong answer; at worst an error.
+#[test]
+fn a_snapshot_never_reads_a_new_writers_records_through_the_old_index() {
+    for compact in [false, true] {
+        let (_t, dir) = store_dir();
+        let kill = Arc::new(KillMidBatch(AtomicU64::new(0)));
+        let a = OpenOptions::new().observer(kill.clone()).open(&dir).expect("writer");
+        for i in 0..10 {
+            a.put(format!("k{i}"), "old").expect("put");
+        }
+        a.sync().expect("sync");
+        let r = open_reader(&dir);
+        let snap = r.snapshot();
+        kill.0.store(3, Ordering::SeqCst);
+        let mut batch = Batch::new();
+        batch.put("k3", "new").put("k4", "new").put("k5", "new");
+        let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.write(batch)));
+        assert!(died.is_err(), "the writer must die inside the batch");
+        a.simulate_crash();
+        let b = Store::open(&dir).expect("next writer");
+        b.put("k7", "new").expect("put");
+        b.put("k8", "new").expect("put");
+        if compact {
+            b.compact().expect("compact");
+        }
+        b.sync().expect("sync");
+        assert_eq!(get_vec(&r, "k3"), Some(b"old".to_vec()), "the batch never happened");
+        assert_eq!(get_vec(&r, "k7"), Some(b"new".to_vec()));
+        for k in ["k3", "k4", "k7"] {
+            if let Ok(got) = snap.get(k) {
+                assert_eq!(got, Some(&b"old"[..]), "{k}, compact {compact}");
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for item in snap.iter() {
+            let Ok((k, v)) = item else { continue };
+            assert_eq!(v, b"old", "compact {compact}");
+            assert!(seen.insert(k.to_vec()), "a key twice, compact {compact}");
+        }
+    }
+}
+
+/// `verify` on a follower left on files a compaction-like swap replaced (another store's
+/// files renamed in): it checks its own, final files.
+#[test]
+fn verify_on_a_follower_left_on_replaced_files() {
+    let (tmp, dir) = store_dir();
+    let other = tmp.path().join("other");
+    let w = Store::open(&dir).expect("writer");
+    w.put("a", "s1").expect("put");
+    w.close().expect("close");
+    let w = Store::open(&other).expect("other");
+    w.put("a", "s2").expect("put");
+    w.close().expect("close");
+    let w0 = Store::open(&dir).expect("writer");
+    let r = open_reader(&dir);
+    drop(w0);
+    for f in ["data.mkv", "index.mkv"] {
+        std::fs::rename(other.join(f), dir.join(f)).expect("swap in");
+    }
+    let w = Store::open(&dir).expect("writer of the other store");
+    w.put("c", "s2").expect("put");
+    w.sync().expect("sync");
+    assert_eq!(get_vec(&r, "a"), Some(b"s1".to_vec()));
+    let report = r.verify().expect("verify of the handle's own files");
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
 // ---- readers in other processes ------------------------------------------------------------
 
 /// Names the role a re-executed child plays: `writer` or `reader`.
