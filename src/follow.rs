@@ -18,7 +18,7 @@ use crate::store::{DATA_FILE, INDEX_FILE, OpenOptions, Parts, Store, Writer};
 /// How long a read-only open waits for a writer that holds the lock but whose live page
 /// does not (yet) name files it can map: a writer still recovering, or between a rename
 /// and its announcement.
-const ATTACH_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const ATTACH_WAIT: Duration = Duration::from_secs(2);
 /// Attempts to map what one reading of the page names before giving up on that reading.
 const ATTACH_TRIES: u32 = 20;
 
@@ -135,14 +135,14 @@ pub(crate) enum Start {
 }
 
 /// Decides how a read-only open starts: following while a writer holds the lock, alone
-/// otherwise. Waits (up to [`ATTACH_WAIT`]) while a writer holds the lock but its page
-/// names nothing to map yet.
+/// otherwise. Waits (up to `wait`, [`ATTACH_WAIT`] unless a test says otherwise) while a
+/// writer holds the lock but its page names nothing to map yet.
 ///
 /// # Errors
 /// [`Error::Locked`] if a writer is there but cannot be followed (a writer of a mapkv
 /// without live pages, or one that announces nothing in time); [`Error::Io`].
-pub(crate) fn start(dir: &Path) -> Result<Start> {
-    let deadline = Instant::now() + ATTACH_WAIT;
+pub(crate) fn start(dir: &Path, wait: Duration) -> Result<Start> {
+    let deadline = Instant::now() + wait;
     loop {
         // Without a writer the page may be stale (files edited, copied or damaged since it
         // was written): read the files as they are, as open always did.

@@ -47,6 +47,7 @@ pub struct OpenOptions {
     sync_policy: SyncPolicy,
     auto_compact: Option<f64>,
     seam: Seam,
+    attach_wait: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -65,6 +66,7 @@ impl OpenOptions {
             sync_policy: SyncPolicy::Manual,
             auto_compact: None,
             seam: Seam::default(),
+            attach_wait: follow::ATTACH_WAIT,
         }
     }
 
@@ -111,6 +113,14 @@ impl OpenOptions {
     #[doc(hidden)]
     pub fn observer(&mut self, observer: Arc<dyn Observer>) -> &mut Self {
         self.seam = Seam::new(Some(observer));
+        self
+    }
+
+    /// Test seam: how long a read-only open waits for a writer whose live page names
+    /// nothing it can map (default 2 s). Not part of the supported API.
+    #[doc(hidden)]
+    pub fn attach_wait(&mut self, wait: std::time::Duration) -> &mut Self {
+        self.attach_wait = wait;
         self
     }
 
@@ -255,7 +265,7 @@ impl Store {
         let (lock, start) = if writable {
             (Some(os::lock_dir(dir)?), None)
         } else {
-            match follow::start(dir)? {
+            match follow::start(dir, opts.attach_wait)? {
                 Start::Follow(live, attached) => {
                     return Self::open_following(dir, opts, live, *attached);
                 }

@@ -70,6 +70,11 @@ fn ops_vs_model_corpus() {
     run_corpus("ops_vs_model", harness::ops_vs_model);
 }
 
+#[test]
+fn open_live_corpus() {
+    run_corpus("open_live", harness::open_live);
+}
+
 // ---- the seed corpora -------------------------------------------------------------------
 
 const PAGE: usize = 4096;
@@ -277,4 +282,27 @@ fn write_seed_corpora() {
     base_and_index_seeds();
     open_data_seeds();
     ops_vs_model_seeds();
+    open_live_seeds();
+}
+
+/// Writes the `open_live` seeds only (they need the base store already written).
+#[test]
+#[ignore = "rewrites fuzz/corpus/open_live: run by hand"]
+fn write_open_live_seeds() {
+    open_live_seeds();
+}
+
+/// `open_live` seeds: a live writer's own page on the base store, under each mode.
+fn open_live_seeds() {
+    let tmp = harness::scratch();
+    let db = tmp.path().join("db");
+    fs::create_dir(&db).expect("store directory");
+    fs::write(db.join("data.mkv"), harness::BASE_DATA).expect("write data.mkv");
+    let store = Store::open(&db).expect("open the base store");
+    let page = fs::read(db.join("live.mkv")).expect("read live.mkv");
+    drop(store);
+    let words = &page[..22 * 8];
+    for (name, mode) in [("exact", 0x0f), ("exact-verify", 0x1f), ("identity", 0x01), ("raw", 0)] {
+        write_seed("open_live", name, &[&[mode][..], words].concat());
+    }
 }

@@ -28,6 +28,8 @@
 //!   header slot, 2 an index header (80 bytes, then the file length as `u64`), 3 a walk over
 //!   consecutive records (seed, then the records).
 //! - `ops_vs_model`: a program of operations, one per opcode byte (see [`op`]).
+//! - `open_live`: bits 0–3 take the live page's identity, inodes, sequence parity and key
+//!   from the writer's real page; bit 4 `verify_checksums`; the rest is the page's words.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -1047,4 +1049,109 @@ pub fn ops_vs_model(input: &[u8]) {
     run.check_all(&store, "clean reopen at the end");
     drop(store);
     run.check_held();
+}
+
+// ---- open_live ----------------------------------------------------------------------------
+
+/// Word numbers of the live page (`live.mkv`, DESIGN.md §4) that `open_live` can set right.
+const LIVE_IDENTITY: std::ops::Range<usize> = 0..6; // magic, version, boot id, store id, session
+const LIVE_SEQ: usize = 8;
+const LIVE_KEY: usize = 9;
+const LIVE_INODES: std::ops::Range<usize> = 10..12;
+
+/// The live page's words from `input` (zero-filled to a page), with the words `mode` asks
+/// for taken from `real` (the page a live writer wrote).
+pub fn live_page(mode: u8, input: &[u8], real: &[u8]) -> Vec<u8> {
+    let mut page = input.to_vec();
+    page.resize(PAGE, 0);
+    let take = |page: &mut Vec<u8>, words: std::ops::Range<usize>| {
+        page[words.start * 8..words.end * 8].copy_from_slice(&real[words.start * 8..words.end * 8]);
+    };
+    if mode & 1 != 0 {
+        take(&mut page, LIVE_IDENTITY);
+    }
+    if mode & 2 != 0 {
+        take(&mut page, LIVE_INODES);
+    }
+    if mode & 4 != 0 {
+        let seq = get_u64(&page, LIVE_SEQ * 8) & !1;
+        put_u64(&mut page, LIVE_SEQ * 8, seq);
+    }
+    if mode & 8 != 0 {
+        take(&mut page, LIVE_KEY..LIVE_KEY + 1);
+    }
+    page
+}
+
+/// `open_live`: a live writer on the base store, and arbitrary bytes written over its live
+/// page (mode bits 0–3 set the identity, the inodes, an even sequence number and the
+/// writer's key right, so mutations get past those checks; bit 4 `verify_checksums`).
+/// A read-only open beside it follows the page, reads alone, or is `Locked`; it never
+/// panics, and reads give errors or values once written for the key. After a new writer
+/// session rewrites the page, an open follower sees that writer's writes. The page never
+/// changes what the writer stores.
+pub fn open_live(input: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let Some((&mode, rest)) = input.split_first() else { return };
+    let verify = mode & 0x10 != 0;
+    let (base, ever) = base_model();
+    let tmp = scratch();
+    let db = tmp.path().join("db");
+    fs::create_dir(&db).expect("store directory");
+    let mut data = BASE_DATA.to_vec();
+    data.resize(BASE_DATA_LEN, 0);
+    fs::write(db.join("data.mkv"), &data).expect("write data.mkv");
+    let writer = open(&db, false, verify).expect("a writable open of a sound log");
+    let live = db.join("live.mkv");
+    let real = fs::read(&live).expect("the writer's live page");
+    let page = live_page(mode, rest, &real);
+    let file = fs::OpenOptions::new().write(true).open(&live).expect("open live.mkv");
+    file.write_all_at(&page, 0).expect("write over the live page");
+
+    let reader = OpenOptions::new()
+        .read_only(true)
+        .verify_checksums(verify)
+        .attach_wait(std::time::Duration::from_millis(5))
+        .open(&db);
+    let reader = match reader {
+        Ok(r) => Some(r),
+        Err(Error::Locked { .. }) => None,
+        Err(e) => {
+            expect_damage(&e, "read-only open beside a writer with a damaged page");
+            None
+        }
+    };
+    if let Some(r) = &reader {
+        read_damaged(r, &ever, verify);
+        let _ = r.len();
+    }
+    // The writer's own data is untouched by its page.
+    writer.put(b"fuzz:new", b"W1").expect("put beside a damaged page");
+    writer.sync().expect("sync");
+    if let Some(r) = &reader {
+        read_damaged(r, &ever_with(&ever, b"fuzz:new", b"W1"), verify);
+    }
+    writer.close().expect("close");
+    // A new session rewrites the page: an open follower moves to it.
+    let writer = open(&db, false, verify).expect("reopen");
+    writer.put(b"fuzz:new", b"W2").expect("put");
+    writer.sync().expect("sync");
+    if let Some(r) = &reader {
+        let got = r.get(b"fuzz:new").expect("a follower of a sound page");
+        assert_eq!(got.as_deref(), Some(&b"W2"[..]), "the follower missed the new session");
+    }
+    drop(reader);
+    let mut want = base;
+    want.insert(b"fuzz:new".to_vec(), b"W2".to_vec());
+    assert!(sound_contents(&writer, "after a damaged page") == want, "the page changed the data");
+}
+
+fn ever_with(
+    ever: &BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    k: &[u8],
+    v: &[u8],
+) -> BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> {
+    let mut ever = ever.clone();
+    ever.entry(k.to_vec()).or_default().insert(v.to_vec());
+    ever
 }
