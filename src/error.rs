@@ -223,10 +223,12 @@ impl fmt::Display for Error {
                 match kind {
                     CorruptKind::BadIndexSlot { .. } => f.write_str(
                         "either the index or data.mkv is damaged: Store::verify tells which (if \
-                         only the index, deleting it makes mapkv rebuild it from data.mkv)",
+                         only the index, open with OpenOptions::rebuild_index or run `mapkv \
+                         recover --rebuild-index`)",
                     ),
                     _ if index => f.write_str(
-                        "delete the index file and mapkv rebuilds it from the data file",
+                        "rebuild it from the data file (OpenOptions::rebuild_index, or `mapkv \
+                         recover --rebuild-index`)",
                     ),
                     _ => f.write_str("restore the store from a backup"),
                 }

@@ -48,6 +48,7 @@ pub struct OpenOptions {
     auto_compact: Option<f64>,
     seam: Seam,
     attach_wait: std::time::Duration,
+    rebuild_index: bool,
 }
 
 impl Default for OpenOptions {
@@ -67,6 +68,7 @@ impl OpenOptions {
             auto_compact: None,
             seam: Seam::default(),
             attach_wait: follow::ATTACH_WAIT,
+            rebuild_index: false,
         }
     }
 
@@ -113,6 +115,15 @@ impl OpenOptions {
     #[doc(hidden)]
     pub fn observer(&mut self, observer: Arc<dyn Observer>) -> &mut Self {
         self.seam = Seam::new(Some(observer));
+        self
+    }
+
+    /// Rebuild the index from the log at open even if it looks trustworthy: the repair for
+    /// an index damaged after a clean close (`verify` reports `IndexDisagrees`). A writer
+    /// replaces `index.mkv`; a read-only handle rebuilds in memory. Ignored by a read-only
+    /// handle that follows a live writer.
+    pub fn rebuild_index(&mut self, yes: bool) -> &mut Self {
+        self.rebuild_index = yes;
         self
     }
 
@@ -304,7 +315,11 @@ impl Store {
         let ctx = IndexCtx { path: &index_path, writable, store_id: header.store_id, seam };
 
         let existing = IndexMap::open(&index_path, writable, seam)?;
-        let trusted = recovery::trust_index(existing.as_ref(), &header, log.bytes());
+        let trusted = if opts.rebuild_index {
+            Err("a rebuild was asked for".to_string())
+        } else {
+            recovery::trust_index(existing.as_ref(), &header, log.bytes())
+        };
         let (index, used, live, counts, mut report) = match (existing, trusted) {
             (Some(map), Ok(h)) => {
                 let report = RecoveryReport { log_end: h.clean_len, ..RecoveryReport::default() };

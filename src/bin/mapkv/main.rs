@@ -185,11 +185,15 @@ pub fn read_only() -> OpenOptions {
 /// Opens a store for writing (an exclusive lock); `create` makes it if missing. Opening
 /// recovers a store that was not closed cleanly (DESIGN.md §6).
 pub fn open_write(dir: &Path, create: bool) -> Result<Store, Failure> {
-    OpenOptions::new()
-        .create(create)
-        .verify_checksums(true)
-        .open(dir)
-        .map_err(|e| open_failure(dir, e))
+    let mut options = writable(false);
+    options.create(create).open(dir).map_err(|e| open_failure(dir, e))
+}
+
+/// The options of [`open_write`] (without `create`), rebuilding the index if asked.
+pub fn writable(rebuild_index: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.create(false).verify_checksums(true).rebuild_index(rebuild_index);
+    options
 }
 
 /// What to tell the user when a store does not open.

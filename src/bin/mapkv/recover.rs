@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use mapkv::{Error, RecoveryReport};
 
-use crate::{FAILED, Failure, open_failure, open_write, read_only};
+use crate::{FAILED, Failure, open_failure, read_only, writable};
 
 /// Cut a torn tail and rebuild the index after a crash, reporting what was cut
 ///
@@ -27,11 +27,15 @@ pub struct Args {
     /// Before cutting, copy the bytes that will be discarded to FILE (which must not exist)
     #[arg(long, value_name = "FILE")]
     save_tail: Option<PathBuf>,
+    /// Rebuild the index from the log even after a clean close: the repair for a damaged
+    /// index (`mapkv verify` reports the index disagreeing with the log)
+    #[arg(long)]
+    rebuild_index: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let dir = &args.dir;
-    let preview = match read_only().open(dir) {
+    let preview = match read_only().rebuild_index(args.rebuild_index).open(dir) {
         Ok(store) => store.recovery().clone(),
         Err(e @ Error::Corrupt { .. }) => {
             eprintln!(
@@ -60,7 +64,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         println!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
-    let store = open_write(dir, false)?;
+    let store = writable(args.rebuild_index).open(dir).map_err(|e| open_failure(dir, e))?;
     let report = store.recovery().clone();
     store.close()?;
     if !report.index_rebuilt {

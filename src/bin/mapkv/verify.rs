@@ -82,6 +82,12 @@ fn print_text(dir: &Path, found: &Found) {
             println!("note: torn tail at byte {offset} ({kind}); `mapkv recover` cuts it");
         }
     }
+    let index_only = found.problems.iter().all(|p| p.file.ends_with("index.mkv"));
+    if !found.problems.is_empty() && index_only && found.counts.is_some() {
+        println!(
+            "the log is sound: `mapkv recover --rebuild-index {dir}` rebuilds the index from it"
+        );
+    }
     match found.problems.len() {
         0 => println!("sound"),
         1 => println!("damaged: 1 problem"),
