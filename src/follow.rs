@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::format::DATA_START;
+use crate::format::{DATA_START, LogHeader};
 use crate::live::{Announced, Figures, Files, Live};
 use crate::os::{self, IndexMap, LogFile, Seam};
 use crate::recovery::{Counts, RecoveryReport};
@@ -48,11 +48,11 @@ impl Follower {
     }
 }
 
-/// What [`attach`] opened: the page's reading, and the data file and index where they
-/// differ from the ones the caller has.
+/// What [`attach`] opened: the page's reading, and the data file (with its header) and
+/// index where they differ from the ones the caller has.
 pub(crate) struct Attached {
     pub announced: Announced,
-    pub log: Option<LogFile>,
+    pub log: Option<(LogFile, LogHeader)>,
     pub index: Option<IndexMap>,
 }
 
@@ -81,12 +81,13 @@ pub(crate) fn attach(
             let path = dir.join(DATA_FILE);
             match open_if(&path, a.files.data_ino)? {
                 Some(file) => {
-                    let follow = (live.clone(), a.files.key, a.files.data_ino, a.visible);
+                    let follow = (live.clone(), a.files.key, a.visible);
                     let opened = LogFile::follow(file, &path, DATA_START, follow)?;
-                    if opened.read_head()?.store_id != a.store_id {
+                    let header = opened.read_head()?;
+                    if header.store_id != a.store_id {
                         return Ok(None); // a page left by another store (a copied directory)
                     }
-                    log = Some(opened);
+                    log = Some((opened, header));
                 }
                 None => continue,
             }
@@ -216,8 +217,8 @@ impl Store {
         match log {
             // A new writer on the same files (the index too: a clean handover): a newer
             // view of the same generation, which snapshots go on reading through.
-            Some(log) if same_file && index.is_none() => w.log = log,
-            Some(log) => {
+            Some((log, _)) if same_file && index.is_none() => w.log = log,
+            Some((log, _)) => {
                 if have.is_some() && !same_file {
                     // A compaction replaced the file. Views of the old generation read
                     // it whole from now on: map all of it first.
@@ -283,13 +284,12 @@ impl Store {
         attached: Attached,
     ) -> Result<Self> {
         let a = attached.announced;
-        let (Some(log), Some(index)) = (attached.log, attached.index) else {
+        let (Some((log, header)), Some(index)) = (attached.log, attached.index) else {
             // `attach` without files of our own opens both.
             return Err(Error::Locked { path: dir.to_path_buf(), read_only: true });
         };
-        let header = log.read_head()?;
         let follow = Follower {
-            live: live.clone(),
+            live,
             seen: AtomicU64::new(a.seq),
             mapped: AtomicU64::new(log.map().len()),
             attached: AtomicBool::new(true),
@@ -309,7 +309,7 @@ impl Store {
             seam: Seam::default(),
         };
         let report = RecoveryReport { log_end: a.visible, ..RecoveryReport::default() };
-        let parts = Parts { w, header, live_keys: 0, report, live: None, follow: Some(follow) };
+        let parts = Parts { w, live_keys: 0, report, live: None, follow: Some(follow) };
         Self::assemble(dir, opts, parts)
     }
 }

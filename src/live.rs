@@ -86,6 +86,28 @@ pub(crate) enum Ends {
     TakenOver { bound: u64 },
 }
 
+impl Ends {
+    /// The end of the bytes a reader may read (`u64::MAX`: all the mapping holds).
+    #[inline]
+    pub fn published(self) -> u64 {
+        match self {
+            Ends::Live { published, .. } => published,
+            Ends::Replaced => u64::MAX,
+            Ends::TakenOver { bound } => bound,
+        }
+    }
+
+    /// The end of the records a reader may return.
+    #[inline]
+    pub fn visible(self) -> u64 {
+        match self {
+            Ends::Live { visible, .. } => visible,
+            Ends::Replaced => u64::MAX,
+            Ends::TakenOver { bound } => bound,
+        }
+    }
+}
+
 /// Figures the writer keeps current on the page, for a follower's `len` and `stats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Figures {
@@ -195,7 +217,7 @@ impl Live {
 
     fn put_files(&self, files: Files, published: u64, visible: u64) {
         // The key first: a follower reads a mark, then the key, and trusts the mark only
-        // if the key is its own (see `Live::ends`).
+        // if the key is its own (see `Live::current`).
         self.w(W_KEY).store(files.key, Ordering::Release);
         self.w(W_DATA_INO).store(files.data_ino, Ordering::Release);
         self.w(W_INDEX_INO).store(files.index_ino, Ordering::Release);

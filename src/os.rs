@@ -41,10 +41,7 @@ compile_error!("mapkv maps whole files and needs a 64-bit address space");
 /// [`Error::NotFound`] if `dir` does not exist, [`Error::Locked`] if another handle holds
 /// it, [`Error::Io`] otherwise.
 pub fn lock_dir(dir: &Path) -> Result<File> {
-    let file = File::open(dir).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
-        _ => Error::io("open", dir, e),
-    })?;
+    let file = open_dir(dir)?;
     let contended = fs2::lock_contended_error().raw_os_error();
     // A process being spawned by any thread of this one holds a copy of every descriptor,
     // and with it the lock, between its fork and its exec (close-on-exec cannot help
@@ -69,10 +66,7 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
 /// # Errors
 /// [`Error::NotFound`] if `dir` does not exist, [`Error::Io`] otherwise.
 pub fn writer_alive(dir: &Path) -> Result<bool> {
-    let file = File::open(dir).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
-        _ => Error::io("open", dir, e),
-    })?;
+    let file = open_dir(dir)?;
     match FileExt::try_lock_shared(&file) {
         Ok(()) => {
             let _ = FileExt::unlock(&file);
@@ -81,6 +75,13 @@ pub fn writer_alive(dir: &Path) -> Result<bool> {
         Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(true),
         Err(e) => Err(Error::io("lock", dir, e)),
     }
+}
+
+fn open_dir(dir: &Path) -> Result<File> {
+    File::open(dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+        _ => Error::io("open", dir, e),
+    })
 }
 
 /// The data file is faulted in ahead of the writer this many bytes at a time.
@@ -239,11 +240,7 @@ impl Marks {
     fn published(&self) -> u64 {
         match &self.follow {
             None => self.published.load(Ordering::Acquire),
-            Some(_) => match self.ends() {
-                Ends::Live { published, .. } => published,
-                Ends::Replaced => u64::MAX,
-                Ends::TakenOver { bound } => bound,
-            },
+            Some(_) => self.ends().published(),
         }
     }
 }
@@ -278,11 +275,7 @@ impl LogMap {
     pub fn visible(&self) -> u64 {
         match &self.marks.follow {
             None => self.marks.visible.load(Ordering::Acquire),
-            Some(_) => match self.marks.ends() {
-                Ends::Live { visible, .. } => visible,
-                Ends::Replaced => u64::MAX,
-                Ends::TakenOver { bound } => bound,
-            },
+            Some(_) => self.marks.ends().visible(),
         }
     }
 
@@ -390,25 +383,11 @@ impl LogFile {
         data_start: u64,
         seam: &Seam,
     ) -> Result<Self> {
-        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        let (len, ino) = (meta.len(), meta.ino());
-        if writable {
-            // Re-reserve blocks a sparse copy may have turned into holes (cheap otherwise).
-            allocate(&file, 0, len, path)?;
-        }
-        let raw = map(&file, len, writable, path)?;
-        let marks = Arc::new(Marks {
-            published: AtomicU64::new(data_start),
-            visible: AtomicU64::new(data_start),
-            follow: None,
-        });
-        let map = Arc::new(LogMap { raw, marks, data_start });
-        let (path, seam) = (path.to_path_buf(), seam.clone());
-        Ok(Self { file, path, map, writable, seam, mirror: None, ino })
+        Self::open(file, path, (writable, data_start), seam, None)
     }
 
     /// A follower's read-only data file, whose marks are the writer's in `live` while it
-    /// names the file by `key` (`ino` is the file's inode, `seen` its visible end now).
+    /// names the file by `key` (`seen`: its visible end now).
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be inspected or mapped.
@@ -416,20 +395,40 @@ impl LogFile {
         file: File,
         path: &Path,
         data_start: u64,
-        (live, key, ino, seen): (Live, u64, u64, u64),
+        follow: (Live, u64, u64),
     ) -> Result<Self> {
-        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-        let raw = map(&file, len, false, path)?;
-        let retired = std::sync::OnceLock::new();
-        let follow = Some(Follow { live, key, ino, retired, seen: Padded(AtomicU64::new(seen)) });
+        Self::open(file, path, (false, data_start), &Seam::default(), Some(follow))
+    }
+
+    fn open(
+        file: File,
+        path: &Path,
+        (writable, data_start): (bool, u64),
+        seam: &Seam,
+        follow: Option<(Live, u64, u64)>,
+    ) -> Result<Self> {
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let (len, ino) = (meta.len(), meta.ino());
+        if writable {
+            // Re-reserve blocks a sparse copy may have turned into holes (cheap otherwise).
+            allocate(&file, 0, len, path)?;
+        }
+        let raw = map(&file, len, writable, path)?;
+        let follow = follow.map(|(live, key, seen)| Follow {
+            live,
+            key,
+            ino,
+            retired: std::sync::OnceLock::new(),
+            seen: Padded(AtomicU64::new(seen)),
+        });
         let marks = Arc::new(Marks {
             published: AtomicU64::new(data_start),
             visible: AtomicU64::new(data_start),
             follow,
         });
         let map = Arc::new(LogMap { raw, marks, data_start });
-        let seam = Seam::default();
-        Ok(Self { file, path: path.to_path_buf(), map, writable: false, seam, mirror: None, ino })
+        let (path, seam) = (path.to_path_buf(), seam.clone());
+        Ok(Self { file, path, map, writable, seam, mirror: None, ino })
     }
 
     /// The file's inode number.

@@ -171,7 +171,6 @@ enum Lookup<'s> {
 /// What `Store::assemble` makes a handle of.
 pub(crate) struct Parts {
     pub w: Writer,
-    pub header: LogHeader,
     pub live_keys: u64,
     pub report: RecoveryReport,
     pub live: Option<Live>,
@@ -381,7 +380,6 @@ impl Store {
         }
         let parts = Parts {
             w,
-            header,
             live_keys: live,
             report,
             live: page,
@@ -398,7 +396,7 @@ impl Store {
             next: OnceLock::new(),
             generation: 0,
         });
-        let end = p.w.end;
+        let (end, store_id) = (p.w.end, p.w.header.store_id);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index_path: dir.join(INDEX_FILE),
@@ -409,8 +407,8 @@ impl Store {
             compacting: Mutex::new(()),
             live_keys: AtomicU64::new(p.live_keys),
             poisoned: OnceLock::new(),
-            store_id: p.header.store_id,
-            seed: crc_seed(p.header.store_id),
+            store_id,
+            seed: crc_seed(store_id),
             verify: opts.verify_checksums,
             read_only: opts.read_only,
             recovery: p.report,
