@@ -12,7 +12,7 @@
 //! their exit code and stdout lines carrying the `@follow ` marker.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -23,6 +23,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use mapkv::{Batch, Error, OpenOptions, Reader, Store, Value};
+
+mod common;
+use common::{read_marked_lines, read_stderr};
 
 // ---- values that say what they are -------------------------------------------------------
 
@@ -1479,7 +1482,7 @@ fn spawn_child(role: &str, dir: &Path, plan: Plan, id: u64) -> KillOnDrop {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn child test process");
-    let lines = read_marked_lines(&mut child);
+    let lines = read_marked_lines(&mut child, MARK);
     let stderr = read_stderr(&mut child);
     KillOnDrop { child: Some(child), lines, stderr: Some(stderr), name: format!("{role} {id}") }
 }
@@ -1570,43 +1573,6 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
-}
-
-/// Reads the child's stdout on a thread and sends every complete marked line (without the
-/// marker).
-fn read_marked_lines(child: &mut Child) -> Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if buf.last() != Some(&b'\n') => return, // torn by a kill
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    if let Some(at) = line.find(MARK)
-                        && tx.send(line[at + MARK.len()..].to_string()).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Collects the child's stderr on a thread (for failure messages).
-fn read_stderr(child: &mut Child) -> JoinHandle<String> {
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    })
 }
 
 /// Polls the side file until `until` holds, checking meanwhile that `children` still run.

@@ -9,18 +9,21 @@
 //! lines that carry the `@mapkv ` marker (libtest's own output is ignored).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+use std::sync::mpsc::RecvTimeoutError;
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
 use mapkv::testing::{Observer, Op as OsOp};
 use mapkv::{Batch, CorruptKind, Error, OpenOptions, Store};
+
+mod common;
+use common::{read_marked_lines, read_stderr};
 
 // ---- child dispatch ----------------------------------------------------------------------
 
@@ -136,44 +139,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Reads the child's stdout on a thread and sends every complete marked line (without the
-/// marker). A line cut short by the kill has no newline and is dropped: it acknowledged
-/// nothing.
-fn read_marked_lines(child: &mut Child) -> Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if buf.last() != Some(&b'\n') => return, // torn by the kill
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    if let Some(at) = line.find(MARK)
-                        && tx.send(line[at + MARK.len()..].to_string()).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Collects the child's stderr on a thread (for failure messages).
-fn read_stderr(child: &mut Child) -> JoinHandle<String> {
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    })
-}
-
 fn killed_by_sigkill(status: ExitStatus) -> bool {
     status.signal() == Some(9)
 }
@@ -261,7 +226,7 @@ fn second_writer_process_is_refused_at_once_and_changes_nothing() {
 
     let mut child = spawn_child(LOCKED_TEST, "try-open", &dir, None);
     let started = Instant::now();
-    let lines = read_marked_lines(child.child());
+    let lines = read_marked_lines(child.child(), MARK);
     let stderr = read_stderr(child.child());
     let status = loop {
         if let Some(status) = child.child().try_wait().expect("try_wait") {
@@ -352,7 +317,7 @@ fn lock_left_by_a_killed_process_does_not_block() {
         store.close().expect("close");
     }
     let mut child = spawn_child(STALE_LOCK_TEST, "hold", &dir, None);
-    let lines = read_marked_lines(child.child());
+    let lines = read_marked_lines(child.child(), MARK);
     let stderr = read_stderr(child.child());
     match lines.recv_timeout(HANG_GUARD) {
         Ok(l) if l == "ready" => {}
@@ -818,7 +783,7 @@ fn kill_9_at_any_moment_loses_nothing_put_or_delete_returned() {
         );
 
         let mut child = spawn_child_with(CRASH_TEST, "writer", &dir, Some(seed), stall);
-        let lines_rx = read_marked_lines(child.child());
+        let lines_rx = read_marked_lines(child.child(), MARK);
         let stderr = read_stderr(child.child());
         let mut lines = Vec::new();
         if stall.is_some() {
