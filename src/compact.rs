@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::{DATA_START, HEADER_LEN, HEADER_SLOTS, Kind, LogHeader, Record, crc_seed};
+use crate::format::{DATA_START, Kind, LogHeader, Record, crc_seed};
 use crate::os::{self, LogFile, LogMap, Seam};
 use crate::recovery::{self, IndexCtx, Rebuild, Replay};
 use crate::store::{DATA_FILE, Store};
@@ -120,9 +120,7 @@ impl<'a> Copier<'a> {
     pub fn finish(&mut self) -> Result<()> {
         let h =
             LogHeader { seq: self.header.seq.wrapping_add(1), committed: self.end, ..self.header };
-        let mut b = [0; HEADER_LEN];
-        h.encode_into(&mut b);
-        self.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
+        crate::store::write_slot(&mut self.log, &h);
         self.log.flush(0, self.end)?;
         self.flushed = self.end;
         self.header = h;

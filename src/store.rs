@@ -1002,10 +1002,15 @@ fn is_enospc<T>(r: &Result<T>) -> bool {
 /// Writes the next header slot claiming `committed`, without flushing it.
 pub(crate) fn put_header(w: &mut Writer, committed: u64) {
     let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq.wrapping_add(1), committed };
+    write_slot(&mut w.log, &h);
+    w.header = h;
+}
+
+/// Writes `h` into its header slot (by `seq`, alternating), without flushing it.
+pub(crate) fn write_slot(log: &mut LogFile, h: &LogHeader) {
     let mut b = [0; HEADER_LEN];
     h.encode_into(&mut b);
-    w.log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
-    w.header = h;
+    log.write_header(HEADER_SLOTS[(h.seq % 2) as usize], &b);
 }
 
 /// Writes and flushes a header claiming `committed` (recovery; no store to poison yet).
@@ -1024,11 +1029,8 @@ pub(crate) fn create_data_file(seam: &Seam, dir: &Path, path: &Path, store_id: u
     let file = os::create(seam, &tmp)?;
     let mut log = LogFile::new(file, &tmp, true, DATA_START, seam)?;
     log.grow(MIN_GROWTH)?;
-    for (seq, slot) in HEADER_SLOTS.iter().enumerate() {
-        let h = LogHeader { store_id, seq: seq as u64, committed: DATA_START };
-        let mut b = [0; HEADER_LEN];
-        h.encode_into(&mut b);
-        log.write_header(*slot, &b);
+    for seq in 0..HEADER_SLOTS.len() as u64 {
+        write_slot(&mut log, &LogHeader { store_id, seq, committed: DATA_START });
     }
     log.flush(0, 2 * PAGE)?;
     os::rename(seam, &tmp, path)?;
