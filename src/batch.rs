@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::format::{Kind, Record};
 use crate::index::{self, Table};
-use crate::store::{Store, check_sizes};
+use crate::store::{Store, check_sizes, crc_word};
 
 /// Puts and deletes applied all together by [`Store::write`](crate::Store::write): after a
 /// crash either every one of them is in the store or none is, and readers see all of them
@@ -136,9 +136,12 @@ impl Store {
             w.end = off + commit_len;
             w.unsynced = w.unsynced.saturating_add(commit_len);
             w.log.publish(w.end);
+            w.seam.point("commit published");
             w.log.make_visible(w.end);
+            w.seam.point("batch visible");
+            w.last = (off, crc_word(w.log.map(), off));
             self.shared.live_keys.store(live, Ordering::Relaxed);
-            self.mirror_figures(w);
+            self.checkpoint(w);
         }
         let unsynced = w.unsynced;
         drop(guard);

@@ -45,6 +45,8 @@ pub(crate) struct Copier<'a> {
     pub flushed: u64,
     pub rebuild: Rebuild<'a>,
     pub header: LogHeader,
+    /// The last record appended (0: none yet).
+    pub last: u64,
     seed: u32,
 }
 
@@ -65,7 +67,7 @@ impl<'a> Copier<'a> {
         let (index, _) = ctx.create(None, keys)?;
         let rebuild = Rebuild::new(index, ctx);
         let seed = crc_seed(ctx.store_id);
-        Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, seed })
+        Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, last: 0, seed })
     }
 
     /// Appends a put or tombstone for `key` (with no back-pointer: nothing older exists in
@@ -82,6 +84,7 @@ impl<'a> Copier<'a> {
         self.log.write_at(self.end, fill, len as usize);
         self.log.publish(end);
         self.rebuild.apply(self.end, kind, key, self.log.bytes())?;
+        self.last = self.end;
         self.end = end;
         Ok(())
     }
@@ -190,7 +193,7 @@ impl Store {
             // A crash between the two renames must not find a clean old index.
             self.mark_index(w, 0)?;
         }
-        let Copier { mut log, end, rebuild, header, .. } = copier;
+        let Copier { mut log, end, rebuild, header, last, .. } = copier;
         // The commit point: from this rename on, the store is the new files.
         self.poison_on_err(log.install(&data_path))?;
         let (mut index, used, live, counts) =
@@ -200,6 +203,7 @@ impl Store {
         let log_before = w.end;
         (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
+        w.last = (last, crate::store::crc_word(w.log.map(), last));
         self.shared.live_keys.store(live, Ordering::Relaxed);
         self.publish_state(w);
         if let Some(live) = &self.shared.live {

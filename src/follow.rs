@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{DATA_START, LogHeader};
-use crate::live::{Announced, Figures, Files, Live};
+use crate::index::Table;
+use crate::live::{Announced, Checkpoint, Files, Live};
 use crate::os::{self, IndexMap, LogFile, Seam};
 use crate::recovery::{Counts, RecoveryReport};
 use crate::store::{DATA_FILE, INDEX_FILE, OpenOptions, Parts, Store, Writer};
@@ -250,27 +251,35 @@ impl Store {
     // ---- the writer's side -------------------------------------------------------------
 
     /// Tells followers which files are the store now (after index growth or compaction;
-    /// open starts a session instead), with the marks as they are.
+    /// open starts a session instead), with the marks as they are and, between writes, a
+    /// checkpoint of the writer's state (in the same lock, with its tag stored in the
+    /// index).
     pub(crate) fn announce(&self, w: &mut Writer) {
         if let Some(live) = &self.shared.live {
             w.files.data_ino = w.log.ino();
             w.files.index_ino = w.index.ino();
-            live.announce(w.files, w.log.published(), w.log.visible());
-            self.mirror_figures(w);
+            let marks = (w.log.published(), w.log.visible());
+            // Inside a batch (never, since a batch makes room first) the counts are not a
+            // finished write's: keep the last checkpoint, whose tag a grown index carries.
+            let between = w.end == marks.1;
+            let tag = if between { w.tag + 1 } else { w.tag };
+            let c = Checkpoint { tag, ..w.checkpoint(self.len()) };
+            let index = Arc::clone(&w.index);
+            live.announce(w.files, marks, &c, between, || Table::new(index.words()).set_tag(tag));
+            w.tag = tag;
         }
     }
 
-    /// Copies the figures followers show in `len` and `stats` to the live page.
+    /// Writes the writer's state, after a finished write, as its next checkpoint on the
+    /// live page, then stores the checkpoint's tag in the index (DESIGN.md §6, "Resuming
+    /// after a process crash"): a dozen stores into lines the writer owns, no flush.
     #[inline]
-    pub(crate) fn mirror_figures(&self, w: &Writer) {
+    pub(crate) fn checkpoint(&self, w: &mut Writer) {
         if let Some(live) = &self.shared.live {
-            live.set_figures(&Figures {
-                live: self.len(),
-                used: w.used,
-                records: w.counts.records,
-                live_bytes: w.counts.live_bytes,
-                ..Figures::default()
-            });
+            w.tag += 1;
+            live.checkpoint(&w.checkpoint(self.len()));
+            w.seam.point("checkpoint written");
+            Table::new(w.index.words()).set_tag(w.tag);
         }
     }
 }
@@ -307,9 +316,12 @@ impl Store {
             _lock: None,
             files: a.files,
             seam: Seam::default(),
+            tag: 0,
+            last: (0, 0),
         };
         let report = RecoveryReport { log_end: a.visible, ..RecoveryReport::default() };
-        let parts = Parts { w, live_keys: 0, report, live: None, follow: Some(follow) };
+        let durable = a.visible;
+        let parts = Parts { w, live_keys: 0, durable, report, live: None, follow: Some(follow) };
         Self::assemble(dir, opts, parts)
     }
 }

@@ -303,6 +303,9 @@ pub fn crc_seed(store_id: u64) -> u32 {
 pub const INDEX_MAGIC: [u8; 8] = *b"MAPKVIDX";
 /// Index header length in bytes (10 words); slots start at `PAGE`.
 pub const INDEX_HEADER_LEN: usize = 80;
+/// Where the index file keeps the tag of the writer's checkpoint it matches (a little-endian
+/// word after the header, outside its checksum: the writer stores it after every write).
+pub const INDEX_TAG_OFFSET: u64 = INDEX_HEADER_LEN as u64;
 /// Bytes per slot: the 64-bit key hash, then the record offset.
 pub const SLOT_LEN: u64 = 16;
 /// Least number of slots.

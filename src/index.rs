@@ -12,10 +12,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
-use crate::format::{INDEX_HEADER_LEN, IndexHeader, MIN_SLOTS, PAGE};
+use crate::format::{INDEX_HEADER_LEN, INDEX_TAG_OFFSET, IndexHeader, MIN_SLOTS, PAGE};
 
 /// Set in an offset word when the key's latest record is a tombstone.
 pub const DELETED: u64 = 1 << 63;
+/// The word of a slot that recovery took back from a batch that never finished (its key
+/// was new): deleted, naming no record. It matches no key; growth drops it.
+pub const VACATED: u64 = DELETED;
+const TAG_WORD: usize = (INDEX_TAG_OFFSET / 8) as usize;
 const FIRST_SLOT_WORD: usize = (PAGE / 8) as usize;
 /// The table grows when occupied slots would pass this fraction (in 1/16ths).
 const MAX_LOAD_16THS: u64 = 11;
@@ -93,6 +97,19 @@ impl<'a> Table<'a> {
         for (chunk, w) in b.chunks_exact(8).zip(self.words) {
             let v = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
             w.store(v, Ordering::Release);
+        }
+    }
+
+    /// The tag of the writer's checkpoint this index matches (0: none).
+    pub fn tag(&self) -> u64 {
+        self.words.get(TAG_WORD).map_or(0, |w| u64::from_le(w.load(Ordering::Acquire)))
+    }
+
+    /// Records that the index matches the writer's checkpoint `tag`.
+    #[inline]
+    pub fn set_tag(&self, tag: u64) {
+        if let Some(w) = self.words.get(TAG_WORD) {
+            w.store(tag.to_le(), Ordering::Release);
         }
     }
 
@@ -174,7 +191,7 @@ impl<'a> Table<'a> {
 
     /// Finds the slot a key has or would take (writer side). `is_key` is called with the
     /// slot and offset (without `DELETED`) of every slot whose hash matches, deleted ones
-    /// included.
+    /// included, vacated ones not.
     ///
     /// # Errors
     /// Whatever `is_key` returns.
@@ -183,7 +200,10 @@ impl<'a> Table<'a> {
         hash: u64,
         mut is_key: impl FnMut(u64, u64) -> Result<bool>,
     ) -> Result<Slot> {
-        self.probe(hash, |i, word| is_key(i, word & !DELETED))
+        self.probe(
+            hash,
+            |i, word| if word == VACATED { Ok(false) } else { is_key(i, word & !DELETED) },
+        )
     }
 
     /// Points slot `i` at `word` for a key with `hash`. For an empty slot the offset is

@@ -21,12 +21,13 @@ use crate::os::{IndexMap, Seam};
 
 pub(crate) const LIVE_FILE: &str = "live.mkv";
 const MAGIC: u64 = u64::from_le_bytes(*b"MAPKVLIV");
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 /// Size of the file: one page.
 const LEN: u64 = 4096;
 
 // Word numbers. Line 0: who wrote the page. Line 1: what a follower reads on every get.
-// Line 2: figures for `len` and `stats`.
+// Line 2: the durable ends. Lines 4-7: the writer's checkpoints (also a follower's figures
+// for `len` and `stats`).
 const W_MAGIC: usize = 0;
 const W_VERSION: usize = 1;
 const W_BOOT: usize = 2; // two words
@@ -40,13 +41,14 @@ const W_DATA_INO: usize = 10;
 const W_INDEX_INO: usize = 11;
 const W_PUBLISHED: usize = 12;
 const W_VISIBLE: usize = 13;
-const W_LIVE: usize = 16;
-const W_USED: usize = 17;
-const W_RECORDS: usize = 18;
-const W_LIVE_BYTES: usize = 19;
 const W_DURABLE: usize = 20;
 const W_COMMITTED: usize = 21;
-const WORDS: usize = 22;
+/// Lines 4-7: two checkpoint slots (written alternately, by tag), two lines each.
+const W_CHECKPOINTS: [usize; 2] = [32, 48];
+const WORDS: usize = 64;
+// Words of a checkpoint slot, from its first. The tag is 0 while the slot is rewritten.
+const C_TAG: usize = 0;
+const C_FIELDS: usize = 8;
 
 /// How long a reader waits for a page the writer is in the middle of rewriting.
 const SPINS: u32 = 1000;
@@ -72,6 +74,9 @@ pub(crate) struct Announced {
     pub prev: (u64, u64),
     /// The key this writer started with: its keys are this and above.
     pub session: u64,
+    /// Whether the magic and version are this mapkv's, and the boot the page was written in.
+    ok: bool,
+    boot: u128,
 }
 
 /// The ends of one data file as a follower may use them.
@@ -117,6 +122,52 @@ pub(crate) struct Figures {
     pub live_bytes: u64,
     pub durable: u64,
     pub committed: u64,
+}
+
+/// The writer's state after its last finished write (DESIGN.md §6, "Resuming after a
+/// process crash"): the index names every record below `end` (and nothing past it but the
+/// write in flight), and the counts are the store's at `end`. The index file carries the
+/// tag of the checkpoint it matches (`Table::tag`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// Sequence number of checkpoints, never 0; the slot is `tag % 2`.
+    pub tag: u64,
+    /// The key of the files it describes (`Files::key`).
+    pub key: u64,
+    /// The visible end: a finished write, never inside a batch.
+    pub end: u64,
+    /// Offset of the record ending at `end` (0: none, `end` is the log's start;
+    /// [`UNKNOWN_LAST`]: not known, after a clean open) and its checksum word.
+    pub last: u64,
+    pub last_crc: u64,
+    pub live: u64,
+    pub used: u64,
+    pub records: u64,
+    pub live_bytes: u64,
+}
+
+/// `Checkpoint::last` when the writer does not know its last record (opened clean, no write
+/// yet): recovery then checks nothing there.
+pub(crate) const UNKNOWN_LAST: u64 = u64::MAX;
+
+impl Checkpoint {
+    fn fields(&self) -> [u64; C_FIELDS] {
+        [
+            self.key,
+            self.end,
+            self.last,
+            self.last_crc,
+            self.live,
+            self.used,
+            self.records,
+            self.live_bytes,
+        ]
+    }
+
+    fn from_fields(tag: u64, f: [u64; C_FIELDS]) -> Self {
+        let [key, end, last, last_crc, live, used, records, live_bytes] = f;
+        Self { tag, key, end, last, last_crc, live, used, records, live_bytes }
+    }
 }
 
 /// The mapped page.
@@ -177,8 +228,17 @@ impl Live {
     /// Starts a writer's session: the page names `files` (whose key this picks) and the
     /// marks, under the sequence lock. Remembers the previous session's key and visible
     /// mark if the page held one of this boot, for followers still reading its files.
-    /// Returns the key.
-    pub fn start_session(&self, store_id: u64, ids: (u64, u64), end: u64) -> u64 {
+    /// Writes `c` as the session's first checkpoint (with the new key and the next tag),
+    /// and runs `also(tag)` (storing the tag in the index) inside the same lock, so a
+    /// writer killed in between leaves a page no one resumes from. Returns the key and the
+    /// tag.
+    pub fn start_session(
+        &self,
+        store_id: u64,
+        ids: (u64, u64),
+        mut c: Checkpoint,
+        also: impl FnOnce(u64),
+    ) -> (u64, u64) {
         let boot = boot_id();
         let valid = self.w(W_MAGIC).load(Ordering::Acquire) == MAGIC
             && self.w(W_VERSION).load(Ordering::Acquire) == VERSION
@@ -190,6 +250,11 @@ impl Live {
         let key =
             if valid { old_key.wrapping_add(1).max(1) } else { crate::store::random_id() >> 1 };
         let files = Files { key, data_ino: ids.0, index_ino: ids.1 };
+        // Tags go on from the page's, so no slot left by an earlier writer shares one.
+        let newest = self.checkpoints().iter().flatten().map(|c| c.tag).max().unwrap_or(0);
+        c.key = key;
+        c.tag = c.tag.max(newest).wrapping_add(1).max(1);
+        let end = c.end;
         self.write(|| {
             let (prev_key, prev_visible) =
                 if valid { (old_key, self.w(W_VISIBLE).load(Ordering::Relaxed)) } else { (0, 0) };
@@ -206,13 +271,98 @@ impl Live {
                 self.w(i).store(v, Ordering::Relaxed);
             }
             self.put_files(files, end, end);
+            self.checkpoint(&c);
+            also(c.tag);
         });
-        key
+        (key, c.tag)
     }
 
-    /// Announces new files (index growth, compaction) and, with them, the marks.
-    pub fn announce(&self, files: Files, published: u64, visible: u64) {
-        self.write(|| self.put_files(files, published, visible));
+    /// Announces new files (index growth, compaction) and, with them, the marks and (if
+    /// `write_checkpoint`) the checkpoint `c`, and runs `also` (storing its tag in the
+    /// index), all under the lock.
+    pub fn announce(
+        &self,
+        files: Files,
+        (published, visible): (u64, u64),
+        c: &Checkpoint,
+        write_checkpoint: bool,
+        also: impl FnOnce(),
+    ) {
+        self.write(|| {
+            self.put_files(files, published, visible);
+            if write_checkpoint {
+                self.checkpoint(c);
+            }
+            also();
+        });
+    }
+
+    /// Writes checkpoint `c` into slot `c.tag % 2`: the tag is zeroed first and set last,
+    /// so a slot whose writer died in the middle reads as empty and the other slot, the
+    /// previous checkpoint, is whole.
+    pub fn checkpoint(&self, c: &Checkpoint) {
+        let base = W_CHECKPOINTS[(c.tag % 2) as usize];
+        self.w(base + C_TAG).store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (i, v) in c.fields().into_iter().enumerate() {
+            self.w(base + 1 + i).store(v, Ordering::Relaxed);
+        }
+        self.w(base + C_TAG).store(c.tag, Ordering::Release);
+    }
+
+    /// The checkpoint in each slot, if it reads whole (a live writer may be rewriting one:
+    /// then it is retried a few times, then taken as empty).
+    pub fn checkpoints(&self) -> [Option<Checkpoint>; 2] {
+        W_CHECKPOINTS.map(|base| {
+            for _ in 0..64 {
+                let tag = self.w(base + C_TAG).load(Ordering::Acquire);
+                if tag == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let f = std::array::from_fn(|i| self.w(base + 1 + i).load(Ordering::Relaxed));
+                fence(Ordering::Acquire);
+                if self.w(base + C_TAG).load(Ordering::Relaxed) == tag {
+                    return Some(Checkpoint::from_fields(tag, f));
+                }
+            }
+            None
+        })
+    }
+
+    /// The checkpoint a writer opening after a crash (this boot) may resume from: the one
+    /// whose tag the index carries (`index_tag`), written for the files the page names,
+    /// when the page is this store's, of this boot, read whole, and names `data_ino` as the
+    /// data file. Otherwise why not, in words for `RecoveryReport::reason`.
+    ///
+    /// # Errors
+    /// The reason not to resume.
+    pub fn resumable(
+        &self,
+        store_id: u64,
+        data_ino: u64,
+        index_tag: u64,
+    ) -> std::result::Result<Checkpoint, String> {
+        let boot = boot_id();
+        if self.w(W_MAGIC).load(Ordering::Acquire) != MAGIC
+            || self.w(W_VERSION).load(Ordering::Acquire) != VERSION
+        {
+            return Err("the live page was not written by this version of mapkv".into());
+        }
+        if boot == 0 || self.boot() != boot {
+            return Err("the machine restarted since the writer ran (another boot id)".into());
+        }
+        let Some(a) = self.read_once().filter(|a| a.store_id == store_id) else {
+            return Err("the writer stopped while rewriting its live page".into());
+        };
+        if a.files.data_ino != data_ino {
+            return Err("the data file was replaced after the writer's last checkpoint".into());
+        }
+        self.checkpoints()
+            .into_iter()
+            .flatten()
+            .find(|c| c.key == a.files.key && c.tag == index_tag)
+            .ok_or_else(|| "the index does not match the writer's last checkpoint".into())
     }
 
     fn put_files(&self, files: Files, published: u64, visible: u64) {
@@ -242,17 +392,6 @@ impl Live {
         self.w(W_VISIBLE).store(end, Ordering::Release);
     }
 
-    pub fn set_figures(&self, f: &Figures) {
-        for (i, v) in [
-            (W_LIVE, f.live),
-            (W_USED, f.used),
-            (W_RECORDS, f.records),
-            (W_LIVE_BYTES, f.live_bytes),
-        ] {
-            self.w(i).store(v, Ordering::Relaxed);
-        }
-    }
-
     pub fn set_durable(&self, durable: u64, committed: u64) {
         self.w(W_DURABLE).store(durable, Ordering::Relaxed);
         self.w(W_COMMITTED).store(committed, Ordering::Relaxed);
@@ -276,9 +415,25 @@ impl Live {
     /// in the middle of a rewrite (a writer killed inside one leaves it so: `None`).
     pub fn read(&self) -> Option<Announced> {
         for spin in 0..SPINS {
+            if let Some(a) = self.read_once() {
+                let current = a.boot != 0 && a.boot == boot_id();
+                return (a.ok && current && a.files.key != 0).then_some(a);
+            }
+            if spin % 64 == 63 {
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        None
+    }
+
+    /// One reading of the page, if it is not in the middle of a rewrite.
+    fn read_once(&self) -> Option<Announced> {
+        {
             let seq = self.seq();
             if seq & 1 == 0 {
-                let a = Announced {
+                let mut a = Announced {
                     seq,
                     store_id: self.w(W_STORE).load(Ordering::Relaxed),
                     files: Files {
@@ -293,20 +448,16 @@ impl Live {
                         self.w(W_PREV_VISIBLE).load(Ordering::Relaxed),
                     ),
                     session: self.w(W_SESSION).load(Ordering::Relaxed),
+                    ok: false,
+                    boot: 0,
                 };
-                let ok = self.w(W_MAGIC).load(Ordering::Relaxed) == MAGIC
+                a.ok = self.w(W_MAGIC).load(Ordering::Relaxed) == MAGIC
                     && self.w(W_VERSION).load(Ordering::Relaxed) == VERSION;
-                let boot = self.boot();
+                a.boot = self.boot();
                 fence(Ordering::Acquire);
                 if self.w(W_SEQ).load(Ordering::Relaxed) == seq {
-                    let current = boot != 0 && boot == boot_id();
-                    return (ok && current && a.files.key != 0).then_some(a);
+                    return Some(a);
                 }
-            }
-            if spin % 64 == 63 {
-                std::thread::sleep(Duration::from_micros(50));
-            } else {
-                std::hint::spin_loop();
             }
         }
         None
@@ -344,13 +495,15 @@ impl Live {
         })
     }
 
+    /// The writer's figures: those of its newest checkpoint, and the durable ends.
     pub fn figures(&self) -> Figures {
         let r = |i| self.w(i).load(Ordering::Relaxed);
+        let c = self.checkpoints().into_iter().flatten().max_by_key(|c| c.tag).unwrap_or_default();
         Figures {
-            live: r(W_LIVE),
-            used: r(W_USED),
-            records: r(W_RECORDS),
-            live_bytes: r(W_LIVE_BYTES),
+            live: c.live,
+            used: c.used,
+            records: c.records,
+            live_bytes: c.live_bytes,
             durable: r(W_DURABLE),
             committed: r(W_COMMITTED),
         }
@@ -364,6 +517,27 @@ impl Live {
 }
 
 const _: () = assert!(WORDS * 8 <= LEN as usize);
+
+/// Test seam: makes the live page in `dir` name the data and index files now there (as if
+/// the writer had opened these copies), and, with `reboot`, carry another boot id (as a
+/// page read after a restart does). Crash tests use it on copies of a killed writer's
+/// files. Not part of the supported API.
+///
+/// # Errors
+/// I/O errors reading or writing the files.
+pub fn adopt_page(dir: &Path, reboot: bool) -> io::Result<()> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let page = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(LIVE_FILE))?;
+    let put = |word: usize, v: u64| page.write_all_at(&v.to_le_bytes(), word as u64 * 8);
+    put(W_DATA_INO, std::fs::metadata(dir.join("data.mkv"))?.ino())?;
+    put(W_INDEX_INO, std::fs::metadata(dir.join("index.mkv"))?.ino())?;
+    if reboot {
+        let mut b = [0; 8];
+        page.read_exact_at(&mut b, W_BOOT as u64 * 8)?;
+        put(W_BOOT, u64::from_le_bytes(b) ^ 1)?;
+    }
+    Ok(())
+}
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), 0 if unknown: a page written in
 /// another boot describes files as they were before a power loss or reboot.

@@ -436,6 +436,11 @@ impl LogFile {
         self.ino
     }
 
+    /// The file's path (its name in the store after `install`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The header, read from a copy of the header pages (`pread`): for a follower, whose
     /// writer in another process may be rewriting a header slot at this moment (a torn
     /// slot fails its CRC, and the other one is whole).
@@ -625,15 +630,18 @@ impl LogFile {
         Flusher { map: Arc::clone(&self.map), path: self.path.clone(), seam: self.seam.clone() }
     }
 
-    /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs.
-    /// Used by recovery so that stale bytes past the cut can never parse later.
+    /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs:
+    /// with `whole`, the whole file (fdatasync: everything below is durable too); else only
+    /// that range (msync from `from`'s page: the zeros and the new extent state are
+    /// durable, dirty pages below stay as they were). Used by recovery so that stale bytes
+    /// past the cut can never parse later.
     ///
     /// # Errors
     /// [`Error::Io`].
     ///
     /// # Panics
     /// If `from` is below the published end.
-    pub fn zero_tail(&mut self, from: u64) -> Result<()> {
+    pub fn zero_tail(&mut self, from: u64, whole: bool) -> Result<()> {
         assert!(from >= self.published(), "zeroing published bytes");
         let len = self.map.len().saturating_sub(from);
         let fd = self.file.as_raw_fd();
@@ -659,6 +667,9 @@ impl LogFile {
                     at += n as u64;
                 }
             }
+        }
+        if !whole {
+            return self.flush(from, self.map.len());
         }
         let path = &self.path;
         self.seam
@@ -907,6 +918,12 @@ pub enum Op<'a> {
         /// End.
         to: u64,
     },
+    /// A step of a write with no I/O of its own (a record published, a slot stored, a
+    /// checkpoint written): a crash point between two stores.
+    Point {
+        /// What has just been done.
+        name: &'static str,
+    },
     /// A record was copied into the log at `[off, off + len)` and is not yet published.
     Append {
         /// The data file.
@@ -943,6 +960,14 @@ impl Seam {
     /// A seam reporting to `observer`.
     pub fn new(observer: Option<Arc<dyn Observer>>) -> Self {
         Self(observer)
+    }
+
+    /// Reports crash point `name` (`Op::Point`); its result is ignored.
+    #[inline]
+    pub fn point(&self, name: &'static str) {
+        if self.0.is_some() {
+            let _ = self.run(Op::Point { name }, || Ok(()));
+        }
     }
 
     fn run<T>(&self, op: Op<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {

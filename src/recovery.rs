@@ -10,7 +10,8 @@ use crate::format::{
     DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, RECORD_ALIGN,
     Record, VERSION, crc_seed,
 };
-use crate::index::{self, DELETED, Slot, Table};
+use crate::index::{self, DELETED, Slot, Table, VACATED};
+use crate::live::{Checkpoint, Live, UNKNOWN_LAST};
 use crate::os::{IndexMap, Seam};
 
 /// What open found and did; see [`Store::recovery`](crate::Store::recovery).
@@ -22,13 +23,24 @@ pub struct RecoveryReport {
     pub index_rebuilt: bool,
     /// Why the index was rebuilt, if it was.
     pub reason: Option<String>,
-    /// Records read from the log while rebuilding.
+    /// After a process crash in this boot: the index was trusted as the dead writer left
+    /// it up to this offset of the log (its last checkpoint), and only the records from
+    /// there on were replayed (DESIGN.md §6). `None` after a clean close or a rebuild.
+    pub resumed_from: Option<u64>,
+    /// Records read from the log while rebuilding or resuming.
     pub records_replayed: u64,
     /// Where the valid log ends.
     pub log_end: u64,
     /// Where a damaged or torn record was cut off (everything from there on was discarded),
     /// and what was wrong with it. `None` when the log simply ended.
     pub cut: Option<(u64, CorruptKind)>,
+}
+
+impl RecoveryReport {
+    /// Whether the store had been closed cleanly: open read headers only.
+    pub fn was_clean(&self) -> bool {
+        !self.index_rebuilt && self.resumed_from.is_none()
+    }
 }
 
 /// Picks the valid header slot with the highest sequence number.
@@ -89,17 +101,7 @@ pub fn trust_index(
     header: &LogHeader,
     log: &[u8],
 ) -> Result<IndexHeader, String> {
-    let index = index.ok_or("the index file is missing or truncated")?;
-    let h = match IndexHeader::decode(&Table::new(index.words()).header_bytes(), index.len()) {
-        Ok(h) => h,
-        Err(DecodeError::Version(v)) => return Err(format!("index has format version {v}")),
-        Err(DecodeError::Corrupt(k)) => return Err(format!("index header damaged: {k}")),
-    };
-    if h.store_id != header.store_id {
-        return Err(
-            CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }.to_string()
-        );
-    }
+    let h = index_header(index, header)?;
     if h.clean_len == 0 {
         return Err("the store was not closed cleanly".into());
     }
@@ -114,6 +116,22 @@ pub fn trust_index(
         && rec.verify(crc_seed(header.store_id), rest).is_ok()
     {
         return Err(format!("a record follows the indexed log at {}", h.clean_len));
+    }
+    Ok(h)
+}
+
+/// The index file's header if it decodes and names this store; otherwise why not.
+fn index_header(index: Option<&IndexMap>, header: &LogHeader) -> Result<IndexHeader, String> {
+    let index = index.ok_or("the index file is missing or truncated")?;
+    let h = match IndexHeader::decode(&Table::new(index.words()).header_bytes(), index.len()) {
+        Ok(h) => h,
+        Err(DecodeError::Version(v)) => return Err(format!("index has format version {v}")),
+        Err(DecodeError::Corrupt(k)) => return Err(format!("index header damaged: {k}")),
+    };
+    if h.store_id != header.store_id {
+        return Err(
+            CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }.to_string()
+        );
     }
     Ok(h)
 }
@@ -169,23 +187,38 @@ fn first_nonzero(b: &[u8]) -> Option<usize> {
     b[at..].iter().position(|&x| x != 0).map(|i| at + i)
 }
 
-/// Where the valid log ends: after the last record or committed batch whose checksums
-/// hold. A bad record below `committed` is corruption; at or past it, it is a torn tail,
-/// reported as the cut (with an unfinished batch, the cut is at the batch's start).
+/// Where the valid part of a log ends, as [`valid_end`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tail {
+    /// The end of the last whole record or committed batch.
+    pub end: u64,
+    /// Where and why the bytes past `end` were not taken, if they are not simply zeros.
+    pub cut: Option<(u64, CorruptKind)>,
+    /// Offset of the record that ends at `end` (0 if none).
+    pub last: u64,
+}
+
+/// Where the valid log ends, walking from `from` (a record boundary outside any batch,
+/// with `last` the record ending there): after the last record or committed batch whose
+/// checksums hold. A bad record below `committed` is corruption; at or past it, it is a
+/// torn tail, reported as the cut (with an unfinished batch, the cut is at the batch's
+/// start).
 pub(crate) fn valid_end(
     log: &[u8],
     header: &LogHeader,
     path: &Path,
-) -> Result<(u64, Option<(u64, CorruptKind)>)> {
+    (from, last): (u64, u64),
+) -> Result<Tail> {
     let seed = crc_seed(header.store_id);
     let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
-    let (mut p, mut end, mut batch) = (DATA_START, DATA_START, None);
+    let (mut p, mut end, mut last, mut batch) = (from, from, last, None);
     let mut cut = None;
     while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
         let checked = Record::decode(rest)
             .and_then(|rec| rec.verify(seed, rest).map(|()| rec))
             .and_then(|rec| batch_step(&rec, rest, p, &mut batch).map(|()| rec))
             .map_err(|k| k.at(p));
+        let at = p;
         match checked {
             Ok(rec) => p += rec.total_len(),
             Err(kind) if p < header.committed => return Err(corrupt(p, kind)),
@@ -204,7 +237,7 @@ pub(crate) fn valid_end(
             }
         }
         if batch.is_none() {
-            end = p;
+            (end, last) = (p, at);
         }
     }
     if let Some((start, records)) = batch {
@@ -214,7 +247,7 @@ pub(crate) fn valid_end(
         let kind = CorruptKind::LengthPastEnd { end: header.committed, limit: end };
         return Err(corrupt(end, kind));
     }
-    Ok((end, cut))
+    Ok(Tail { end, cut, last })
 }
 
 /// Finds where the log validly ends (checking every checksum and batch), then feeds every
@@ -227,8 +260,9 @@ pub fn scan(
     header: &LogHeader,
     path: &Path,
     replay: &mut dyn Replay,
-) -> Result<RecoveryReport> {
-    let (end, cut) = valid_end(log, header, path)?;
+) -> Result<(RecoveryReport, Tail)> {
+    let tail = valid_end(log, header, path, (DATA_START, 0))?;
+    let (end, cut) = (tail.end, tail.cut.clone());
     let mut report =
         RecoveryReport { index_rebuilt: true, log_end: end, cut, ..Default::default() };
     // Below `end` every record decodes (checked above).
@@ -257,7 +291,7 @@ pub fn scan(
         report.records_replayed += 1;
         p += rec.total_len();
     }
-    Ok(report)
+    Ok((report, tail))
 }
 
 /// Checks every record of `log` (all of which must be valid): returns the number of
@@ -433,6 +467,8 @@ impl IndexCtx<'_> {
             IndexMap::heap(len)
         };
         let t = Table::new(map.words());
+        // A grown index matches the same checkpoint as the one it replaces (DESIGN.md §6).
+        t.set_tag(old.as_ref().map_or(0, Table::tag));
         for (_, hash, word) in live_slots() {
             if !t.insert_new(hash, word) {
                 return Err(full());
@@ -493,6 +529,13 @@ impl Counts {
     }
 }
 
+/// The checksum word of the record at `off` of `log` (0 if none decodes there), as
+/// `Checkpoint::last_crc` holds it.
+pub(crate) fn crc_at(log: &[u8], off: u64) -> u64 {
+    let rest = log.get(off as usize..).filter(|_| off >= DATA_START);
+    rest.and_then(|r| Record::decode(r).ok()).map_or(0, |r| u64::from(r.crc))
+}
+
 /// Length of the record starting at `rest` (0 if it does not decode).
 pub fn record_len(rest: Option<&[u8]>) -> u64 {
     rest.and_then(|r| Record::decode(r).ok()).map_or(0, |r| r.total_len())
@@ -541,6 +584,232 @@ impl Replay for Rebuild<'_> {
             (true, Kind::Delete) => self.live -= 1,
             _ => {}
         }
+        Ok(())
+    }
+}
+
+/// What resuming from a dead writer's checkpoint gave.
+pub(crate) struct Resumed {
+    pub report: RecoveryReport,
+    pub counts: Counts,
+    pub used: u64,
+    pub live: u64,
+    /// The record ending at the log's end and its checksum word (as `Checkpoint::last`).
+    pub last: (u64, u64),
+}
+
+/// Files that resuming reads and writes.
+pub(crate) struct ResumeCtx<'a> {
+    pub log: &'a [u8],
+    pub header: &'a LogHeader,
+    pub data_path: &'a Path,
+    pub index: &'a IndexMap,
+    pub index_path: &'a Path,
+}
+
+/// Resumes the index from the checkpoint of a writer that was killed in this boot
+/// (DESIGN.md §6, "Resuming after a process crash"), if its page is there and matches the
+/// files: `Err` says why not, and the caller rebuilds instead.
+///
+/// # Errors
+/// The reason to rebuild, in words for `RecoveryReport::reason`.
+pub(crate) fn resume(
+    cx: &ResumeCtx<'_>,
+    page: &Live,
+    data_ino: u64,
+) -> std::result::Result<Resumed, String> {
+    let h = index_header(Some(cx.index), cx.header)?;
+    if h.clean_len != 0 {
+        return Err("the index is marked clean for another log length".into());
+    }
+    let table = Table::new(cx.index.words());
+    let c = page.resumable(cx.header.store_id, data_ino, table.tag())?;
+    check_checkpoint(cx, &c)?;
+    let tail = valid_end(cx.log, cx.header, cx.data_path, (c.end, c.last))
+        .map_err(|e| format!("the log past the checkpoint does not read: {e}"))?;
+    let mut r = Resumer {
+        cx,
+        table,
+        seed: crc_seed(cx.header.store_id),
+        counts: Counts { records: c.records, live_bytes: c.live_bytes },
+        used: c.used,
+        live: c.live,
+    };
+    // Redo: the writes that finished after the checkpoint (at most the one in flight).
+    let mut replayed = 0;
+    let mut p = c.end;
+    while p < tail.end {
+        let (rec, rest) = r.record(p).ok_or("a record past the checkpoint does not read")?;
+        if rec.kind != Kind::Commit {
+            r.redo(p, &rec, rest)?;
+        }
+        replayed += 1;
+        p += rec.total_len();
+    }
+    // Undo: a batch that never got its commit may have pointed slots at its records.
+    if let Some((start, CorruptKind::UnfinishedBatch { .. })) = &tail.cut {
+        let start = *start;
+        let mut unfinished = Vec::new();
+        let mut p = start;
+        while let Some((rec, rest)) = r.record(p).filter(|(rec, _)| rec.batch) {
+            if rec.verify(r.seed, rest).is_err() {
+                break;
+            }
+            unfinished.push(p);
+            p += rec.total_len();
+        }
+        for &p in unfinished.iter().rev() {
+            r.undo(p)?;
+        }
+    }
+    let last = if tail.last == c.last {
+        (c.last, c.last_crc)
+    } else {
+        (tail.last, r.record(tail.last).map_or(0, |(rec, _)| u64::from(rec.crc)))
+    };
+    let report = RecoveryReport {
+        resumed_from: Some(c.end),
+        records_replayed: replayed,
+        log_end: tail.end,
+        cut: tail.cut,
+        ..RecoveryReport::default()
+    };
+    Ok(Resumed { report, counts: r.counts, used: r.used, live: r.live, last })
+}
+
+/// Whether checkpoint `c` can describe this log: its end lies between the committed length
+/// and the file's end, and the record it names as the last before its end is there, with
+/// its checksum (files copied or rewritten in place since are not taken for the writer's).
+fn check_checkpoint(cx: &ResumeCtx<'_>, c: &Checkpoint) -> std::result::Result<(), String> {
+    let fits = c.end >= cx.header.committed
+        && c.end <= cx.log.len() as u64
+        && c.end.is_multiple_of(RECORD_ALIGN);
+    if !fits {
+        return Err(format!(
+            "the writer's checkpoint (log end {}) does not fit the data file (committed {}, \
+             {} bytes)",
+            c.end,
+            cx.header.committed,
+            cx.log.len()
+        ));
+    }
+    let last_ok = match c.last {
+        UNKNOWN_LAST => true,
+        0 => c.end == DATA_START,
+        last => cx.log.get(last as usize..c.end as usize).is_some_and(|rest| {
+            Record::decode(rest).is_ok_and(|rec| {
+                rec.total_len() == c.end - last && u64::from(rec.crc) == c.last_crc
+            })
+        }),
+    };
+    if !last_ok {
+        return Err("the data file does not hold the writer's last checkpointed record".into());
+    }
+    Ok(())
+}
+
+/// Applies the records past a checkpoint to the index it describes, and its counts.
+struct Resumer<'a> {
+    cx: &'a ResumeCtx<'a>,
+    table: Table<'a>,
+    seed: u32,
+    counts: Counts,
+    used: u64,
+    live: u64,
+}
+
+impl<'a> Resumer<'a> {
+    /// The record at `p`, if one decodes there.
+    fn record(&self, p: u64) -> Option<(Record, &'a [u8])> {
+        let log: &'a [u8] = self.cx.log;
+        let rest = log.get(p as usize..).filter(|_| p >= DATA_START)?;
+        Record::decode(rest).ok().map(|rec| (rec, rest))
+    }
+
+    /// The slot `key` has or would take.
+    fn locate(&self, key: &[u8]) -> std::result::Result<(u64, u64), String> {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.cx.header.store_id);
+        let log = self.cx.log;
+        let found = self.table.locate(hash, |slot, o| {
+            let rest = log.get(o as usize..).filter(|_| o >= DATA_START);
+            key_at(rest, slot, o, key, self.cx.index_path)
+        });
+        match found.map_err(|e| e.to_string())? {
+            Slot::Occupied { i, .. } | Slot::Vacant { i } => Ok((hash, i)),
+            Slot::Full => Err("the index is full".into()),
+        }
+    }
+
+    /// The index word for the record at `p` of `kind`.
+    fn word(p: u64, kind: Kind) -> u64 {
+        if kind == Kind::Delete { p | DELETED } else { p }
+    }
+
+    /// Points the key's slot at the record at `p` (whether or not the dead writer did),
+    /// and counts it. What the key was before comes from the record's `prev`, which the
+    /// writer took from the slot: the slot itself may already name this record.
+    fn redo(&mut self, p: u64, rec: &Record, rest: &[u8]) -> std::result::Result<(), String> {
+        let key = rec.key(rest);
+        let before = match rec.prev {
+            0 => None,
+            prev => {
+                let (old, _) = self
+                    .record(prev)
+                    .filter(|(r, b)| prev < p && r.kind != Kind::Commit && r.key(b) == key)
+                    .ok_or_else(|| format!("the record at {p} names no earlier version"))?;
+                Some((old.kind == Kind::Put, old.total_len()))
+            }
+        };
+        self.counts.records = self.counts.records.saturating_add(1);
+        if rec.kind == Kind::Delete && before.is_none() {
+            return Ok(()); // a tombstone for a key never seen (as a rebuild does)
+        }
+        let (hash, slot) = self.locate(key)?;
+        self.table.set(slot, hash, Self::word(p, rec.kind));
+        if before.is_none() {
+            self.used = self.used.saturating_add(1);
+        }
+        let was_live = match before {
+            Some((true, old_len)) => {
+                self.counts.live_bytes = self.counts.live_bytes.saturating_sub(old_len);
+                true
+            }
+            _ => false,
+        };
+        match (was_live, rec.kind) {
+            (false, Kind::Put) => self.live = self.live.saturating_add(1),
+            (true, Kind::Delete) => self.live = self.live.saturating_sub(1),
+            _ => {}
+        }
+        if rec.kind == Kind::Put {
+            self.counts.live_bytes = self.counts.live_bytes.saturating_add(rec.total_len());
+        }
+        Ok(())
+    }
+
+    /// Points the key's slot back at what the record at `p` (of a batch that never got
+    /// its commit) replaced, if the slot names it: its `prev`, or nothing (a vacated
+    /// slot, counted as used) for a key the batch brought. Applied newest first, so a key
+    /// the batch wrote twice ends at its version before the batch.
+    fn undo(&mut self, p: u64) -> std::result::Result<(), String> {
+        let Some((rec, rest)) = self.record(p) else { return Ok(()) };
+        let (hash, slot) = self.locate(rec.key(rest))?;
+        if rec.prev == 0 {
+            // Whether or not the dead writer took a slot for it: counted once, either way.
+            self.used = self.used.saturating_add(1);
+        }
+        let Some((_, word)) = self.table.slot_at(slot) else { return Ok(()) };
+        if word & !DELETED != p {
+            return Ok(()); // the slot never named this record
+        }
+        let back = match rec.prev {
+            0 => VACATED,
+            prev => {
+                let kind = self.record(prev).map(|(r, _)| r.kind);
+                Self::word(prev, kind.ok_or("a batch record names no earlier version")?)
+            }
+        };
+        self.table.set(slot, hash, back);
         Ok(())
     }
 }
@@ -599,7 +868,7 @@ mod tests {
         let second = DATA_START as usize + Record::len_for(1, 1) as usize;
         log[second + 32] ^= 0xff; // damage the second record (past committed)
         let mut n = Count(0);
-        let rep = scan(&log, &h, Path::new("d"), &mut n).expect("a torn tail is recovered");
+        let (rep, _) = scan(&log, &h, Path::new("d"), &mut n).expect("a torn tail is recovered");
         assert_eq!(n.0, 1);
         assert_eq!(rep.log_end, second as u64);
         assert!(
@@ -618,12 +887,12 @@ mod tests {
         let (mut log, h) = log_with(&recs, 1);
         let second = DATA_START as usize + Record::len_for(1, 1) as usize;
         log[second..second + 32].fill(0); // the second record's page never reached disk
-        let rep = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("recovered");
+        let (rep, _) = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("recovered");
         let third = second as u64 + 32;
         assert_eq!(rep.cut, Some((second as u64, CorruptKind::ZeroGap { data_at: third })));
         // Without data after it, zeros are simply the end.
         let (log, h) = log_with(&recs[..1], 1);
-        assert_eq!(scan(&log, &h, Path::new("d"), &mut Count(0)).expect("clean").cut, None);
+        assert_eq!(scan(&log, &h, Path::new("d"), &mut Count(0)).expect("clean").0.cut, None);
     }
 
     /// A log of batch records: `n` puts flagged as one batch starting at `DATA_START`,
@@ -650,14 +919,14 @@ mod tests {
         let one = Record::len_for(2, 1);
         let (log, h) = batch_log(3, Some(3));
         let mut n = Count(0);
-        let rep = scan(&log, &h, Path::new("d"), &mut n).expect("committed batch");
+        let (rep, _) = scan(&log, &h, Path::new("d"), &mut n).expect("committed batch");
         assert_eq!((n.0, rep.cut), (3, None));
         assert_eq!(rep.log_end, DATA_START + 3 * one + Record::len_for(0, 8));
         assert!(check_log(&log[..rep.log_end as usize], 9).1.is_empty());
 
         let (log, h) = batch_log(3, None);
         let mut n = Count(0);
-        let rep = scan(&log, &h, Path::new("d"), &mut n).expect("a torn batch is cut");
+        let (rep, _) = scan(&log, &h, Path::new("d"), &mut n).expect("a torn batch is cut");
         assert_eq!(n.0, 0, "records of an unfinished batch were applied");
         assert_eq!(rep.log_end, DATA_START);
         assert_eq!(rep.cut, Some((DATA_START, CorruptKind::UnfinishedBatch { records: 3 })));
@@ -667,7 +936,7 @@ mod tests {
 
         // A commit naming the wrong count is out of place: the batch is cut.
         let (log, h) = batch_log(3, Some(2));
-        let rep = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
+        let (rep, _) = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
         assert_eq!(rep.log_end, DATA_START);
         assert!(matches!(rep.cut, Some((DATA_START, CorruptKind::UnfinishedBatch { .. }))));
 
@@ -681,7 +950,7 @@ mod tests {
     #[test]
     fn a_commit_without_a_batch_is_out_of_place() {
         let (log, h) = batch_log(0, Some(0));
-        let rep = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
+        let (rep, _) = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
         assert_eq!((rep.log_end, rep.cut), (DATA_START, Some((DATA_START, CorruptKind::BadBatch))));
         let commit = &log[..(DATA_START + Record::len_for(0, 8)) as usize];
         assert_eq!(check_log(commit, 9), (0, vec![(DATA_START, CorruptKind::BadBatch)]));

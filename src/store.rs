@@ -24,10 +24,11 @@ use crate::format::{
     PAGE, RECORD_ALIGN, Record, crc_seed,
 };
 use crate::index::{self, DELETED, Table};
-use crate::live::{Files, Live};
+use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{
-    self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, VerifyReport,
+    self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, ResumeCtx, VerifyReport,
+    crc_at,
 };
 use crate::view::Reader;
 
@@ -172,6 +173,8 @@ enum Lookup<'s> {
 pub(crate) struct Parts {
     pub w: Writer,
     pub live_keys: u64,
+    /// How far the log is known durable.
+    pub durable: u64,
     pub report: RecoveryReport,
     pub live: Option<Live>,
     pub follow: Option<Follower>,
@@ -201,6 +204,28 @@ pub(crate) struct Writer {
     /// The files announced on the live page (writer) or followed (read-only handle).
     pub(crate) files: Files,
     pub(crate) seam: Seam,
+    /// The tag of the newest checkpoint written to the live page (writers).
+    pub(crate) tag: u64,
+    /// The record ending at the visible end, and its checksum word (`Checkpoint::last`).
+    pub(crate) last: (u64, u64),
+}
+
+impl Writer {
+    /// The checkpoint of the writer's state now, with `live` keys (its tag is the last one
+    /// written: the caller sets the next).
+    pub(crate) fn checkpoint(&self, live: u64) -> Checkpoint {
+        Checkpoint {
+            tag: self.tag,
+            key: self.files.key,
+            end: self.log.visible(),
+            last: self.last.0,
+            last_crc: self.last.1,
+            live,
+            used: self.used,
+            records: self.counts.records,
+            live_bytes: self.counts.live_bytes,
+        }
+    }
 }
 
 /// A zero-copy, memory-mapped key-value store. `Send + Sync`: share it with `Arc`.
@@ -314,6 +339,8 @@ impl Store {
         let ctx = IndexCtx { path: &index_path, writable, store_id: header.store_id, seam };
 
         let existing = IndexMap::open(&index_path, writable, seam)?;
+        // The record ending at the log's end, for the session's first checkpoint.
+        let mut last = (UNKNOWN_LAST, 0);
         let trusted = if opts.rebuild_index {
             Err("a rebuild was asked for".to_string())
         } else {
@@ -326,25 +353,47 @@ impl Store {
                 (map, h.used, h.live, counts, report)
             }
             (old, trusted) => {
-                let reason = trusted.err();
-                // Size the new index from the old one's count, bounded by what the log can
-                // hold (a count read off disk is never trusted for an allocation).
-                let old = old.and_then(|m| {
-                    IndexHeader::decode(&Table::new(m.words()).header_bytes(), m.len()).ok()
-                });
-                let most = log.bytes().len() as u64 / Record::KEY_OFFSET;
-                let hint = old.map_or(0, |h| h.live).min(most);
-                let (index, _) = ctx.create(None, hint)?;
-                let mut rebuild = Rebuild::new(index, &ctx);
-                log.advise_sequential(true);
-                let scanned = recovery::scan(log.bytes(), &header, &data_path, &mut rebuild);
-                log.advise_sequential(false);
-                let mut report = scanned?;
-                report.reason = reason;
-                (rebuild.index, rebuild.used, rebuild.live, rebuild.counts, report)
+                let mut reason = trusted.err();
+                // After a process crash in this boot, the index is as the writer left it:
+                // resume from its last checkpoint instead of scanning the log.
+                let resumed = match (&old, &page) {
+                    (Some(map), Some(page)) if !opts.rebuild_index => {
+                        let cx = ResumeCtx {
+                            log: log.bytes(),
+                            header: &header,
+                            data_path: &data_path,
+                            index: map,
+                            index_path: &index_path,
+                        };
+                        Some(recovery::resume(&cx, page, log.ino()))
+                    }
+                    _ => None,
+                };
+                match (old, resumed) {
+                    (Some(map), Some(Ok(r))) => {
+                        last = r.last;
+                        (map, r.used, r.live, r.counts, r.report)
+                    }
+                    (old, resumed) => {
+                        if let (Some(why), Some(Err(not))) = (&mut reason, resumed) {
+                            *why = format!("{why}, and it could not resume: {not}");
+                        }
+                        let (rebuilt, tail) = Self::rebuild(&log, &header, &ctx, old.as_ref())?;
+                        last = (tail.last, crc_at(log.bytes(), tail.last));
+                        let mut report = rebuilt.1;
+                        report.reason = reason;
+                        let r = rebuilt.0;
+                        (r.index, r.used, r.live, r.counts, report)
+                    }
+                }
             }
         };
         let end = report.log_end;
+        // What is known durable: all of the log after a clean close or a rebuild (which
+        // flushes the file below); after resuming, only what the dead writer's header
+        // committed, so the first sync flushes the rest and reports any writeback error
+        // it met (DESIGN.md §6).
+        let durable = if report.resumed_from.is_some() { header.committed } else { end };
         let mut w = Writer {
             log,
             index: Arc::new(index),
@@ -352,27 +401,37 @@ impl Store {
             unsynced: 0,
             counts,
             header,
-            index_clean: !report.index_rebuilt,
+            index_clean: report.was_clean(),
             used,
             generation: 0,
             _lock: lock,
             files: Files::default(),
             seam: seam.clone(),
+            tag: 0,
+            last,
         };
         w.log.publish(end);
         w.log.make_visible(end);
-        if let Some(live) = &page {
-            // Followers switch to this session before recovery zeroes anything.
-            w.log.set_mirror(live.clone());
+        if let Some(pg) = &page {
+            // Followers switch to this session before recovery zeroes anything. The
+            // session's first checkpoint is the state recovery arrived at.
+            w.log.set_mirror(pg.clone());
             let ids = (w.log.ino(), w.index.ino());
-            let key = live.start_session(header.store_id, ids, end);
-            w.files = Files { key, data_ino: ids.0, index_ino: ids.1 };
+            let first = Checkpoint { tag: Table::new(w.index.words()).tag(), ..w.checkpoint(live) };
+            let index = Arc::clone(&w.index);
+            let set_tag = |tag| Table::new(index.words()).set_tag(tag);
+            (w.files.key, w.tag) = pg.start_session(header.store_id, ids, first, set_tag);
+            (w.files.data_ino, w.files.index_ino) = ids;
         }
         if writable && report.index_rebuilt {
             // Stale bytes past the cut must never parse later; then record the new end.
-            w.log.zero_tail(end)?;
+            w.log.zero_tail(end, true)?;
             write_header(&mut w, end)?;
             os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
+        } else if writable && report.cut.is_some() {
+            // Resumed past a torn write: the same zeroing, flushed over that range only
+            // (the dead writer's records below stay unsynced, as they were).
+            w.log.zero_tail(end, false)?;
         }
         if created {
             // A new store: its first index was built, not recovered.
@@ -381,11 +440,35 @@ impl Store {
         let parts = Parts {
             w,
             live_keys: live,
+            durable,
             report,
             live: page,
             follow: start.flatten().map(Follower::unattached),
         };
         Self::assemble(dir, opts, parts)
+    }
+
+    /// Rebuilds the index from the whole log (into a new index file for a writer, in
+    /// memory for a read-only handle), sized from the old index's key count if it has one.
+    fn rebuild<'c>(
+        log: &LogFile,
+        header: &LogHeader,
+        ctx: &'c IndexCtx<'c>,
+        old: Option<&IndexMap>,
+    ) -> Result<((Rebuild<'c>, RecoveryReport), recovery::Tail)> {
+        // Size the new index from the old one's count, bounded by what the log can hold (a
+        // count read off disk is never trusted for an allocation).
+        let old = old
+            .and_then(|m| IndexHeader::decode(&Table::new(m.words()).header_bytes(), m.len()).ok());
+        let most = log.bytes().len() as u64 / Record::KEY_OFFSET;
+        let hint = old.map_or(0, |h| h.live).min(most);
+        let (index, _) = ctx.create(None, hint)?;
+        let mut rebuild = Rebuild::new(index, ctx);
+        log.advise_sequential(true);
+        let scanned = recovery::scan(log.bytes(), header, log.path(), &mut rebuild);
+        log.advise_sequential(false);
+        let (report, tail) = scanned?;
+        Ok(((rebuild, report), tail))
     }
 
     /// The handle over an opened writer state (writers and read-only handles alike).
@@ -396,13 +479,13 @@ impl Store {
             next: OnceLock::new(),
             generation: 0,
         });
-        let (end, store_id) = (p.w.end, p.w.header.store_id);
+        let (store_id, durable) = (p.w.header.store_id, p.durable);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index_path: dir.join(INDEX_FILE),
             state: ArcSwap::new(state),
             writer: Mutex::new(p.w),
-            durability: Durability::new(end),
+            durability: Durability::new(durable),
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
             live_keys: AtomicU64::new(p.live_keys),
@@ -419,8 +502,7 @@ impl Store {
         let mut store = Self { shared, background: None };
         if let Some(live) = &store.shared.live {
             let w = store.shared.writer.lock();
-            store.mirror_figures(&w);
-            live.set_durable(end, w.header.committed);
+            live.set_durable(durable, w.header.committed);
         }
         let interval = match opts.sync_policy {
             SyncPolicy::Interval(every) => Some(every),
@@ -536,7 +618,8 @@ impl Store {
                 // Files a compaction replaced, which the handle could not leave: whole
                 // and final, so their end is where their records end.
                 let path = self.shared.dir.join(DATA_FILE);
-                let (end, _) = recovery::valid_end(w.log.bytes(), &w.header, &path)?;
+                let end =
+                    recovery::valid_end(w.log.bytes(), &w.header, &path, (DATA_START, 0))?.end;
                 break (w, end, following);
             }
             // The writer grew the log since this handle mapped it: map it and look again.
@@ -786,14 +869,17 @@ impl Store {
         let mut guard = self.shared.writer.lock();
         let w = &mut *guard;
         self.check_poisoned()?;
+        let off = w.end;
         let Some(change) = self.append(w, (kind, false), key, value, self.hash(key))? else {
             return Ok(false);
         };
         let end = w.end;
         w.log.make_visible(end);
+        w.seam.point("write visible");
+        w.last = (off, crc_word(w.log.map(), off));
         // Only the writer changes the count, so load-then-store does not race.
         self.shared.live_keys.store(change.live_after(kind, self.len()), Ordering::Relaxed);
-        self.mirror_figures(w);
+        self.checkpoint(w);
         let unsynced = w.unsynced;
         drop(guard);
         self.after_write(unsynced)?;
@@ -844,8 +930,10 @@ impl Store {
         );
         w.end = end;
         w.log.publish(end);
+        w.seam.point("record published");
         let word = if kind == Kind::Delete { off | DELETED } else { off };
         Table::new(w.index.words()).set(change.slot, hash, word);
+        w.seam.point("slot stored");
         w.used += u64::from(change.was_vacant);
         let old_len =
             if change.was_live { recovery::record_len(w.log.map().tail(change.prev)) } else { 0 };
@@ -975,6 +1063,13 @@ impl Store {
     pub fn simulate_crash(self) {
         self.shared.abandoned.store(true, Ordering::Relaxed);
     }
+}
+
+/// The checksum word of the published record at `off` (`Checkpoint::last_crc`).
+#[inline]
+pub(crate) fn crc_word(log: &LogMap, off: u64) -> u64 {
+    let word = log.tail(off).and_then(|b| b.first_chunk::<4>()).copied();
+    word.map_or(0, |b| u64::from(u32::from_le_bytes(b)))
 }
 
 /// The decoded record at `off` in `log`: `None` if `off` is not an aligned offset in the
