@@ -608,8 +608,10 @@ pub(crate) struct ResumeCtx<'a> {
 }
 
 /// Resumes the index from the checkpoint of a writer that was killed in this boot
-/// (DESIGN.md §6, "Resuming after a process crash"), if its page is there and matches the
-/// files: `Err` says why not, and the caller rebuilds instead.
+/// (DESIGN.md §6, "Resuming after a process crash"), if the index is one a writer left
+/// dirty and the page is there and matches the files: `Err` says why not (`None`: the index
+/// is not a dirty one of this store, which the caller already reports), and the caller
+/// rebuilds instead.
 ///
 /// # Errors
 /// The reason to rebuild, in words for `RecoveryReport::reason`.
@@ -617,16 +619,26 @@ pub(crate) fn resume(
     cx: &ResumeCtx<'_>,
     page: &Live,
     data_ino: u64,
-) -> std::result::Result<Resumed, String> {
-    let h = index_header(Some(cx.index), cx.header)?;
-    if h.clean_len != 0 {
-        return Err("the index is marked clean for another log length".into());
+) -> std::result::Result<Resumed, Option<String>> {
+    match index_header(Some(cx.index), cx.header) {
+        Ok(h) if h.clean_len == 0 => {}
+        _ => return Err(None),
     }
     let table = Table::new(cx.index.words());
     let c = page.resumable(cx.header.store_id, data_ino, table.tag())?;
     check_checkpoint(cx, &c)?;
     let tail = valid_end(cx.log, cx.header, cx.data_path, (c.end, c.last))
         .map_err(|e| format!("the log past the checkpoint does not read: {e}"))?;
+    resume_from(cx, &c, tail).map_err(Some)
+}
+
+/// Replays the log from checkpoint `c` (whose end is `tail`'s walk start) into the index.
+fn resume_from(
+    cx: &ResumeCtx<'_>,
+    c: &Checkpoint,
+    tail: Tail,
+) -> std::result::Result<Resumed, String> {
+    let table = Table::new(cx.index.words());
     let mut r = Resumer {
         cx,
         table,

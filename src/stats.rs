@@ -73,7 +73,7 @@ impl Store {
             log_end: end,
             durable_end: durable,
             committed,
-            recovered_at_open: self.shared.recovery.index_rebuilt,
+            recovered_at_open: !self.shared.recovery.was_clean(),
             compactions: w.generation,
             following: page.is_some(),
         }

@@ -356,7 +356,10 @@ impl Store {
                 let mut reason = trusted.err();
                 // After a process crash in this boot, the index is as the writer left it:
                 // resume from its last checkpoint instead of scanning the log.
-                let resumed = match (&old, &page) {
+                // A read-only handle resumes into its private (copy-on-write) mapping of
+                // the index, and writes no file.
+                let page = page.as_ref().or(start.as_ref().and_then(|s| s.as_ref().map(|l| &l.0)));
+                let resumed = match (&old, page) {
                     (Some(map), Some(page)) if !opts.rebuild_index => {
                         let cx = ResumeCtx {
                             log: log.bytes(),
@@ -375,7 +378,7 @@ impl Store {
                         (map, r.used, r.live, r.counts, r.report)
                     }
                     (old, resumed) => {
-                        if let (Some(why), Some(Err(not))) = (&mut reason, resumed) {
+                        if let (Some(why), Some(Err(Some(not)))) = (&mut reason, resumed) {
                             *why = format!("{why}, and it could not resume: {not}");
                         }
                         let (rebuilt, tail) = Self::rebuild(&log, &header, &ctx, old.as_ref())?;

@@ -322,9 +322,11 @@ fn stats_reports_figures_as_text_and_json() {
     let v = json_of(mapkv().args(["stats", "--json"]).arg(&path));
     assert_eq!(v["closed_cleanly"], false);
     assert_eq!(v["live_keys"], 10);
-    assert!(v["index_rebuilt_because"].as_str().is_some_and(|s| s.contains("not closed cleanly")));
+    // Killed in this boot: resumed from the writer's last checkpoint, not rebuilt.
+    assert!(v["index_rebuilt_because"].is_null(), "{v}");
+    assert_eq!(v["index_resumed_from"], rec(11) + 24 + 8 + rec(1) - rec(0));
     let out = text(&stdout_of(mapkv().arg("stats").arg(&path)));
-    assert!(out.contains("closed cleanly     no"), "{out}");
+    assert!(out.contains("closed cleanly     no: the killed writer's index resumed"), "{out}");
     assert!(fs::read(path.join("data.mkv")).expect("read") == before, "stats wrote");
 }
 
@@ -566,7 +568,9 @@ fn recover_cuts_a_torn_tail_and_says_exactly_what() {
     }
     store.simulate_crash();
     let data = path.join("data.mkv");
-    // The last record, torn: the page holding its value never reached the disk.
+    // The last record, torn: the page holding its value never reached the disk (a power
+    // cut, so the next open is in another boot and rebuilds).
+    mapkv::testing::adopt_page(&path, true).expect("reboot the page");
     patch(&data, rec(4) + 32, &[0xAB; 8]);
     let before = fs::read(&data).expect("read");
 
@@ -595,7 +599,10 @@ fn recover_cuts_a_torn_tail_and_says_exactly_what() {
     let saved = d.path().join("tail.bin");
     mapkv().arg("recover").arg(&path).arg("--save-tail").arg(&saved).assert().success().stdout(
         predicate::str::contains("recovered")
-            .and(predicate::str::contains("index     rebuilt (the store was not closed cleanly)"))
+            .and(predicate::str::contains(
+                "index     rebuilt (the store was not closed cleanly, and it could not resume: \
+                 the machine restarted",
+            ))
             .and(predicate::str::contains("replayed  4 records"))
             .and(predicate::str::contains(format!("log end   byte {}", rec(4))))
             .and(predicate::str::contains(format!(
@@ -630,6 +637,7 @@ fn recover_cuts_a_torn_tail_and_says_exactly_what() {
     let store = Store::open(&path).expect("open");
     store.put(key(9), val(9)).expect("put");
     store.simulate_crash();
+    mapkv::testing::adopt_page(&path, true).expect("reboot the page"); // a power cut
     patch(&data, rec(4) + 32, &[0xAB; 8]);
     let before = fs::read(&data).expect("read");
     mapkv()
@@ -651,11 +659,28 @@ fn recover_after_a_crash_without_a_torn_tail_cuts_nothing() {
         store.put(key(i), val(i)).expect("put");
     }
     store.simulate_crash();
+    // Killed in this boot: the index is resumed from the writer's last checkpoint (past
+    // all five puts, so nothing is replayed).
     mapkv().arg("recover").arg(&path).assert().success().stdout(
-        predicate::str::contains("replayed  5 records")
-            .and(predicate::str::contains("cut       nothing")),
+        predicate::str::contains(format!(
+            "index     resumed from the killed writer's last checkpoint, at byte {}",
+            rec(5)
+        ))
+        .and(predicate::str::contains("replayed  0 records"))
+        .and(predicate::str::contains("cut       nothing")),
     );
     assert_eq!(contents(&path).len(), 5);
+    // After a restart, the same crash rebuilds the index from the whole log.
+    let store = Store::open(&path).expect("open");
+    store.put(key(5), val(5)).expect("put");
+    store.simulate_crash();
+    mapkv::testing::adopt_page(&path, true).expect("reboot the page");
+    mapkv().arg("recover").arg(&path).assert().success().stdout(
+        predicate::str::contains("index     rebuilt")
+            .and(predicate::str::contains("replayed  6 records"))
+            .and(predicate::str::contains("cut       nothing")),
+    );
+    assert_eq!(contents(&path).len(), 6);
 }
 
 // ---- compact ----------------------------------------------------------------------------

@@ -252,35 +252,47 @@ fn zeros_past_the_log_are_its_clean_end_but_garbage_is_cut_and_zeroed() {
     store.simulate_crash();
     let store = Store::open(&path).expect("recover");
     let r = store.recovery();
+    // Resumed from the dead writer's checkpoint (this boot): nothing past it to replay.
+    assert_eq!(r.resumed_from, Some(rec(30)), "{r:?}");
+    assert_eq!((r.records_replayed, r.log_end, r.cut.clone()), (0, rec(30), None));
+    store.simulate_crash();
+    mapkv::testing::adopt_page(&path, true).expect("reboot the page");
+    let store = Store::open(&path).expect("recover after a restart");
+    let r = store.recovery();
     assert!(r.index_rebuilt);
     assert_eq!((r.records_replayed, r.log_end, r.cut.clone()), (30, rec(30), None));
     drop(store);
 
-    // Garbage after an unclean shutdown: cut where it starts, reported, then zeroed.
-    let (_d, path) = fresh();
-    let store = Store::open(&path).expect("create");
-    fill(&store, 0..30);
-    store.simulate_crash();
+    // Garbage after an unclean shutdown: cut where it starts, reported, then zeroed, by
+    // a store resuming (this boot) and by one rebuilding (after a restart).
+    for reboot in [false, true] {
+        let (_d, path) = fresh();
+        let store = Store::open(&path).expect("create");
+        fill(&store, 0..30);
+        store.simulate_crash();
+        mapkv::testing::adopt_page(&path, reboot).expect("adopt the page");
+        let junk = garbage(3 * PAGE as usize);
+        patch(&data(&path), rec(30), &junk);
+        let store = Store::open(&path).expect("recover");
+        let r = store.recovery().clone();
+        assert_eq!(r.index_rebuilt, reboot, "{r:?}");
+        assert_eq!(r.records_replayed, if reboot { 30 } else { 0 });
+        assert_eq!(r.log_end, rec(30));
+        assert_eq!(r.cut, Some((rec(30), CorruptKind::BadRecord { kind: 0xEE })));
+        assert_values(&store, 0..30);
+        assert_eq!(store.len(), 30);
+        assert!(store.verify().expect("verify").is_ok());
+        assert!(
+            read_at(&data(&path), rec(30), junk.len()).iter().all(|&b| b == 0),
+            "recovery must zero everything past the cut"
+        );
+        store.simulate_crash();
+        let store = Store::open(&path).expect("recover again");
+        assert_eq!(store.recovery().cut, None, "the garbage is gone for good");
+        assert_eq!(store.recovery().log_end, rec(30));
+        drop(store);
+    }
     let junk = garbage(3 * PAGE as usize);
-    patch(&data(&path), rec(30), &junk);
-    let store = Store::open(&path).expect("recover");
-    let r = store.recovery().clone();
-    assert!(r.index_rebuilt);
-    assert_eq!(r.records_replayed, 30);
-    assert_eq!(r.log_end, rec(30));
-    assert_eq!(r.cut, Some((rec(30), CorruptKind::BadRecord { kind: 0xEE })));
-    assert_values(&store, 0..30);
-    assert_eq!(store.len(), 30);
-    assert!(store.verify().expect("verify").is_ok());
-    assert!(
-        read_at(&data(&path), rec(30), junk.len()).iter().all(|&b| b == 0),
-        "recovery must zero everything past the cut"
-    );
-    store.simulate_crash();
-    let store = Store::open(&path).expect("recover again");
-    assert_eq!(store.recovery().cut, None, "the garbage is gone for good");
-    assert_eq!(store.recovery().log_end, rec(30));
-    drop(store);
 
     // A read-only handle cuts the garbage too, but must not write: it stays on disk.
     let (_d, path) = fresh();
@@ -311,7 +323,9 @@ fn garbage_past_a_cleanly_closed_log_is_ignored_and_never_replayed() {
     store.simulate_crash();
     let store = Store::open(&path).expect("recover");
     let r = store.recovery().clone();
-    assert_eq!((r.records_replayed, r.log_end), (31, rec(31)));
+    // Resumed from the checkpoint after the new record: nothing to replay, and the
+    // garbage after it is cut all the same.
+    assert_eq!((r.resumed_from, r.records_replayed, r.log_end), (Some(rec(31)), 0, rec(31)));
     assert_eq!(r.cut, Some((rec(31), CorruptKind::BadRecord { kind: 0xEE })));
     assert_values(&store, 0..31);
     drop(store);
@@ -337,6 +351,9 @@ fn crashed_store_with_torn_tail() -> (TempDir, PathBuf) {
     store.sync().expect("sync");
     fill(&store, 20..30);
     store.simulate_crash();
+    // A tail torn below what the writer had written is what a power cut leaves: the page
+    // is then from another boot, and open rebuilds (a kill -9 resumes, tests/resume.rs).
+    mapkv::testing::adopt_page(&path, true).expect("reboot the page");
     assert_eq!(committed(&data(&path)), rec(10));
     (d, path)
 }
@@ -400,7 +417,9 @@ fn absurd_lengths_in_the_torn_tail_are_cut_without_allocating() {
         store.simulate_crash();
         let store = Store::open(&path).expect("recover again");
         assert_eq!(store.recovery().cut, None, "{what}");
-        assert_eq!(store.recovery().records_replayed, 15, "{what}");
+        // Same boot now: resumed from the checkpoint recovery wrote, nothing to replay.
+        assert_eq!(store.recovery().resumed_from, Some(rec(15)), "{what}");
+        assert_eq!(store.recovery().records_replayed, 0, "{what}");
     }
 }
 
@@ -495,6 +514,7 @@ fn a_zeroed_page_is_a_gap_in_the_torn_tail_and_corruption_below_committed() {
     let store = Store::open(&path).expect("create");
     put64(&store, 0..200);
     store.simulate_crash();
+    mapkv::testing::adopt_page(&path, true).expect("reboot the page"); // a power cut
     patch(&data(&path), page, &[0; PAGE as usize]);
     let store = Store::open(&path).expect("recover");
     let r = store.recovery().clone();

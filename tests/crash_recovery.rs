@@ -20,6 +20,12 @@ fn flip(path: &Path, offset: u64) {
     f.write_all_at(&b, offset).expect("write");
 }
 
+/// Makes the live page read as written in another boot: the next open rebuilds, as after a
+/// power cut (a kill -9 in this boot resumes instead: tests/resume.rs).
+fn reboot(path: &Path) {
+    mapkv::testing::adopt_page(path, true).expect("reboot the page");
+}
+
 #[test]
 fn a_torn_record_is_cut_and_what_followed_it_never_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -32,7 +38,9 @@ fn a_torn_record_is_cut_and_what_followed_it_never_returns() {
     store.put(b"c", b"cccccccc").expect("put"); // at DATA_START + 2 REC
     store.simulate_crash();
 
-    // As if the page holding "b" had not reached the disk but the one holding "c" had.
+    // As if the page holding "b" had not reached the disk but the one holding "c" had
+    // (a power cut: the next open is in another boot).
+    reboot(&path);
     flip(&data, DATA_START + REC + 32);
     let store = Store::open(&path).expect("recover");
     let report = store.recovery().clone();
@@ -51,6 +59,13 @@ fn a_torn_record_is_cut_and_what_followed_it_never_returns() {
     // where the next record is expected. Recovery zeroed them; they must stay gone.
     store.put(b"d", b"dddddddd").expect("put");
     store.simulate_crash();
+    // Resumed (this boot): the checkpoint is past d, and nothing there parses.
+    let resumed = Store::open(&path).expect("recover again");
+    assert_eq!(resumed.recovery().records_replayed, 0, "{:?}", resumed.recovery());
+    assert!(resumed.get(b"c").expect("get").is_none(), "stale record resurrected");
+    resumed.simulate_crash();
+    // Rebuilt (another boot): the scan walks the whole log.
+    reboot(&path);
     let store = Store::open(&path).expect("recover again");
     assert_eq!(store.recovery().records_replayed, 2);
     assert_eq!(store.recovery().cut, None);
@@ -68,11 +83,13 @@ fn recovery_is_idempotent() {
         store.put(i.to_le_bytes(), [i as u8; 8]).expect("put");
     }
     store.simulate_crash();
+    reboot(&path); // a torn page: a power cut
     flip(&path.join("data.mkv"), DATA_START + 200 * REC + 32);
     let first = Store::open(&path).expect("recover");
     let report = first.recovery().clone();
     assert_eq!(report.records_replayed, 200);
     first.simulate_crash(); // crash again right after recovery
+    reboot(&path);
     let second = Store::open(&path).expect("recover twice");
     assert_eq!(second.recovery().records_replayed, 200);
     assert_eq!(second.recovery().log_end, report.log_end);
@@ -238,6 +255,7 @@ fn batch_cut_short(dir: &Path, damage: BatchDamage) -> (std::path::PathBuf, u64,
     assert!(store.get("c").expect("get").is_none());
     assert_eq!(store.len(), 10 - 1 + 2 + 1 + 200 - 1);
     store.simulate_crash();
+    reboot(&path); // the damage below is what a power cut leaves
 
     // The log ends with the commit record: empty key, the number of records as its value,
     // and `prev` naming the batch's first record; the 204 records before it are flagged.

@@ -136,7 +136,9 @@ impl Crasher {
         match r.resumed_from {
             Some(_) => *t.resumed.entry(p.phase).or_default() += 1,
             None if r.was_clean() => t.clean += 1,
-            None => *t.rebuilt.entry((p.phase, r.reason.clone().unwrap_or_default())).or_default() += 1,
+            None => {
+                *t.rebuilt.entry((p.phase, r.reason.clone().unwrap_or_default())).or_default() += 1
+            }
         }
         if r.resumed_from.is_some() && r.records_replayed > t.replayed_most.0 {
             t.replayed_most = (r.records_replayed, what);

@@ -13,8 +13,10 @@ use crate::{FAILED, Failure, open_failure, read_only, writable};
 /// Cut a torn tail and rebuild the index after a crash, reporting what was cut
 ///
 /// For a store that was not closed cleanly (a crash, a kill, a power cut): cuts the torn
-/// tail a crash can leave past the committed length, rebuilds the index from the log, and
-/// reports exactly what was cut and where. Any writable open does this; `recover` first works
+/// tail a crash can leave past the committed length, rebuilds the index from the log (or,
+/// after a process crash since the last restart, resumes it from the killed writer's last
+/// checkpoint and replays only the log past it), and reports exactly what was cut and
+/// where. Any writable open does this; `recover` first works
 /// it out read-only, reports it, then does it. It never discards committed data: damage
 /// below the committed length stops it with exit 1 and nothing changed (see `mapkv verify`).
 #[derive(clap::Args, Debug)]
@@ -48,7 +50,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         }
         Err(e) => return Err(open_failure(dir, e)),
     };
-    if !preview.index_rebuilt {
+    if preview.was_clean() {
         return nothing_to_do(dir, &preview);
     }
     let data = dir.join("data.mkv");
@@ -67,7 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let store = writable(args.rebuild_index).open(dir).map_err(|e| open_failure(dir, e))?;
     let report = store.recovery().clone();
     store.close()?;
-    if !report.index_rebuilt {
+    if report.was_clean() {
         return nothing_to_do(dir, &report); // another process recovered it meanwhile
     }
     // The extent measured before applies if the writable open cut at the same place.
@@ -94,8 +96,17 @@ fn print(dir: &Path, r: &RecoveryReport, tail_end: Option<u64>, would: bool) {
         ("recovered", "rebuilt", "discarded and zeroed")
     };
     println!("{head} {}", dir.display());
-    let why = r.reason.as_deref().unwrap_or("unknown reason");
-    println!("  index     {rebuilt} ({why})");
+    match r.resumed_from {
+        Some(at) => println!(
+            "  index     {resumed} from the killed writer's last checkpoint, at byte {at} (the \
+             store was not closed cleanly; the index is kept as the writer left it)",
+            resumed = if would { "would be resumed" } else { "resumed" }
+        ),
+        None => {
+            let why = r.reason.as_deref().unwrap_or("unknown reason");
+            println!("  index     {rebuilt} ({why})");
+        }
+    }
     println!("  replayed  {} records", r.records_replayed);
     println!("  log end   byte {}", r.log_end);
     match (&r.cut, tail_end) {

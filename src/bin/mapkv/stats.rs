@@ -25,7 +25,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let store = open_read(&args.dir)?;
     let s = store.stats();
     let recovery = store.recovery();
-    let clean = !recovery.index_rebuilt;
+    let clean = recovery.was_clean();
     if args.json {
         let v = json!({
             "path": args.dir.display().to_string(),
@@ -44,6 +44,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             "closed_cleanly": clean && !s.following,
             "writer_open": s.following,
             "index_rebuilt_because": recovery.reason,
+            "index_resumed_from": recovery.resumed_from,
             "torn_tail": recovery.cut.as_ref().map(|(offset, kind)| json!({
                 "offset": offset,
                 "what": kind.to_string(),
@@ -82,6 +83,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             ("state", "open for writing by another process (figures are its)".into())
         }
         (_, true) => ("closed cleanly", "yes".to_string()),
+        _ if recovery.resumed_from.is_some() => (
+            "closed cleanly",
+            format!(
+                "no: the killed writer's index resumed in memory from its checkpoint at byte {} \
+                 ({} records replayed)",
+                recovery.resumed_from.unwrap_or_default(),
+                recovery.records_replayed
+            ),
+        ),
         (Some(why), false) => ("closed cleanly", format!("no: index rebuilt in memory ({why})")),
         (None, false) => ("closed cleanly", "no: index rebuilt in memory".to_string()),
     });

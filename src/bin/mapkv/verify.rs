@@ -75,9 +75,17 @@ fn print_text(dir: &Path, found: &Found) {
     for p in &found.problems {
         println!("{p}");
     }
-    if let Some(r) = found.recovery.as_ref().filter(|r| r.index_rebuilt) {
-        let why = r.reason.as_deref().unwrap_or("not closed cleanly");
-        println!("note: the index was rebuilt in memory for this check ({why})");
+    if let Some(r) = found.recovery.as_ref().filter(|r| !r.was_clean()) {
+        match r.resumed_from {
+            Some(at) => println!(
+                "note: not closed cleanly; the killed writer's index was resumed in memory \
+                 from its checkpoint at byte {at} for this check"
+            ),
+            None => {
+                let why = r.reason.as_deref().unwrap_or("not closed cleanly");
+                println!("note: the index was rebuilt in memory for this check ({why})");
+            }
+        }
         if let Some((offset, kind)) = &r.cut {
             println!("note: torn tail at byte {offset} ({kind}); `mapkv recover` cuts it");
         }
@@ -116,7 +124,7 @@ fn print_json(dir: &Path, found: &Found) {
         "records": found.counts.map(|c| c.0),
         "live_keys": found.counts.map(|c| c.1),
         "log_end": found.counts.map(|c| c.2),
-        "closed_cleanly": recovery.map(|r| !r.index_rebuilt),
+        "closed_cleanly": recovery.map(RecoveryReport::was_clean),
         "torn_tail": recovery.and_then(|r| r.cut.as_ref()).map(|(offset, kind)| json!({
             "offset": offset,
             "kind": kind_name(kind),
