@@ -436,6 +436,18 @@ impl LogFile {
         self.ino
     }
 
+    /// Where the bytes anyone wrote at or past `from` end: the next hole (`SEEK_HOLE`), where
+    /// the file holds neither blocks with data nor pages in the page cache. Past it the
+    /// file reads as zeros, and looking (through the mapping) would fault a page at a
+    /// time. The file's length where the file system cannot say.
+    pub fn written_end(&self, from: u64) -> u64 {
+        let len = self.map.len();
+        let Ok(off) = libc::off_t::try_from(from) else { return len };
+        // SAFETY: plain system call on our own descriptor; no memory is passed.
+        let hole = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_HOLE) };
+        u64::try_from(hole).map_or(len, |h| h.clamp(from, len))
+    }
+
     /// The file's path (its name in the store after `install`).
     pub fn path(&self) -> &Path {
         &self.path
@@ -630,18 +642,35 @@ impl LogFile {
         Flusher { map: Arc::clone(&self.map), path: self.path.clone(), seam: self.seam.clone() }
     }
 
-    /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs:
-    /// with `whole`, the whole file (fdatasync: everything below is durable too); else only
-    /// that range (msync from `from`'s page: the zeros and the new extent state are
-    /// durable, dirty pages below stay as they were). Used by recovery so that stale bytes
-    /// past the cut can never parse later.
+    /// Writes zeros over `[from, to)` (unpublished bytes a killed writer left) through the
+    /// mapping and flushes just those pages (msync from `from`'s page): the zeros are
+    /// durable, dirty pages below stay as they were. Used when resuming after a kill, so
+    /// that stale bytes past the cut can never parse later.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    ///
+    /// # Panics
+    /// If `from` is below the published end or `to` past the mapping.
+    pub fn zero_range(&mut self, from: u64, to: u64) -> Result<()> {
+        let seam_op = Op::Zero { path: &self.path, from, to };
+        self.seam.run(seam_op, || Ok(())).map_err(|e| Error::io("zero", &self.path, e))?;
+        if to > from {
+            self.write_at(from, |d| d.fill(0), (to - from) as usize);
+        }
+        self.flush(from, to)
+    }
+
+    /// Makes `[from, end of file)` read as zeros and keeps its blocks allocated, then syncs
+    /// the whole file (fdatasync: everything below is durable too). Used by recovery so
+    /// that stale bytes past the cut can never parse later.
     ///
     /// # Errors
     /// [`Error::Io`].
     ///
     /// # Panics
     /// If `from` is below the published end.
-    pub fn zero_tail(&mut self, from: u64, whole: bool) -> Result<()> {
+    pub fn zero_tail(&mut self, from: u64) -> Result<()> {
         assert!(from >= self.published(), "zeroing published bytes");
         let len = self.map.len().saturating_sub(from);
         let fd = self.file.as_raw_fd();
@@ -667,9 +696,6 @@ impl LogFile {
                     at += n as u64;
                 }
             }
-        }
-        if !whole {
-            return self.flush(from, self.map.len());
         }
         let path = &self.path;
         self.seam

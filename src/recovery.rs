@@ -187,6 +187,30 @@ fn first_nonzero(b: &[u8]) -> Option<usize> {
     b[at..].iter().position(|&x| x != 0).map(|i| at + i)
 }
 
+/// Where the bytes a killed writer left past `from` (the end of the valid log) end: past
+/// every record header that decodes there (an unfinished batch, the record being copied),
+/// then past every nonzero byte until a whole window of [`GAP_WINDOW`] zeros. Past it the
+/// file is as fallocate left it: a kill -9 leaves nothing further (DESIGN.md §6).
+pub(crate) fn garbage_end(log: &[u8], from: u64) -> u64 {
+    let mut p = from;
+    while let Some(rec) = log.get(p as usize..).and_then(|r| Record::decode(r).ok()) {
+        p = p.saturating_add(rec.total_len()).min(log.len() as u64);
+    }
+    let mut end = p;
+    let mut at = p;
+    while let Some(window) = log.get(at as usize..).filter(|w| !w.is_empty()) {
+        let window = &window[..window.len().min(GAP_WINDOW)];
+        match window.iter().rposition(|&b| b != 0) {
+            Some(i) => {
+                end = at + i as u64 + 1;
+                at += window.len() as u64;
+            }
+            None => break,
+        }
+    }
+    end.max(from)
+}
+
 /// Where the valid part of a log ends, as [`valid_end`] finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tail {
@@ -596,11 +620,16 @@ pub(crate) struct Resumed {
     pub live: u64,
     /// The record ending at the log's end and its checksum word (as `Checkpoint::last`).
     pub last: (u64, u64),
+    /// How far the killed writer's bytes may reach: zeros past it.
+    pub written: u64,
 }
 
 /// Files that resuming reads and writes.
 pub(crate) struct ResumeCtx<'a> {
     pub log: &'a [u8],
+    /// Where the written part of the log ends past an offset (`LogFile::written_end`):
+    /// the walk past the checkpoint looks no further.
+    pub written_end: &'a dyn Fn(u64) -> u64,
     pub header: &'a LogHeader,
     pub data_path: &'a Path,
     pub index: &'a IndexMap,
@@ -627,9 +656,20 @@ pub(crate) fn resume(
     let table = Table::new(cx.index.words());
     let c = page.resumable(cx.header.store_id, data_ino, table.tag())?;
     check_checkpoint(cx, &c)?;
+    // Past the checkpoint: the write in flight, then zeros. Looked at only as far as the
+    // writer wrote (and the headers there say), so that open does not fault in the
+    // untouched rest of the file a page at a time.
+    let mut written = (cx.written_end)(c.end);
+    let mut p = c.end;
+    while let Some(rec) = cx.log.get(p as usize..).and_then(|r| Record::decode(r).ok()) {
+        p = p.saturating_add(rec.total_len()).min(cx.log.len() as u64);
+        written = written.max(p);
+    }
+    let log = &cx.log[..written.max(c.end) as usize];
+    let cx = ResumeCtx { log, ..*cx };
     let tail = valid_end(cx.log, cx.header, cx.data_path, (c.end, c.last))
         .map_err(|e| format!("the log past the checkpoint does not read: {e}"))?;
-    resume_from(cx, &c, tail).map_err(Some)
+    resume_from(&cx, &c, tail).map_err(Some)
 }
 
 /// Replays the log from checkpoint `c` (whose end is `tail`'s walk start) into the index.
@@ -686,7 +726,8 @@ fn resume_from(
         cut: tail.cut,
         ..RecoveryReport::default()
     };
-    Ok(Resumed { report, counts: r.counts, used: r.used, live: r.live, last })
+    let written = cx.log.len() as u64;
+    Ok(Resumed { report, counts: r.counts, used: r.used, live: r.live, last, written })
 }
 
 /// Whether checkpoint `c` can describe this log: its end lies between the committed length

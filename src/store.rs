@@ -341,6 +341,8 @@ impl Store {
         let existing = IndexMap::open(&index_path, writable, seam)?;
         // The record ending at the log's end, for the session's first checkpoint.
         let mut last = (UNKNOWN_LAST, 0);
+        // After resuming: how far the killed writer's bytes may reach.
+        let mut written = 0;
         let trusted = if opts.rebuild_index {
             Err("a rebuild was asked for".to_string())
         } else {
@@ -363,6 +365,7 @@ impl Store {
                     (Some(map), Some(page)) if !opts.rebuild_index => {
                         let cx = ResumeCtx {
                             log: log.bytes(),
+                            written_end: &|from| log.written_end(from),
                             header: &header,
                             data_path: &data_path,
                             index: map,
@@ -374,7 +377,7 @@ impl Store {
                 };
                 match (old, resumed) {
                     (Some(map), Some(Ok(r))) => {
-                        last = r.last;
+                        (last, written) = (r.last, r.written);
                         (map, r.used, r.live, r.counts, r.report)
                     }
                     (old, resumed) => {
@@ -428,13 +431,14 @@ impl Store {
         }
         if writable && report.index_rebuilt {
             // Stale bytes past the cut must never parse later; then record the new end.
-            w.log.zero_tail(end, true)?;
+            w.log.zero_tail(end)?;
             write_header(&mut w, end)?;
             os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
         } else if writable && report.cut.is_some() {
-            // Resumed past a torn write: the same zeroing, flushed over that range only
-            // (the dead writer's records below stay unsynced, as they were).
-            w.log.zero_tail(end, false)?;
+            // Resumed past a torn write: zero what the killed writer left past the cut and
+            // flush just that (its records below stay unsynced, as they were).
+            let to = recovery::garbage_end(&w.log.bytes()[..written as usize], end);
+            w.log.zero_range(end, to)?;
         }
         if created {
             // A new store: its first index was built, not recovered.
