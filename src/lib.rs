@@ -58,7 +58,7 @@ pub struct ReadmeDoctests;
 /// Test seams for crash simulation and fault injection. Not part of the supported API.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::live::adopt_page;
+    pub use crate::live::{adopt_page, forget_page_cache};
     pub use crate::os::{Observer, Op};
 }
 

@@ -50,6 +50,23 @@ const WORDS: usize = 64;
 const C_TAG: usize = 0;
 const C_FIELDS: usize = 8;
 
+/// Where each writer session leaves its token: an empty file named by store, directory and
+/// session, in memory only (tmpfs), so it is gone after any restart or power cut whatever
+/// the page says. Resuming needs it (DESIGN.md §6).
+const TOKEN_DIR: &str = "/dev/shm";
+
+/// The store directory's identity (device, inode), which names its tokens: a copy of the
+/// files elsewhere is another store directory, with none.
+fn dir_id(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).map_or((0, 0), |m| (m.dev(), m.ino()))
+}
+
+fn token((dev, ino): (u64, u64), store_id: u64, session: u64) -> std::path::PathBuf {
+    let name = format!("mapkv-{store_id:016x}-{dev:x}-{ino:x}-{session:016x}");
+    Path::new(TOKEN_DIR).join(name)
+}
+
 /// How long a reader waits for a page the writer is in the middle of rewriting.
 const SPINS: u32 = 1000;
 
@@ -174,6 +191,8 @@ impl Checkpoint {
 #[derive(Clone)]
 pub(crate) struct Live {
     map: Arc<IndexMap>,
+    /// The store directory's identity, for the session tokens.
+    dir: (u64, u64),
 }
 
 impl Live {
@@ -196,7 +215,7 @@ impl Live {
             file.set_len(LEN).map_err(|e| Error::io("extend", &path, e))?;
         }
         let map = IndexMap::map_file(&file, &path, true, seam)?;
-        Ok(Self { map: Arc::new(map) })
+        Ok(Self { map: Arc::new(map), dir: dir_id(dir) })
     }
 
     /// A follower's view of the page; `None` if there is none (no writer of this version
@@ -216,7 +235,7 @@ impl Live {
             return Ok(None);
         }
         let map = IndexMap::map_file(&file, &path, false, &Seam::default())?;
-        Ok(Some(Self { map: Arc::new(map) }))
+        Ok(Some(Self { map: Arc::new(map), dir: dir_id(dir) }))
     }
 
     fn w(&self, i: usize) -> &AtomicU64 {
@@ -255,6 +274,10 @@ impl Live {
         c.key = key;
         c.tag = c.tag.max(newest).wrapping_add(1).max(1);
         let end = c.end;
+        // The token before the page names the session (a kill in between leaves a token
+        // no page names: nothing resumes from it); the last session's goes after.
+        let old_session = self.w(W_SESSION).load(Ordering::Acquire);
+        let _ = std::fs::File::create(token(self.dir, store_id, key));
         self.write(|| {
             let (prev_key, prev_visible) =
                 if valid { (old_key, self.w(W_VISIBLE).load(Ordering::Relaxed)) } else { (0, 0) };
@@ -274,7 +297,20 @@ impl Live {
             self.checkpoint(&c);
             also(c.tag);
         });
+        if valid && old_session != key {
+            let _ = std::fs::remove_file(token(self.dir, store_id, old_session));
+        }
         (key, c.tag)
+    }
+
+    /// Ends a writer's session at a clean close: its token goes (nothing to resume).
+    pub fn end_session(&self) {
+        let (store_id, session) = (self.w(W_STORE), self.w(W_SESSION));
+        let _ = std::fs::remove_file(token(
+            self.dir,
+            store_id.load(Ordering::Acquire),
+            session.load(Ordering::Acquire),
+        ));
     }
 
     /// Announces new files (index growth, compaction) and, with them, the marks and (if
@@ -355,6 +391,12 @@ impl Live {
         let Some(a) = self.read_once().filter(|a| a.store_id == store_id) else {
             return Err("the writer stopped while rewriting its live page".into());
         };
+        if !token(self.dir, store_id, a.session).exists() {
+            return Err(format!(
+                "no token of the writer's session in {TOKEN_DIR} (memory only): the machine \
+                 restarted or lost power since it ran"
+            ));
+        }
         if a.files.data_ino != data_ino {
             return Err("the data file was replaced after the writer's last checkpoint".into());
         }
@@ -519,9 +561,9 @@ impl Live {
 const _: () = assert!(WORDS * 8 <= LEN as usize);
 
 /// Test seam: makes the live page in `dir` name the data and index files now there (as if
-/// the writer had opened these copies), and, with `reboot`, carry another boot id (as a
-/// page read after a restart does). Crash tests use it on copies of a killed writer's
-/// files. Not part of the supported API.
+/// the writer had opened these copies), and, with `reboot`, look as after a restart: the
+/// page carries another boot id and the session's token is gone. Crash tests use it on
+/// copies of a killed writer's files. Not part of the supported API.
 ///
 /// # Errors
 /// I/O errors reading or writing the files.
@@ -529,13 +571,43 @@ pub fn adopt_page(dir: &Path, reboot: bool) -> io::Result<()> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let page = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(LIVE_FILE))?;
     let put = |word: usize, v: u64| page.write_all_at(&v.to_le_bytes(), word as u64 * 8);
-    put(W_DATA_INO, std::fs::metadata(dir.join("data.mkv"))?.ino())?;
-    put(W_INDEX_INO, std::fs::metadata(dir.join("index.mkv"))?.ino())?;
+    for (word, name) in [(W_DATA_INO, "data.mkv"), (W_INDEX_INO, "index.mkv")] {
+        if let Ok(meta) = std::fs::metadata(dir.join(name)) {
+            put(word, meta.ino())?;
+        }
+    }
     if reboot {
         let mut b = [0; 8];
         page.read_exact_at(&mut b, W_BOOT as u64 * 8)?;
         put(W_BOOT, u64::from_le_bytes(b) ^ 1)?;
+        forget_page_cache(dir)?;
+    } else {
+        // The session's token, as the writer would have left it in this directory.
+        let word = |w: usize| -> io::Result<u64> {
+            let mut b = [0; 8];
+            page.read_exact_at(&mut b, w as u64 * 8)?;
+            Ok(u64::from_le_bytes(b))
+        };
+        File::create(token(dir_id(dir), word(W_STORE)?, word(W_SESSION)?))?;
     }
+    Ok(())
+}
+
+/// Test seam: removes the token of the session the live page in `dir` names, as a restart
+/// or power cut does (tmpfs does not survive one), leaving the page itself as it is (which
+/// may then wrongly claim this boot). Not part of the supported API.
+///
+/// # Errors
+/// I/O errors reading the page.
+pub fn forget_page_cache(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let page = File::open(dir.join(LIVE_FILE))?;
+    let word = |w: usize| -> io::Result<u64> {
+        let mut b = [0; 8];
+        page.read_exact_at(&mut b, w as u64 * 8)?;
+        Ok(u64::from_le_bytes(b))
+    };
+    let _ = std::fs::remove_file(token(dir_id(dir), word(W_STORE)?, word(W_SESSION)?));
     Ok(())
 }
 
@@ -549,4 +621,72 @@ fn boot_id() -> u128 {
             .and_then(|s| u128::from_str_radix(&s.trim().replace('-', ""), 16).ok())
             .unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page() -> (tempfile::TempDir, Live) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = Live::create(dir.path(), &Seam::default()).expect("page");
+        (dir, live)
+    }
+
+    fn at(tag: u64, key: u64, end: u64) -> Checkpoint {
+        Checkpoint { tag, key, end, live: end / 10, ..Checkpoint::default() }
+    }
+
+    #[test]
+    fn a_checkpoint_torn_in_its_slot_leaves_the_other_whole() {
+        let (_d, live) = page();
+        let (key, tag) = live.start_session(7, (11, 12), at(0, 0, 8192), |_| {});
+        assert_eq!(tag, 1);
+        live.checkpoint(&at(2, key, 9000));
+        live.checkpoint(&at(3, key, 9100));
+        let [a, b] = live.checkpoints();
+        assert_eq!((a.map(|c| c.end), b.map(|c| c.end)), (Some(9000), Some(9100)));
+        // A writer killed while rewriting slot 0 (tag zeroed, fields half stored).
+        live.w(W_CHECKPOINTS[0]).store(0, Ordering::Relaxed);
+        live.w(W_CHECKPOINTS[0] + 2).store(123, Ordering::Relaxed);
+        let [a, b] = live.checkpoints();
+        assert!(a.is_none() && b.is_some_and(|c| c.end == 9100 && c.live == 910));
+        assert_eq!(live.figures().live, 910);
+        // Resuming takes the slot whose tag the index carries, and only that one.
+        assert_eq!(live.resumable(7, 11, 3).map(|c| c.end), Ok(9100));
+        let refused = live.resumable(7, 11, 4).expect_err("no checkpoint with tag 4");
+        assert!(refused.contains("does not match"), "{refused}");
+        live.end_session();
+    }
+
+    #[test]
+    fn resuming_needs_this_store_this_data_file_and_a_whole_page() {
+        let (_d, live) = page();
+        let (key, _) = live.start_session(7, (11, 12), at(0, 0, 8192), |_| {});
+        live.checkpoint(&at(2, key, 9000));
+        assert!(live.resumable(7, 11, 2).is_ok());
+        assert!(live.resumable(8, 11, 2).is_err(), "another store's page");
+        let e = live.resumable(7, 99, 2).expect_err("another data file");
+        assert!(e.contains("replaced"), "{e}");
+        // A checkpoint of another writer session's files (an older key) does not count.
+        live.checkpoint(&at(3, key.wrapping_sub(1), 9100));
+        assert!(live.resumable(7, 11, 3).is_err());
+        // Killed inside the sequence lock (an announcement): no resuming.
+        let seq = live.seq();
+        live.w(W_SEQ).store(seq | 1, Ordering::Relaxed);
+        let e = live.resumable(7, 11, 2).expect_err("odd sequence");
+        assert!(e.contains("rewriting"), "{e}");
+        live.w(W_SEQ).store(seq, Ordering::Relaxed);
+        // Another boot: the page cache the checkpoint describes is gone.
+        let boot = live.w(W_BOOT).load(Ordering::Relaxed);
+        live.w(W_BOOT).store(boot ^ 1, Ordering::Relaxed);
+        let e = live.resumable(7, 11, 2).expect_err("another boot");
+        assert!(e.contains("boot"), "{e}");
+        live.w(W_BOOT).store(boot, Ordering::Relaxed);
+        // The page claiming this boot, but the memory-only token gone (a power cut).
+        assert!(live.resumable(7, 11, 2).is_ok());
+        live.end_session();
+        let e = live.resumable(7, 11, 2).expect_err("no token");
+        assert!(e.contains("token"), "{e}");
+    }
 }

@@ -1047,6 +1047,9 @@ impl Store {
         self.poison_on_err(w.index.flush(0, u64::MAX))?;
         self.poison_on_err(os::sync_dir(&w.seam, &self.shared.dir))?;
         self.mark_index(w, end)?;
+        if let Some(live) = &self.shared.live {
+            live.end_session();
+        }
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use mapkv::testing::{Observer, Op};
+use mapkv::testing::{Observer, Op, adopt_page, forget_page_cache};
 use mapkv::{Batch, CorruptKind, OpenOptions, Store};
 
 const PAGE: usize = 4096;
@@ -120,6 +120,11 @@ struct Stats {
     index_growths_in_batch: u64,
     /// Images whose recovery cut an unfinished batch (`CorruptKind::UnfinishedBatch`).
     unfinished_batch_cuts: u64,
+    /// Images opened again with the writer's live page wrongly claiming this boot (as if
+    /// the boot id could not tell a power cut from a kill): how many of them open refused
+    /// to resume from (and rebuilt), and how many it resumed (then checked as any image).
+    claimed_refused: u64,
+    claimed_resumed: u64,
     /// Crash points at the operations of a compaction on its new files (`*.compact*`),
     /// and compactions that reached their swap (the rename onto `data.mkv`).
     compaction_points: u64,
@@ -214,6 +219,10 @@ impl Sim {
         drop(stats);
         let history = self.history.lock().expect("history");
         let allowed = history.allowed();
+        // The live page as the writer left it in the page cache: never flushed, but the
+        // kernel may write it back at any moment, so after a power cut the disk may hold
+        // this very version. Every image carries it, as from the boot before the cut.
+        let page = std::fs::read(self.dir.join("live.mkv")).ok();
         for (n, pick) in picks.iter().enumerate() {
             let image = tempfile::tempdir().expect("tempdir");
             let store_dir = image.path().join("db");
@@ -252,10 +261,36 @@ impl Sim {
                 write_sparse(&store_dir.join(name), &bytes);
             }
             let what = format!("{label}, image {n} of {} ({} choices)", picks.len(), choices.len());
+            // Every other image is also opened (first, on a copy) with the page claiming
+            // this boot: open must refuse it or resume to a state as good as a rebuild's.
+            let claimed = page.as_ref().filter(|_| n % 2 == 1).map(|page| {
+                let copy = image.path().join("claimed");
+                std::fs::create_dir(&copy).expect("mkdir");
+                for name in names.keys() {
+                    std::fs::copy(store_dir.join(name), copy.join(name)).expect("copy image");
+                }
+                std::fs::write(copy.join("live.mkv"), page).expect("write page");
+                adopt_page(&copy, false).expect("claim this boot");
+                // The cut took the memory-only token with it (tmpfs), whatever the page says.
+                forget_page_cache(&copy).expect("power cut");
+                let store = OpenOptions::new().open(&copy).expect("open a claimed image");
+                let resumed = store.recovery().resumed_from.is_some();
+                assert!(!resumed, "{what}: resumed a page wrongly claiming this boot");
+                drop(store);
+                let what = format!("{what}, page claiming this boot (resumed: {resumed})");
+                check_image(&copy, &allowed, self.universe, false, &what);
+                resumed
+            });
+            if let Some(page) = &page {
+                std::fs::write(store_dir.join("live.mkv"), page).expect("write page");
+                adopt_page(&store_dir, true).expect("another boot");
+            }
             let cut_batch = check_image(&store_dir, &allowed, self.universe, n % 4 == 0, &what);
             let mut stats = self.checked.lock().expect("stats");
             stats.images += 1;
             stats.unfinished_batch_cuts += u64::from(cut_batch);
+            stats.claimed_refused += u64::from(claimed == Some(false));
+            stats.claimed_resumed += u64::from(claimed == Some(true));
         }
     }
 
@@ -324,6 +359,11 @@ fn check_image(dir: &Path, allowed: &[State], universe: u64, deep: bool, what: &
         Ok(s) => s,
         Err(e) => panic!("{what}: open failed: {e}"),
     };
+    // After a power cut (a page of another boot) nothing is resumed from the page.
+    if !what.contains("claiming this boot") {
+        let r = store.recovery();
+        assert!(r.resumed_from.is_none(), "{what}: resumed after a power cut: {r:?}");
+    }
     let cut_batch = matches!(store.recovery().cut, Some((_, CorruptKind::UnfinishedBatch { .. })));
     let state = contents(&store);
     assert!(
@@ -685,7 +725,10 @@ fn power_loss_at_every_crash_point_keeps_a_synced_prefix() {
         total.unfinished_batch_cuts += s.unfinished_batch_cuts;
         total.compaction_points += s.compaction_points;
         total.compaction_swaps += s.compaction_swaps;
+        total.claimed_refused += s.claimed_refused;
+        total.claimed_resumed += s.claimed_resumed;
     }
+    assert!(total.claimed_refused > 100, "few images with a page claiming this boot");
     eprintln!("total: {total:?}");
     assert!(total.points > 50 && total.images > total.points, "the simulator checked little");
     assert!(total.unfinished_batch_cuts > 0, "no crash image held part of a batch");

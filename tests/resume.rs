@@ -375,7 +375,7 @@ fn a_page_from_another_boot_or_for_other_files_is_not_resumed() {
     );
     assert_eq!(s.len(), 100);
     drop(s);
-    // The files copied without adopting the page: another data file than the page names.
+    // The files copied elsewhere: another directory, where the writer left no token.
     let d = tmp.path().join("moved");
     std::fs::create_dir_all(&d).expect("dir");
     for f in ["data.mkv", "index.mkv", "live.mkv"] {
@@ -383,10 +383,22 @@ fn a_page_from_another_boot_or_for_other_files_is_not_resumed() {
     }
     let s = open(&d);
     assert!(
+        s.recovery().reason.as_deref().is_some_and(|r| r.contains("token")),
+        "{:?}",
+        s.recovery()
+    );
+    drop(s);
+    // The data file replaced by a copy of itself (another inode than the page names).
+    let d = copy("replaced", false);
+    std::fs::copy(d.join("data.mkv"), d.join("data.copy")).expect("copy");
+    std::fs::rename(d.join("data.copy"), d.join("data.mkv")).expect("rename");
+    let s = open(&d);
+    assert!(
         s.recovery().reason.as_deref().is_some_and(|r| r.contains("replaced")),
         "{:?}",
         s.recovery()
     );
+    assert_eq!(s.len(), 100);
     drop(s);
     // An index from an earlier moment (its tag names an older checkpoint).
     let d = copy("old-index", false);
@@ -422,4 +434,47 @@ fn a_page_from_another_boot_or_for_other_files_is_not_resumed() {
     let s = open(&d);
     assert!(s.recovery().index_rebuilt, "{:?}", s.recovery());
     assert_eq!(s.get(key(1)).expect("get").as_deref(), Some(&value(1, 0, 30)[..]));
+}
+
+/// Fails every flush of the data file, as a disk that lost the dead writer's pages would
+/// report it (Linux hands an unseen writeback error to the next descriptor that syncs).
+struct FailingFlush(std::sync::atomic::AtomicU64);
+
+impl Observer for FailingFlush {
+    fn before(&self, op: Op<'_>) -> std::io::Result<()> {
+        match op {
+            Op::Flush { path, from, to } if path.ends_with("data.mkv") => {
+                self.0.fetch_max(to - from, Ordering::Relaxed);
+                Err(std::io::Error::from_raw_os_error(5))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn the_first_sync_after_resuming_flushes_the_dead_writers_tail_and_reports_its_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("db");
+    let store = Store::open(&dir).expect("open");
+    store.put(b"synced", b"1").expect("put");
+    store.sync().expect("sync");
+    for i in 0..500 {
+        store.put(key(i), value(i, 0, 100)).expect("put"); // never synced by this writer
+    }
+    store.simulate_crash();
+    let failing = Arc::new(FailingFlush(Default::default()));
+    let store = OpenOptions::new().observer(failing.clone()).open(&dir).expect("resume");
+    assert!(store.recovery().resumed_from.is_some(), "{:?}", store.recovery());
+    // Nothing new was written, yet the sync flushes the 500 records the dead writer left
+    // unsynced, and its failure poisons the handle.
+    let err = store.sync().expect_err("the dead writer's tail must be flushed");
+    assert!(matches!(err, mapkv::Error::Io { .. } | mapkv::Error::Poisoned { .. }), "{err}");
+    assert!(failing.0.load(Ordering::Relaxed) >= 500 * 100, "the flush did not cover the tail");
+    assert!(matches!(store.put(b"k", b"v"), Err(mapkv::Error::Poisoned { .. })));
+    drop(store);
+    // Without failures the same sync succeeds and the data is all there.
+    let store = Store::open(&dir).expect("reopen");
+    store.sync().expect("sync");
+    assert_eq!(store.get(key(499)).expect("get").as_deref(), Some(&value(499, 0, 100)[..]));
 }
