@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::format::{Kind, Record};
 use crate::index::{self, Table};
-use crate::store::{Store, check_sizes, crc_word};
+use crate::recovery::last_record;
+use crate::store::{Store, check_sizes};
 
 /// Puts and deletes applied all together by [`Store::write`](crate::Store::write): after a
 /// crash either every one of them is in the store or none is, and readers see all of them
@@ -139,7 +140,7 @@ impl Store {
             w.seam.point("commit published");
             w.log.make_visible(w.end);
             w.seam.point("batch visible");
-            w.last = (off, crc_word(w.log.map(), off));
+            w.last = last_record(w.log.bytes(), off);
             self.shared.live_keys.store(live, Ordering::Relaxed);
             self.checkpoint(w);
         }

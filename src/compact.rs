@@ -203,7 +203,7 @@ impl Store {
         let log_before = w.end;
         (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
-        w.last = (last, crate::store::crc_word(w.log.map(), last));
+        w.last = recovery::last_record(w.log.bytes(), last);
         self.shared.live_keys.store(live, Ordering::Relaxed);
         self.publish_state(w);
         if let Some(live) = &self.shared.live {

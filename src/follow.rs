@@ -263,9 +263,9 @@ impl Store {
             // finished write's: keep the last checkpoint, whose tag a grown index carries.
             let between = w.end == marks.1;
             let tag = if between { w.tag + 1 } else { w.tag };
-            let c = Checkpoint { tag, ..w.checkpoint(self.len()) };
-            let index = Arc::clone(&w.index);
-            live.announce(w.files, marks, &c, between, || Table::new(index.words()).set_tag(tag));
+            let c = Checkpoint { tag, ..w.as_checkpoint(self.len()) };
+            let table = Table::new(w.index.words());
+            live.announce(w.files, marks, &c, between, || table.set_tag(tag));
             w.tag = tag;
         }
     }
@@ -277,7 +277,7 @@ impl Store {
     pub(crate) fn checkpoint(&self, w: &mut Writer) {
         if let Some(live) = &self.shared.live {
             w.tag += 1;
-            live.checkpoint(&w.checkpoint(self.len()));
+            live.checkpoint(&w.as_checkpoint(self.len()));
             w.seam.point("checkpoint written");
             Table::new(w.index.words()).set_tag(w.tag);
         }

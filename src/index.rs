@@ -20,6 +20,12 @@ pub const DELETED: u64 = 1 << 63;
 /// was new): deleted, naming no record. It matches no key; growth drops it.
 pub const VACATED: u64 = DELETED;
 const TAG_WORD: usize = (INDEX_TAG_OFFSET / 8) as usize;
+
+/// The offset word for a key whose latest record is at `off` (a tombstone if `deleted`).
+#[inline]
+pub fn word_for(off: u64, deleted: bool) -> u64 {
+    if deleted { off | DELETED } else { off }
+}
 const FIRST_SLOT_WORD: usize = (PAGE / 8) as usize;
 /// The table grows when occupied slots would pass this fraction (in 1/16ths).
 const MAX_LOAD_16THS: u64 = 11;

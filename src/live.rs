@@ -379,18 +379,16 @@ impl Live {
         data_ino: u64,
         index_tag: u64,
     ) -> std::result::Result<Checkpoint, String> {
-        let boot = boot_id();
-        if self.w(W_MAGIC).load(Ordering::Acquire) != MAGIC
-            || self.w(W_VERSION).load(Ordering::Acquire) != VERSION
-        {
+        let a = self.read_once().ok_or("the writer stopped while rewriting its live page")?;
+        if !a.ok {
             return Err("the live page was not written by this version of mapkv".into());
         }
-        if boot == 0 || self.boot() != boot {
+        if a.boot == 0 || a.boot != boot_id() {
             return Err("the machine restarted since the writer ran (another boot id)".into());
         }
-        let Some(a) = self.read_once().filter(|a| a.store_id == store_id) else {
-            return Err("the writer stopped while rewriting its live page".into());
-        };
+        if a.store_id != store_id {
+            return Err("the live page belongs to another store".into());
+        }
         if !token(self.dir, store_id, a.session).exists() {
             return Err(format!(
                 "no token of the writer's session in {TOKEN_DIR} (memory only): the machine \
@@ -472,37 +470,31 @@ impl Live {
 
     /// One reading of the page, if it is not in the middle of a rewrite.
     fn read_once(&self) -> Option<Announced> {
-        {
-            let seq = self.seq();
-            if seq & 1 == 0 {
-                let mut a = Announced {
-                    seq,
-                    store_id: self.w(W_STORE).load(Ordering::Relaxed),
-                    files: Files {
-                        key: self.w(W_KEY).load(Ordering::Relaxed),
-                        data_ino: self.w(W_DATA_INO).load(Ordering::Relaxed),
-                        index_ino: self.w(W_INDEX_INO).load(Ordering::Relaxed),
-                    },
-                    published: self.w(W_PUBLISHED).load(Ordering::Relaxed),
-                    visible: self.w(W_VISIBLE).load(Ordering::Relaxed),
-                    prev: (
-                        self.w(W_PREV_KEY).load(Ordering::Relaxed),
-                        self.w(W_PREV_VISIBLE).load(Ordering::Relaxed),
-                    ),
-                    session: self.w(W_SESSION).load(Ordering::Relaxed),
-                    ok: false,
-                    boot: 0,
-                };
-                a.ok = self.w(W_MAGIC).load(Ordering::Relaxed) == MAGIC
-                    && self.w(W_VERSION).load(Ordering::Relaxed) == VERSION;
-                a.boot = self.boot();
-                fence(Ordering::Acquire);
-                if self.w(W_SEQ).load(Ordering::Relaxed) == seq {
-                    return Some(a);
-                }
-            }
+        let seq = self.seq();
+        if seq & 1 != 0 {
+            return None;
         }
-        None
+        let a = Announced {
+            seq,
+            store_id: self.w(W_STORE).load(Ordering::Relaxed),
+            files: Files {
+                key: self.w(W_KEY).load(Ordering::Relaxed),
+                data_ino: self.w(W_DATA_INO).load(Ordering::Relaxed),
+                index_ino: self.w(W_INDEX_INO).load(Ordering::Relaxed),
+            },
+            published: self.w(W_PUBLISHED).load(Ordering::Relaxed),
+            visible: self.w(W_VISIBLE).load(Ordering::Relaxed),
+            prev: (
+                self.w(W_PREV_KEY).load(Ordering::Relaxed),
+                self.w(W_PREV_VISIBLE).load(Ordering::Relaxed),
+            ),
+            session: self.w(W_SESSION).load(Ordering::Relaxed),
+            ok: self.w(W_MAGIC).load(Ordering::Relaxed) == MAGIC
+                && self.w(W_VERSION).load(Ordering::Relaxed) == VERSION,
+            boot: self.boot(),
+        };
+        fence(Ordering::Acquire);
+        (self.w(W_SEQ).load(Ordering::Relaxed) == seq).then_some(a)
     }
 
     /// The writer's published and visible ends, if it still names the files by `key`.
@@ -583,12 +575,7 @@ pub fn adopt_page(dir: &Path, reboot: bool) -> io::Result<()> {
         forget_page_cache(dir)?;
     } else {
         // The session's token, as the writer would have left it in this directory.
-        let word = |w: usize| -> io::Result<u64> {
-            let mut b = [0; 8];
-            page.read_exact_at(&mut b, w as u64 * 8)?;
-            Ok(u64::from_le_bytes(b))
-        };
-        File::create(token(dir_id(dir), word(W_STORE)?, word(W_SESSION)?))?;
+        File::create(page_token(dir, &page)?)?;
     }
     Ok(())
 }
@@ -600,15 +587,20 @@ pub fn adopt_page(dir: &Path, reboot: bool) -> io::Result<()> {
 /// # Errors
 /// I/O errors reading the page.
 pub fn forget_page_cache(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
     let page = File::open(dir.join(LIVE_FILE))?;
+    let _ = std::fs::remove_file(page_token(dir, &page)?);
+    Ok(())
+}
+
+/// The token of the session the page file `page` (in store `dir`) names.
+fn page_token(dir: &Path, page: &File) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::FileExt;
     let word = |w: usize| -> io::Result<u64> {
         let mut b = [0; 8];
         page.read_exact_at(&mut b, w as u64 * 8)?;
         Ok(u64::from_le_bytes(b))
     };
-    let _ = std::fs::remove_file(token(dir_id(dir), word(W_STORE)?, word(W_SESSION)?));
-    Ok(())
+    Ok(token(dir_id(dir), word(W_STORE)?, word(W_SESSION)?))
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), 0 if unknown: a page written in

@@ -771,7 +771,8 @@ impl IndexMap {
         } else {
             // Atomic loads are only guaranteed sound on writable memory, so a read-only
             // handle maps the index privately (copy-on-write) rather than PROT_READ. It
-            // never writes to it, so no page is ever copied.
+            // writes to it only when it resumes a killed writer's index at open: those
+            // pages become its own copies, and the file is never changed.
             // SAFETY: the mapping is private, so nothing we do changes the file; changes by
             // another process are read only through atomics (see `words`).
             let mmap = unsafe { MmapOptions::new().map_copy(file) };

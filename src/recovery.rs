@@ -191,11 +191,8 @@ fn first_nonzero(b: &[u8]) -> Option<usize> {
 /// every record header that decodes there (an unfinished batch, the record being copied),
 /// then past every nonzero byte until a whole window of [`GAP_WINDOW`] zeros. Past it the
 /// file is as fallocate left it: a kill -9 leaves nothing further (DESIGN.md §6).
-pub(crate) fn garbage_end(log: &[u8], from: u64) -> u64 {
-    let mut p = from;
-    while let Some(rec) = log.get(p as usize..).and_then(|r| Record::decode(r).ok()) {
-        p = p.saturating_add(rec.total_len()).min(log.len() as u64);
-    }
+fn garbage_end(log: &[u8], from: u64) -> u64 {
+    let p = headers_end(log, from);
     let mut end = p;
     let mut at = p;
     while let Some(window) = log.get(at as usize..).filter(|w| !w.is_empty()) {
@@ -209,6 +206,16 @@ pub(crate) fn garbage_end(log: &[u8], from: u64) -> u64 {
         }
     }
     end.max(from)
+}
+
+/// Where the records whose headers decode from `from` on end (their checksums unchecked:
+/// an unfinished batch, a record being copied), within `log`.
+fn headers_end(log: &[u8], from: u64) -> u64 {
+    let mut p = from;
+    while let Some(rec) = log.get(p as usize..).and_then(|r| Record::decode(r).ok()) {
+        p = p.saturating_add(rec.total_len()).min(log.len() as u64);
+    }
+    p
 }
 
 /// Where the valid part of a log ends, as [`valid_end`] finds it.
@@ -553,11 +560,11 @@ impl Counts {
     }
 }
 
-/// The checksum word of the record at `off` of `log` (0 if none decodes there), as
-/// `Checkpoint::last_crc` holds it.
-pub(crate) fn crc_at(log: &[u8], off: u64) -> u64 {
-    let rest = log.get(off as usize..).filter(|_| off >= DATA_START);
-    rest.and_then(|r| Record::decode(r).ok()).map_or(0, |r| u64::from(r.crc))
+/// The record ending the log at `off`, as `Checkpoint::last` holds it: its offset and its
+/// checksum word (0 where there is no record: `off` is 0, or outside the log).
+pub(crate) fn last_record(log: &[u8], off: u64) -> (u64, u64) {
+    let crc = log.get(off as usize..).filter(|_| off >= DATA_START).and_then(|r| r.first_chunk());
+    (off, crc.map_or(0, |b| u64::from(u32::from_le_bytes(*b))))
 }
 
 /// Length of the record starting at `rest` (0 if it does not decode).
@@ -597,8 +604,11 @@ impl Replay for Rebuild<'_> {
             self.counts.records = self.counts.records.saturating_add(1);
             return Ok(()); // a tombstone for a key never seen: nothing to index
         }
-        let word = if kind == Kind::Delete { off | DELETED } else { off };
-        Table::new(self.index.words()).set(c.slot, hash, word);
+        Table::new(self.index.words()).set(
+            c.slot,
+            hash,
+            index::word_for(off, kind == Kind::Delete),
+        );
         self.used += u64::from(c.was_vacant);
         let len = record_len(log.get(off as usize..));
         let old_len = if c.was_live { record_len(log.get(c.prev as usize..)) } else { 0 };
@@ -620,8 +630,9 @@ pub(crate) struct Resumed {
     pub live: u64,
     /// The record ending at the log's end and its checksum word (as `Checkpoint::last`).
     pub last: (u64, u64),
-    /// How far the killed writer's bytes may reach: zeros past it.
-    pub written: u64,
+    /// Where the bytes the killed writer left past the cut end (the log's end if it left
+    /// none): a writer zeroes them before it appends.
+    pub garbage_end: u64,
 }
 
 /// Files that resuming reads and writes.
@@ -659,13 +670,8 @@ pub(crate) fn resume(
     // Past the checkpoint: the write in flight, then zeros. Looked at only as far as the
     // writer wrote (and the headers there say), so that open does not fault in the
     // untouched rest of the file a page at a time.
-    let mut written = (cx.written_end)(c.end);
-    let mut p = c.end;
-    while let Some(rec) = cx.log.get(p as usize..).and_then(|r| Record::decode(r).ok()) {
-        p = p.saturating_add(rec.total_len()).min(cx.log.len() as u64);
-        written = written.max(p);
-    }
-    let log = &cx.log[..written.max(c.end) as usize];
+    let written = (cx.written_end)(c.end).max(headers_end(cx.log, c.end));
+    let log = &cx.log[..written as usize];
     let cx = ResumeCtx { log, ..*cx };
     let tail = valid_end(cx.log, cx.header, cx.data_path, (c.end, c.last))
         .map_err(|e| format!("the log past the checkpoint does not read: {e}"))?;
@@ -714,10 +720,11 @@ fn resume_from(
             r.undo(p)?;
         }
     }
-    let last = if tail.last == c.last {
-        (c.last, c.last_crc)
-    } else {
-        (tail.last, r.record(tail.last).map_or(0, |(rec, _)| u64::from(rec.crc)))
+    let last =
+        if tail.last == c.last { (c.last, c.last_crc) } else { last_record(cx.log, tail.last) };
+    let garbage_end = match tail.cut {
+        Some(_) => garbage_end(cx.log, tail.end),
+        None => tail.end,
     };
     let report = RecoveryReport {
         resumed_from: Some(c.end),
@@ -726,8 +733,7 @@ fn resume_from(
         cut: tail.cut,
         ..RecoveryReport::default()
     };
-    let written = cx.log.len() as u64;
-    Ok(Resumed { report, counts: r.counts, used: r.used, live: r.live, last, written })
+    Ok(Resumed { report, counts: r.counts, used: r.used, live: r.live, last, garbage_end })
 }
 
 /// Whether checkpoint `c` can describe this log: its end lies between the committed length
@@ -793,50 +799,31 @@ impl<'a> Resumer<'a> {
         }
     }
 
-    /// The index word for the record at `p` of `kind`.
-    fn word(p: u64, kind: Kind) -> u64 {
-        if kind == Kind::Delete { p | DELETED } else { p }
-    }
-
     /// Points the key's slot at the record at `p` (whether or not the dead writer did),
-    /// and counts it. What the key was before comes from the record's `prev`, which the
-    /// writer took from the slot: the slot itself may already name this record.
+    /// and counts it as the writer (and a rebuild) does. What the key was before comes
+    /// from the record's `prev`, which the writer took from the slot: the slot itself may
+    /// already name this record.
     fn redo(&mut self, p: u64, rec: &Record, rest: &[u8]) -> std::result::Result<(), String> {
         let key = rec.key(rest);
-        let before = match rec.prev {
-            0 => None,
+        let (hash, slot) = self.locate(key)?;
+        let (change, old_len) = match rec.prev {
+            0 => (Change { slot, was_vacant: true, was_live: false, prev: 0 }, 0),
             prev => {
                 let (old, _) = self
                     .record(prev)
                     .filter(|(r, b)| prev < p && r.kind != Kind::Commit && r.key(b) == key)
                     .ok_or_else(|| format!("the record at {p} names no earlier version"))?;
-                Some((old.kind == Kind::Put, old.total_len()))
+                let was_live = old.kind == Kind::Put;
+                (Change { slot, was_vacant: false, was_live, prev }, old.total_len())
             }
         };
-        self.counts.records = self.counts.records.saturating_add(1);
-        if rec.kind == Kind::Delete && before.is_none() {
+        self.counts.add(rec.kind, rec.total_len(), &change, old_len);
+        if rec.kind == Kind::Delete && change.was_vacant {
             return Ok(()); // a tombstone for a key never seen (as a rebuild does)
         }
-        let (hash, slot) = self.locate(key)?;
-        self.table.set(slot, hash, Self::word(p, rec.kind));
-        if before.is_none() {
-            self.used = self.used.saturating_add(1);
-        }
-        let was_live = match before {
-            Some((true, old_len)) => {
-                self.counts.live_bytes = self.counts.live_bytes.saturating_sub(old_len);
-                true
-            }
-            _ => false,
-        };
-        match (was_live, rec.kind) {
-            (false, Kind::Put) => self.live = self.live.saturating_add(1),
-            (true, Kind::Delete) => self.live = self.live.saturating_sub(1),
-            _ => {}
-        }
-        if rec.kind == Kind::Put {
-            self.counts.live_bytes = self.counts.live_bytes.saturating_add(rec.total_len());
-        }
+        self.table.set(slot, hash, index::word_for(p, rec.kind == Kind::Delete));
+        self.used = self.used.saturating_add(u64::from(change.was_vacant));
+        self.live = change.live_after(rec.kind, self.live);
         Ok(())
     }
 
@@ -859,7 +846,8 @@ impl<'a> Resumer<'a> {
             0 => VACATED,
             prev => {
                 let kind = self.record(prev).map(|(r, _)| r.kind);
-                Self::word(prev, kind.ok_or("a batch record names no earlier version")?)
+                let kind = kind.ok_or("a batch record names no earlier version")?;
+                index::word_for(prev, kind == Kind::Delete)
             }
         };
         self.table.set(slot, hash, back);

@@ -28,7 +28,7 @@ use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{
     self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, ResumeCtx, VerifyReport,
-    crc_at,
+    last_record,
 };
 use crate::view::Reader;
 
@@ -211,9 +211,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// The checkpoint of the writer's state now, with `live` keys (its tag is the last one
+    /// The writer's state now, with `live` keys, as a checkpoint (its tag is the last one
     /// written: the caller sets the next).
-    pub(crate) fn checkpoint(&self, live: u64) -> Checkpoint {
+    pub(crate) fn as_checkpoint(&self, live: u64) -> Checkpoint {
         Checkpoint {
             tag: self.tag,
             key: self.files.key,
@@ -341,8 +341,8 @@ impl Store {
         let existing = IndexMap::open(&index_path, writable, seam)?;
         // The record ending at the log's end, for the session's first checkpoint.
         let mut last = (UNKNOWN_LAST, 0);
-        // After resuming: how far the killed writer's bytes may reach.
-        let mut written = 0;
+        // After resuming: where the bytes the killed writer left past the cut end.
+        let mut garbage_end = None;
         let trusted = if opts.rebuild_index {
             Err("a rebuild was asked for".to_string())
         } else {
@@ -360,9 +360,9 @@ impl Store {
                 // resume from its last checkpoint instead of scanning the log.
                 // A read-only handle resumes into its private (copy-on-write) mapping of
                 // the index, and writes no file.
-                let page = page.as_ref().or(start.as_ref().and_then(|s| s.as_ref().map(|l| &l.0)));
-                let resumed = match (&old, page) {
-                    (Some(map), Some(page)) if !opts.rebuild_index => {
+                let own = page.as_ref().or(start.as_ref().and_then(|s| s.as_ref().map(|l| &l.0)));
+                let resumed = match (&old, own) {
+                    (Some(map), Some(own)) if !opts.rebuild_index => {
                         let cx = ResumeCtx {
                             log: log.bytes(),
                             written_end: &|from| log.written_end(from),
@@ -371,24 +371,23 @@ impl Store {
                             index: map,
                             index_path: &index_path,
                         };
-                        Some(recovery::resume(&cx, page, log.ino()))
+                        Some(recovery::resume(&cx, own, log.ino()))
                     }
                     _ => None,
                 };
                 match (old, resumed) {
                     (Some(map), Some(Ok(r))) => {
-                        (last, written) = (r.last, r.written);
+                        (last, garbage_end) = (r.last, Some(r.garbage_end));
                         (map, r.used, r.live, r.counts, r.report)
                     }
                     (old, resumed) => {
                         if let (Some(why), Some(Err(Some(not)))) = (&mut reason, resumed) {
                             *why = format!("{why}, and it could not resume: {not}");
                         }
-                        let (rebuilt, tail) = Self::rebuild(&log, &header, &ctx, old.as_ref())?;
-                        last = (tail.last, crc_at(log.bytes(), tail.last));
-                        let mut report = rebuilt.1;
+                        let (r, mut report, tail) =
+                            Self::rebuild(&log, &header, &ctx, old.as_ref())?;
+                        last = last_record(log.bytes(), tail.last);
                         report.reason = reason;
-                        let r = rebuilt.0;
                         (r.index, r.used, r.live, r.counts, report)
                     }
                 }
@@ -423,9 +422,10 @@ impl Store {
             // session's first checkpoint is the state recovery arrived at.
             w.log.set_mirror(pg.clone());
             let ids = (w.log.ino(), w.index.ino());
-            let first = Checkpoint { tag: Table::new(w.index.words()).tag(), ..w.checkpoint(live) };
-            let index = Arc::clone(&w.index);
-            let set_tag = |tag| Table::new(index.words()).set_tag(tag);
+            // Tags go on above the one the index carries (and the page's).
+            let table = Table::new(w.index.words());
+            let first = Checkpoint { tag: table.tag(), ..w.as_checkpoint(live) };
+            let set_tag = |tag| table.set_tag(tag);
             (w.files.key, w.tag) = pg.start_session(header.store_id, ids, first, set_tag);
             (w.files.data_ino, w.files.index_ino) = ids;
         }
@@ -434,10 +434,9 @@ impl Store {
             w.log.zero_tail(end)?;
             write_header(&mut w, end)?;
             os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
-        } else if writable && report.cut.is_some() {
+        } else if let Some(to) = garbage_end.filter(|&to| writable && to > end) {
             // Resumed past a torn write: zero what the killed writer left past the cut and
             // flush just that (its records below stay unsynced, as they were).
-            let to = recovery::garbage_end(&w.log.bytes()[..written as usize], end);
             w.log.zero_range(end, to)?;
         }
         if created {
@@ -462,7 +461,7 @@ impl Store {
         header: &LogHeader,
         ctx: &'c IndexCtx<'c>,
         old: Option<&IndexMap>,
-    ) -> Result<((Rebuild<'c>, RecoveryReport), recovery::Tail)> {
+    ) -> Result<(Rebuild<'c>, RecoveryReport, recovery::Tail)> {
         // Size the new index from the old one's count, bounded by what the log can hold (a
         // count read off disk is never trusted for an allocation).
         let old = old
@@ -475,7 +474,7 @@ impl Store {
         let scanned = recovery::scan(log.bytes(), header, log.path(), &mut rebuild);
         log.advise_sequential(false);
         let (report, tail) = scanned?;
-        Ok(((rebuild, report), tail))
+        Ok((rebuild, report, tail))
     }
 
     /// The handle over an opened writer state (writers and read-only handles alike).
@@ -883,7 +882,7 @@ impl Store {
         let end = w.end;
         w.log.make_visible(end);
         w.seam.point("write visible");
-        w.last = (off, crc_word(w.log.map(), off));
+        w.last = last_record(w.log.bytes(), off);
         // Only the writer changes the count, so load-then-store does not race.
         self.shared.live_keys.store(change.live_after(kind, self.len()), Ordering::Relaxed);
         self.checkpoint(w);
@@ -938,8 +937,11 @@ impl Store {
         w.end = end;
         w.log.publish(end);
         w.seam.point("record published");
-        let word = if kind == Kind::Delete { off | DELETED } else { off };
-        Table::new(w.index.words()).set(change.slot, hash, word);
+        Table::new(w.index.words()).set(
+            change.slot,
+            hash,
+            index::word_for(off, kind == Kind::Delete),
+        );
         w.seam.point("slot stored");
         w.used += u64::from(change.was_vacant);
         let old_len =
@@ -1073,13 +1075,6 @@ impl Store {
     pub fn simulate_crash(self) {
         self.shared.abandoned.store(true, Ordering::Relaxed);
     }
-}
-
-/// The checksum word of the published record at `off` (`Checkpoint::last_crc`).
-#[inline]
-pub(crate) fn crc_word(log: &LogMap, off: u64) -> u64 {
-    let word = log.tail(off).and_then(|b| b.first_chunk::<4>()).copied();
-    word.map_or(0, |b| u64::from(u32::from_le_bytes(b)))
 }
 
 /// The decoded record at `off` in `log`: `None` if `off` is not an aligned offset in the

@@ -230,6 +230,22 @@ fn long_sequence_with_growth_agrees_with_the_model() {
     assert!(!run(ops).is_failure(), "see the message above");
 }
 
+/// Opens a crashed store twice, checking it with `check` each time: resumed (this boot),
+/// then rebuilt from the whole log (as after a restart); crashes it again after each.
+fn resumed_then_rebuilt(path: &std::path::Path, check: impl Fn(&Store, &str)) {
+    for reboot in [false, true] {
+        if reboot {
+            mapkv::testing::adopt_page(path, true).expect("reboot the page");
+        }
+        let store = Store::open(path).expect("recover");
+        let r = store.recovery();
+        assert_eq!((r.index_rebuilt, r.resumed_from.is_some()), (reboot, !reboot), "{r:?}");
+        assert_eq!(store.recovery().cut, None);
+        check(&store, if reboot { "rebuilt after the crash" } else { "resumed after the crash" });
+        store.simulate_crash();
+    }
+}
+
 #[test]
 fn many_distinct_keys_survive_crash_and_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -242,15 +258,7 @@ fn many_distinct_keys_survive_crash_and_reopen() {
         assert!(store.delete(i.to_le_bytes()).expect("delete"));
     }
     store.simulate_crash();
-    // Resumed (this boot), then rebuilt from the whole log (as after a restart).
-    for reboot in [false, true] {
-        if reboot {
-            mapkv::testing::adopt_page(&path, true).expect("reboot the page");
-        }
-        let store = Store::open(&path).expect("recover");
-        let r = store.recovery();
-        assert_eq!((r.index_rebuilt, r.resumed_from.is_some()), (reboot, !reboot), "{r:?}");
-        assert_eq!(store.recovery().cut, None);
+    resumed_then_rebuilt(&path, |store, _| {
         let live = (0..20_000u32).filter(|i| i % 3 != 0).count() as u64;
         assert_eq!(store.len(), live);
         for i in 0..20_000u32 {
@@ -258,8 +266,7 @@ fn many_distinct_keys_survive_crash_and_reopen() {
             let want = (i % 3 != 0).then(|| i.to_be_bytes());
             assert_eq!(got.as_deref(), want.as_ref().map(|w| &w[..]), "key {i}");
         }
-        store.simulate_crash();
-    }
+    });
     let live = (0..20_000u32).filter(|i| i % 3 != 0).count() as u64;
     let store = Store::open(&path).expect("recover");
     store.close().expect("close");
@@ -320,18 +327,7 @@ fn many_distinct_keys_in_batches_survive_crash_and_reopen() {
     let index_len = std::fs::metadata(path.join("index.mkv")).expect("index").len();
     assert!(index_len > 4096 + 16 * 16_384, "the index never grew: {index_len} bytes");
     store.simulate_crash();
-    // Resumed (this boot), then rebuilt from the whole log (as after a restart).
-    for reboot in [false, true] {
-        if reboot {
-            mapkv::testing::adopt_page(&path, true).expect("reboot the page");
-        }
-        let store = Store::open(&path).expect("recover");
-        let r = store.recovery();
-        assert_eq!((r.index_rebuilt, r.resumed_from.is_some()), (reboot, !reboot), "{r:?}");
-        assert_eq!(store.recovery().cut, None);
-        check(&store, if reboot { "rebuilt after the crash" } else { "resumed after the crash" });
-        store.simulate_crash();
-    }
+    resumed_then_rebuilt(&path, check);
     let store = Store::open(&path).expect("recover");
     store.close().expect("close");
     let store = Store::open(&path).expect("clean reopen");

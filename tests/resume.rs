@@ -79,13 +79,7 @@ impl Crasher {
         let (fast, full) =
             (self.scratch.join(format!("fast{n}")), self.scratch.join(format!("full{n}")));
         for d in [&fast, &full] {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-            for f in ["data.mkv", "index.mkv", "live.mkv"] {
-                let src = self.dir.join(f);
-                if src.exists() {
-                    std::fs::copy(&src, d.join(f)).map_err(|e| format!("copy {f}: {e}"))?;
-                }
-            }
+            copy_store(&self.dir, d).map_err(|e| format!("copy: {e}"))?;
             // The copies have other inodes: the page names them, as it named the originals.
             adopt_page(d, false).map_err(|e| format!("adopt page: {e}"))?;
         }
@@ -148,6 +142,23 @@ impl Crasher {
         }
         Ok(())
     }
+}
+
+/// Copies a store's three files (those that exist) from `from` into the directory `to`.
+fn copy_store(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in ["data.mkv", "index.mkv", "live.mkv"] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f))?;
+        }
+    }
+    Ok(())
+}
+
+/// Asserts that `store` rebuilt its index, for a reason that mentions `why`.
+fn assert_rebuilt_because(store: &Store, why: &str) {
+    let r = store.recovery();
+    assert!(r.index_rebuilt && r.reason.as_deref().is_some_and(|s| s.contains(why)), "{r:?}");
 }
 
 /// The value of every key in `keys` (absent ones left out).
@@ -352,10 +363,7 @@ fn a_page_from_another_boot_or_for_other_files_is_not_resumed() {
     store.simulate_crash();
     let copy = |name: &str, reboot: bool| -> PathBuf {
         let d = tmp.path().join(name);
-        std::fs::create_dir_all(&d).expect("dir");
-        for f in ["data.mkv", "index.mkv", "live.mkv"] {
-            std::fs::copy(dir.join(f), d.join(f)).expect("copy");
-        }
+        copy_store(&dir, &d).expect("copy");
         adopt_page(&d, reboot).expect("adopt");
         d
     };
@@ -367,37 +375,21 @@ fn a_page_from_another_boot_or_for_other_files_is_not_resumed() {
     drop(s);
     // Another boot: the page cache the checkpoint describes is gone.
     let s = open(&copy("reboot", true));
-    assert!(s.recovery().index_rebuilt, "{:?}", s.recovery());
-    assert!(
-        s.recovery().reason.as_deref().is_some_and(|r| r.contains("boot")),
-        "{:?}",
-        s.recovery()
-    );
+    assert_rebuilt_because(&s, "boot");
     assert_eq!(s.len(), 100);
     drop(s);
     // The files copied elsewhere: another directory, where the writer left no token.
     let d = tmp.path().join("moved");
-    std::fs::create_dir_all(&d).expect("dir");
-    for f in ["data.mkv", "index.mkv", "live.mkv"] {
-        std::fs::copy(dir.join(f), d.join(f)).expect("copy");
-    }
+    copy_store(&dir, &d).expect("copy");
     let s = open(&d);
-    assert!(
-        s.recovery().reason.as_deref().is_some_and(|r| r.contains("token")),
-        "{:?}",
-        s.recovery()
-    );
+    assert_rebuilt_because(&s, "token");
     drop(s);
     // The data file replaced by a copy of itself (another inode than the page names).
     let d = copy("replaced", false);
     std::fs::copy(d.join("data.mkv"), d.join("data.copy")).expect("copy");
     std::fs::rename(d.join("data.copy"), d.join("data.mkv")).expect("rename");
     let s = open(&d);
-    assert!(
-        s.recovery().reason.as_deref().is_some_and(|r| r.contains("replaced")),
-        "{:?}",
-        s.recovery()
-    );
+    assert_rebuilt_because(&s, "replaced");
     assert_eq!(s.len(), 100);
     drop(s);
     // An index from an earlier moment (its tag names an older checkpoint).
@@ -411,12 +403,7 @@ fn a_page_from_another_boot_or_for_other_files_is_not_resumed() {
     s.simulate_crash();
     std::fs::write(d.join("index.mkv"), &old_index[..]).expect("write"); // same inode
     let s = open(&d);
-    assert!(s.recovery().index_rebuilt, "{:?}", s.recovery());
-    assert!(
-        s.recovery().reason.as_deref().is_some_and(|r| r.contains("checkpoint")),
-        "{:?}",
-        s.recovery()
-    );
+    assert_rebuilt_because(&s, "checkpoint");
     assert_eq!(s.get(b"later still").expect("get").as_deref(), Some(&b"write"[..]));
     drop(s);
     // A data file rewritten in place with other contents (a restore from a copy taken
