@@ -1,4 +1,5 @@
-//! Sync policies, and the background thread that runs timed syncs and automatic compaction.
+//! Sync policies, and the background threads that run timed syncs and automatic
+//! compaction.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -6,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::Store;
+use crate::compact::Stop;
+use crate::{Error, Store};
 
 /// When writes become durable (survive power loss) without an explicit
 /// [`Store::sync`]. Whatever the policy, a write that returned survives the process being
@@ -28,69 +30,101 @@ pub enum SyncPolicy {
     Interval(Duration),
 }
 
-/// How often the thread looks at the garbage ratio when only compacting automatically.
-const COMPACT_CHECK: Duration = Duration::from_millis(250);
+/// How often the compaction thread looks at the garbage ratio.
+const COMPACT_CHECK: Duration = Duration::from_millis(100);
 /// Wait after a failed automatic compaction (a full disk, say) before trying again.
 const COMPACT_RETRY: Duration = Duration::from_secs(30);
+/// Wait after an automatic compaction that writers outran before trying again.
+const OUTRUN_RETRY: Duration = Duration::from_secs(1);
 /// Logs smaller than this are never compacted automatically.
 const COMPACT_MIN_LOG: u64 = 1 << 20;
 
-/// The background thread of a store handle; dropping it stops and joins the thread.
+/// The background threads of a store handle: one for timed syncs, one for automatic
+/// compaction, each working through a handle of its own on the same store, so a
+/// compaction never delays a sync. Dropping it stops a running compaction before its swap
+/// and joins both.
 pub(crate) struct Background {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    stop: Arc<Signal>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Set once, when the handle is dropped; waiting threads wake at once.
+#[derive(Default)]
+struct Signal {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+    /// The same, for a compaction to poll between records.
+    compaction: Stop,
+}
+
+impl Signal {
+    /// Waits until `deadline` or until stopped; returns whether stopped.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stopped.lock();
+        while !*stopped && !self.wake.wait_until(&mut stopped, deadline).timed_out() {}
+        *stopped
+    }
 }
 
 impl Background {
-    /// Starts the thread working through `store` (a second handle on the same store).
+    /// Starts the threads that `interval` (timed syncs) and `compact_at` (automatic
+    /// compaction) ask for, each with a handle from `handle`.
     ///
     /// # Errors
     /// The OS refused a thread.
     pub fn spawn(
-        store: Store,
+        handle: impl Fn() -> Store,
         interval: Option<Duration>,
         compact_at: Option<f64>,
     ) -> std::io::Result<Self> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let signal = Arc::clone(&stop);
-        let tick = interval.map_or(COMPACT_CHECK, |i| i.min(COMPACT_CHECK));
-        let thread =
-            std::thread::Builder::new().name("mapkv-background".into()).spawn(move || {
-                let (mut last_sync, mut retry_at) = (Instant::now(), Instant::now());
+        let stop = Arc::new(Signal::default());
+        let mut bg = Self { stop: Arc::clone(&stop), threads: Vec::new() };
+        let thread = |name: &str| std::thread::Builder::new().name(name.into());
+        if let Some(every) = interval {
+            let (store, stop) = (handle(), Arc::clone(&stop));
+            bg.threads.push(thread("mapkv-sync").spawn(move || {
+                // Syncs start every `every`, however long each takes: a power loss costs
+                // at most about `every` plus one flush of the latest writes. A failed flush
+                // poisons the store; the user's next call reports it.
+                let mut next = Instant::now() + every;
+                while !stop.wait_until(next) {
+                    next += every;
+                    let _ = store.sync();
+                    next = next.max(Instant::now());
+                }
+            })?);
+        }
+        if let Some(ratio) = compact_at {
+            let (store, stop) = (handle(), Arc::clone(&stop));
+            bg.threads.push(thread("mapkv-compact").spawn(move || {
+                let mut at = Instant::now();
                 loop {
-                    {
-                        let mut stopped = signal.0.lock();
-                        if !*stopped {
-                            signal.1.wait_for(&mut stopped, tick);
-                        }
-                        if *stopped {
-                            return;
-                        }
+                    at = at.max(Instant::now() + COMPACT_CHECK);
+                    if stop.wait_until(at) {
+                        return;
                     }
-                    // Errors poison the store (a failed flush) or leave it as it was (a
-                    // failed compaction); the user's next call reports the former.
-                    if interval.is_some_and(|i| last_sync.elapsed() >= i) {
-                        let _ = store.sync();
-                        last_sync = Instant::now();
+                    if !store.garbage_at_least(ratio, COMPACT_MIN_LOG) {
+                        continue;
                     }
-                    if let Some(ratio) = compact_at
-                        && Instant::now() >= retry_at
-                        && store.garbage_at_least(ratio, COMPACT_MIN_LOG)
-                        && store.compact().is_err()
-                    {
-                        retry_at = Instant::now() + COMPACT_RETRY;
+                    // A failed compaction leaves the store as it was.
+                    match store.compact_until(&stop.compaction) {
+                        Ok(_) | Err(Error::CompactionStopped) => {}
+                        Err(Error::CompactionOutrun { .. }) => at = Instant::now() + OUTRUN_RETRY,
+                        Err(_) => at = Instant::now() + COMPACT_RETRY,
                     }
                 }
-            })?;
-        Ok(Self { stop, thread: Some(thread) })
+            })?);
+        }
+        Ok(bg)
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        *self.stop.0.lock() = true;
-        self.stop.1.notify_all();
-        if let Some(t) = self.thread.take() {
+        self.stop.compaction.set();
+        *self.stop.stopped.lock() = true;
+        self.stop.wake.notify_all();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

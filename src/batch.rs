@@ -145,7 +145,7 @@ impl Store {
             self.checkpoint(w);
         }
         let unsynced = w.unsynced;
-        drop(guard);
+        self.unlock_writer(guard);
         self.after_write(unsynced)
     }
 }

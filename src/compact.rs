@@ -4,14 +4,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::{DATA_START, Kind, LogHeader, Record, crc_seed};
-use crate::os::{self, LogFile, LogMap, Seam};
+use crate::format::{DATA_START, Kind, LogHeader, PAGE, Record, crc_seed};
+use crate::index::{DELETED, Slot, Table};
+use crate::os::{self, LogFile, Seam};
 use crate::recovery::{self, IndexCtx, Rebuild, Replay};
-use crate::store::{DATA_FILE, Store};
+use crate::store::{DATA_FILE, State, Store};
 
 /// The new data file while compaction builds it.
 pub(crate) const DATA_COMPACT: &str = "data.mkv.compact";
@@ -35,6 +36,9 @@ pub struct CompactStats {
     pub duration: Duration,
     /// How long writers waited: the last catch-up and the swap.
     pub pause: Duration,
+    /// Bytes of the old log that the last catch-up, during the pause, went through: at
+    /// most 256 KiB whatever the writers do (DESIGN.md §4, "Compaction").
+    pub pause_log_bytes: u64,
 }
 
 /// Builds the new files.
@@ -52,8 +56,13 @@ pub(crate) struct Copier<'a> {
 
 impl<'a> Copier<'a> {
     /// Creates empty new files in `dir` (replacing leftovers of an interrupted compaction)
-    /// with an index sized for `keys` keys; the log grows as it fills.
-    pub fn create(dir: &Path, ctx: &'a IndexCtx<'a>, keys: u64, seam: &Seam) -> Result<Self> {
+    /// with an index sized for `keys` keys and a log with room for `bytes` of records.
+    pub fn create(
+        dir: &Path,
+        ctx: &'a IndexCtx<'a>,
+        (keys, bytes): (u64, u64),
+        seam: &Seam,
+    ) -> Result<Self> {
         let path = dir.join(DATA_COMPACT);
         crate::store::create_data_file(seam, dir, &path, ctx.store_id)?;
         let file = std::fs::OpenOptions::new()
@@ -64,10 +73,24 @@ impl<'a> Copier<'a> {
         let mut log = LogFile::new(file, &path, true, DATA_START, seam)?;
         let header = recovery::read_header(log.bytes(), &path)?;
         log.publish(DATA_START);
+        // Room for the live records and an eighth more, so that the copy rarely grows it.
+        let room = DATA_START.saturating_add(bytes.saturating_add(bytes / 8));
+        Self::grow(&mut log, room)?;
         let (index, _) = ctx.create(None, keys)?;
         let rebuild = Rebuild::new(index, ctx);
         let seed = crc_seed(ctx.store_id);
         Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, last: 0, seed })
+    }
+
+    /// Makes the new log at least `len` long (in whole pages). No `fdatasync` of the size:
+    /// `finish`'s flush makes the size durable with the records (msync is an fdatasync of
+    /// the range), before the file can become the store.
+    fn grow(log: &mut LogFile, len: u64) -> Result<()> {
+        if len > log.map().len() {
+            log.reserve(len.div_ceil(PAGE) * PAGE)?;
+            log.remap()?;
+        }
+        Ok(())
     }
 
     /// Appends a put or tombstone for `key` (with no back-pointer: nothing older exists in
@@ -76,8 +99,8 @@ impl<'a> Copier<'a> {
         let len = Record::len_for(key.len(), value.len());
         let end = self.end.saturating_add(len);
         if end > self.log.map().len() {
-            let grown = end.max(self.log.map().len().saturating_mul(2));
-            self.log.grow(grown.div_ceil(crate::format::PAGE) * crate::format::PAGE)?;
+            let doubled = self.log.map().len().saturating_mul(2);
+            Self::grow(&mut self.log, end.max(doubled))?;
         }
         let seed = self.seed;
         let fill = |dst: &mut [u8]| Record::encode_into(seed, (kind, false), 0, key, value, dst);
@@ -89,21 +112,51 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 
-    /// Copies the records of `old` (the data file at `path`) in `[from, to)` (finished
-    /// writes: whole batches), in order; returns how many.
-    pub fn replay(&mut self, old: &LogMap, path: &Path, from: u64, to: u64) -> Result<u64> {
+    /// Whether `key` is live in the new files: a tombstone for it must be copied.
+    fn holds(&self, key: &[u8], hash: u64) -> Result<bool> {
+        let log = self.log.bytes();
+        let at = |o: u64| log.get(o as usize..).filter(|_| o >= DATA_START);
+        let path = self.rebuild.ctx.path;
+        let found = Table::new(self.rebuild.index.words())
+            .get(hash, |slot, word| recovery::key_at(at(word), slot, word, key, path))?;
+        Ok(found.is_some())
+    }
+
+    /// Copies from the old store's records in `[from, to)` (finished writes: whole
+    /// batches) only what the new files need: a put that is its key's newest record, and
+    /// a tombstone that is its key's newest and still shadows a put in the new files.
+    /// Returns how many it copied. Which record is a key's newest, the old store's newest
+    /// index says. Every older version is skipped: the newest one comes in this round or a
+    /// later one, because the last round runs under the writer lock, over an index that
+    /// names every key's newest record. Where the index names a record no view maps yet,
+    /// the record is copied anyway: an extra copy that a later one replaces, never a lost
+    /// one.
+    pub fn catch_up(&mut self, old: &Old<'_>, (from, to): (u64, u64), stop: &Stop) -> Result<u64> {
         let (mut p, mut n) = (from, 0);
         while p < to {
-            let rec = crate::store::record_at(old, p)
+            if stop.is_set() {
+                return Err(Error::CompactionStopped);
+            }
+            let rec = crate::store::record_at(&old.state.log, p)
                 .ok_or(CorruptKind::LengthPastEnd { end: to, limit: p });
             let (rec, rest) = rec.and_then(|r| r).map_err(|kind| Error::Corrupt {
-                file: path.to_path_buf(),
+                file: old.path.to_path_buf(),
                 offset: p,
                 kind,
             })?;
             if rec.kind != Kind::Commit {
-                self.apply(rec.kind, rec.key(rest), rec.value(rest))?;
-                n += 1;
+                let key = rec.key(rest);
+                let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.rebuild.ctx.store_id);
+                let superseded = old.newest(key, hash)?.is_some_and(|q| q > p);
+                let wanted = match rec.kind {
+                    _ if superseded => false,
+                    Kind::Delete => self.holds(key, hash)?,
+                    _ => true,
+                };
+                if wanted {
+                    self.apply(rec.kind, key, rec.value(rest))?;
+                    n += 1;
+                }
             }
             p += rec.total_len();
         }
@@ -132,62 +185,203 @@ impl<'a> Copier<'a> {
     }
 }
 
+/// The old store's files as one catch-up round reads them.
+pub(crate) struct Old<'a> {
+    /// A view that maps the round's records; later views of the same files follow it
+    /// (only a compaction starts new files, and one runs at a time).
+    pub state: &'a State,
+    pub path: &'a Path,
+    pub index_path: &'a Path,
+}
+
+impl Old<'_> {
+    /// The offset of the newest record of `key` that the newest index names (`None`: no
+    /// slot, or a record no view maps yet, so not known to be this key's).
+    fn newest(&self, key: &[u8], hash: u64) -> Result<Option<u64>> {
+        let mut view = self.state;
+        while let Some(next) = view.next.get() {
+            view = next;
+        }
+        let is_key = |slot, off| {
+            // The record may lie past the view that the index came with: a newer one maps it.
+            let mut v = self.state;
+            loop {
+                match recovery::key_at(v.log.tail(off), slot, off, key, self.index_path) {
+                    Err(_) if v.log.outgrown() => match v.next.get() {
+                        Some(next) => v = next,
+                        None => return Ok(false),
+                    },
+                    found => return found,
+                }
+            }
+        };
+        Ok(match Table::new(view.index.words()).locate(hash, is_key)? {
+            Slot::Occupied { word, .. } => Some(word & !DELETED),
+            Slot::Vacant { .. } | Slot::Full => None,
+        })
+    }
+}
+
+/// Sets a flag until dropped.
+struct Wanted<'a>(&'a AtomicBool);
+
+impl<'a> Wanted<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Self(flag)
+    }
+}
+
+impl Drop for Wanted<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Asks a running compaction to stop before its swap (the store is being dropped).
+#[derive(Debug, Default)]
+pub(crate) struct Stop(AtomicBool);
+
+impl Stop {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes a compaction's new files unless it reached its swap.
+struct Leftovers<'a> {
+    dir: &'a Path,
+    armed: bool,
+}
+
+impl Drop for Leftovers<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            remove_leftovers(self.dir);
+        }
+    }
+}
+
+/// Removes the files of a compaction that never reached its swap (the store is the old
+/// files): at a writable open, and when a compaction fails or stops.
+pub(crate) fn remove_leftovers(dir: &Path) {
+    for name in [DATA_COMPACT, INDEX_COMPACT] {
+        for suffix in ["", ".tmp"] {
+            let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
+        }
+    }
+}
+
 /// Compaction's swap: it needs the writer.
 impl Store {
     /// Rewrites the live records into a new data file and index and swaps them in, giving
     /// back the space of overwritten and deleted records. Readers keep reading throughout;
-    /// writers wait only for the last catch-up and the swap ([`CompactStats::pause`]).
-    /// Values, readers and snapshots taken before keep reading the old files, whose disk
-    /// space comes back when the last of them is dropped. A crash at any point leaves the
-    /// old store or the new one, whole. Durable like a [`sync`](Store::sync) (every write
-    /// that returned before the swap is in the new files, flushed).
+    /// writers wait only for the last catch-up and the swap ([`CompactStats::pause`]),
+    /// whose work is bounded: at most 256 KiB of log to copy and one flush of it. Values,
+    /// readers and snapshots taken before keep reading the old files, whose disk space
+    /// comes back when the last of them is dropped. A crash at any point leaves the old
+    /// store or the new one, whole. Durable like a [`sync`](Store::sync) (every write that
+    /// returned before the swap is in the new files, flushed).
+    ///
+    /// Under writers that keep writing faster than it can catch up, it gives up rather
+    /// than make them wait ([`Error::CompactionOutrun`]; nothing changed).
     ///
     /// # Errors
-    /// [`Error::ReadOnly`], [`Error::Io`] (a full disk: the old store stays as it was),
-    /// [`Error::Poisoned`] if the swap itself failed.
+    /// [`Error::ReadOnly`], [`Error::CompactionOutrun`], [`Error::Io`] (a full disk: the old
+    /// store stays as it was), [`Error::Poisoned`] if the swap itself failed.
     pub fn compact(&self) -> Result<CompactStats> {
+        self.compact_until(&Stop::default())
+    }
+
+    /// [`compact`](Store::compact), stopping with [`Error::CompactionStopped`] (and nothing
+    /// changed) once `stop` is set.
+    pub(crate) fn compact_until(&self, stop: &Stop) -> Result<CompactStats> {
         self.check_writable()?;
         let _one = self.shared.compacting.lock();
         let started = Instant::now();
-        let seam = self.shared.writer.lock().seam.clone();
-        let data_path = self.shared.dir.join(DATA_FILE);
-        let new_index = self.shared.dir.join(INDEX_COMPACT);
+        let (seam, live_bytes) = {
+            let w = self.shared.writer.lock();
+            (w.seam.clone(), w.counts.live_bytes)
+        };
+        let dir = &self.shared.dir;
+        let data_path = dir.join(DATA_FILE);
+        let new_index = dir.join(INDEX_COMPACT);
+        let index_path = &self.shared.index_path;
         let ctx = IndexCtx {
             path: &new_index,
             writable: true,
             store_id: self.shared.store_id,
             seam: &seam,
         };
+        let mut leftovers = Leftovers { dir, armed: true };
         let snap = self.snapshot();
-        let mut copier = Copier::create(&self.shared.dir, &ctx, self.len(), &seam)?;
+        let mut copier = Copier::create(dir, &ctx, (self.len(), live_bytes), &seam)?;
         for item in snap.iter() {
+            if stop.is_set() {
+                return Err(Error::CompactionStopped);
+            }
             let (key, value) = item?;
             copier.apply(Kind::Put, key, value)?;
         }
         let mut from = snap.visible();
         drop(snap);
-        // Catch up with the writes made meanwhile without the lock, flushing as we go, until
-        // what is left is small (or the writers keep outrunning us), so that the pause has
-        // only the last few to copy.
+        seam.point("compaction copied the snapshot");
+        // One catch-up without the lock: the writes made since `from`, as far as `visible`.
         let mut caught_up = 0;
-        for _ in 0..CATCH_UP_ROUNDS {
+        let mut round = |copier: &mut Copier<'_>, from: &mut u64, flush: bool| -> Result<()> {
+            if stop.is_set() {
+                return Err(Error::CompactionStopped);
+            }
             // `visible` first: the view loaded after it maps every record below it.
             let to = self.shared.state.load().log.visible();
             let state = self.shared.state.load_full();
-            caught_up += copier.replay(&state.log, &data_path, from, to)?;
-            from = to;
-            copier.flush()?;
+            let old = Old { state: &state, path: &data_path, index_path };
+            caught_up += copier.catch_up(&old, (*from, to), stop)?;
+            *from = to;
+            if flush { copier.flush() } else { Ok(()) }
+        };
+        for _ in 0..CATCH_UP_ROUNDS {
+            round(&mut copier, &mut from, true)?;
             if self.shared.state.load().log.visible().saturating_sub(from) < CATCH_UP_LEFT {
                 break;
             }
         }
+        // The flush turn first (a sync running now may take a while), then rounds under it
+        // (syncs wait, writers do not) until the writer lock finds little enough left to
+        // walk and to flush. Writers release the lock fairly, so it comes after one write.
         let turn = self.shared.durability.exclusive();
-        let mut guard = self.shared.writer.lock();
+        let mut tries = 0;
+        let wanted = Wanted::set(&self.shared.pause_wanted);
+        let mut guard = loop {
+            round(&mut copier, &mut from, false)?;
+            if copier.end - copier.flushed > CATCH_UP_LEFT {
+                copier.flush()?;
+            } else {
+                seam.point("compaction takes the writer lock");
+                let guard = self.shared.writer.lock();
+                if guard.end.saturating_sub(from) <= CATCH_UP_LEFT {
+                    break guard;
+                }
+            }
+            tries += 1;
+            if tries == PAUSE_TRIES {
+                let behind = self.shared.writer.lock().end.saturating_sub(from);
+                return Err(Error::CompactionOutrun { behind });
+            }
+        };
+        drop(wanted);
         let paused = Instant::now();
         let w = &mut *guard;
         self.check_poisoned()?;
-        let old = Arc::clone(w.log.map());
-        caught_up += copier.replay(&old, &data_path, from, w.end)?;
+        // Under the lock the published view is the writer's: its index is exact.
+        let state = self.shared.state.load_full();
+        let old = Old { state: &state, path: &data_path, index_path };
+        let pause_log_bytes = w.end - from;
+        caught_up += copier.catch_up(&old, (from, w.end), &Stop::default())?;
         copier.finish()?;
         if w.index_clean {
             // A crash between the two renames must not find a clean old index.
@@ -195,11 +389,11 @@ impl Store {
         }
         let Copier { mut log, end, rebuild, header, last, .. } = copier;
         // The commit point: from this rename on, the store is the new files.
+        leftovers.armed = false;
         self.poison_on_err(log.install(&data_path))?;
         let (mut index, used, live, counts) =
             (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
         self.poison_on_err(index.install(&self.shared.index_path))?;
-        self.poison_on_err(os::sync_dir(&seam, &self.shared.dir))?;
         let log_before = w.end;
         (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
@@ -211,11 +405,19 @@ impl Store {
             w.files.key = w.files.key.wrapping_add(1).max(1);
             w.log.set_mirror(live.clone());
             self.announce(w);
+        }
+        let pause = paused.elapsed();
+        drop(guard);
+        // The names, durable before any later sync returns (syncs wait for the turn);
+        // writers already append to the new file meanwhile.
+        self.poison_on_err(os::sync_dir(&seam, dir))?;
+        if let Some(live) = &self.shared.live {
             live.set_durable(end, end);
         }
         turn.finish(end);
-        let pause = paused.elapsed();
-        drop(guard);
+        // The old files go (and their disk space, unless readers still hold them) here,
+        // with no lock held.
+        drop(state);
         Ok(CompactStats {
             live_keys: live,
             log_before,
@@ -223,11 +425,17 @@ impl Store {
             caught_up,
             duration: started.elapsed(),
             pause,
+            pause_log_bytes,
         })
     }
 }
 
-/// Compaction copies the writes made meanwhile without the lock at most this many times...
+/// Compaction catches up with the writes made meanwhile without the lock at most this many
+/// times...
 const CATCH_UP_ROUNDS: usize = 8;
-/// ...stopping once less than this is left for the pause.
+/// ...stopping once less than this is left for the pause: the bound on the log the pause
+/// walks and copies.
 const CATCH_UP_LEFT: u64 = 256 << 10;
+/// Times the writer lock may find more than `CATCH_UP_LEFT` left before compaction gives
+/// up.
+const PAUSE_TRIES: u32 = 8;

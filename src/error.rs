@@ -58,6 +58,16 @@ pub enum Error {
         /// The failure that poisoned the handle.
         cause: String,
     },
+    /// A compaction gave up: the writers kept more than it may copy while they wait
+    /// ahead of it, round after round. Nothing changed; automatic compaction tries again
+    /// by itself.
+    CompactionOutrun {
+        /// Bytes of log the writers were ahead when it gave up.
+        behind: u64,
+    },
+    /// A compaction stopped because the store handle that ran it in the background is
+    /// being dropped. Nothing changed.
+    CompactionStopped,
     /// The key is longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
     KeyTooLarge {
         /// The length given.
@@ -263,6 +273,13 @@ impl fmt::Display for Error {
                 f,
                 "an earlier flush failed ({cause}); this handle refuses all calls: drop it and \
                  reopen the store, which recovers everything that was made durable"
+            ),
+            Self::CompactionOutrun { behind } => write!(
+                f,
+                "compaction gave up: the writers kept {behind} bytes of log ahead of it, more                  than it copies while they wait; nothing changed. Retry when writes slow                  down (automatic compaction retries by itself)"
+            ),
+            Self::CompactionStopped => f.write_str(
+                "compaction stopped because its store handle is being dropped; nothing changed",
             ),
             Self::KeyTooLarge { len, max } => {
                 write!(f, "key of {len} bytes is longer than the limit of {max} bytes")

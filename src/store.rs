@@ -8,15 +8,14 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::background::{Background, SyncPolicy};
 use crate::commit::Durability;
-use crate::compact::{DATA_COMPACT, INDEX_COMPACT};
 use crate::error::{CorruptKind, Error, Result};
 use crate::follow::{self, Follower, Start};
 use crate::format::{
@@ -254,6 +253,9 @@ pub(crate) struct Shared {
     pub(crate) policy: SyncPolicy,
     /// Held through a compaction: one at a time.
     pub(crate) compacting: Mutex<()>,
+    /// A compaction waits for the writer lock to start its pause: writers hand the lock
+    /// over fairly.
+    pub(crate) pause_wanted: AtomicBool,
     pub(crate) live_keys: AtomicU64,
     pub(crate) poisoned: OnceLock<String>,
     pub(crate) store_id: u64,
@@ -262,7 +264,7 @@ pub(crate) struct Shared {
     pub(crate) read_only: bool,
     pub(crate) recovery: RecoveryReport,
     /// Set by `simulate_crash`: drop without the clean close.
-    pub(crate) abandoned: std::sync::atomic::AtomicBool,
+    pub(crate) abandoned: AtomicBool,
     /// A writer's live page, where it shows followers its files and marks.
     pub(crate) live: Option<Live>,
     /// A read-only handle's link to the writer's live page.
@@ -311,11 +313,7 @@ impl Store {
         if writable {
             // Leftovers of a compaction that never reached its swap: the store is the old
             // files (DESIGN.md, "Compaction").
-            for name in [DATA_COMPACT, INDEX_COMPACT] {
-                for suffix in ["", ".tmp"] {
-                    let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
-                }
-            }
+            crate::compact::remove_leftovers(dir);
         }
         let created = writable && opts.create && !data_path.exists();
         if created {
@@ -494,6 +492,7 @@ impl Store {
             durability: Durability::new(durable),
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
+            pause_wanted: AtomicBool::new(false),
             live_keys: AtomicU64::new(p.live_keys),
             poisoned: OnceLock::new(),
             store_id,
@@ -515,7 +514,7 @@ impl Store {
             _ => None,
         };
         if !opts.read_only && (interval.is_some() || opts.auto_compact.is_some()) {
-            let worker = Self { shared: Arc::clone(&store.shared), background: None };
+            let worker = || Self { shared: Arc::clone(&store.shared), background: None };
             let bg = Background::spawn(worker, interval, opts.auto_compact)
                 .map_err(|e| Error::io("start the background thread", dir, e))?;
             store.background = Some(bg);
@@ -868,6 +867,19 @@ impl Store {
         self.check_poisoned()
     }
 
+    /// Releases the writer lock after a write. Fairly while a compaction waits for its
+    /// pause: then it gets the lock next, instead of waiting while writers take it again
+    /// and again (DESIGN.md §4, "Compaction"). Otherwise not, since a fair hand-over costs
+    /// a context switch per write when writers outnumber the cores.
+    #[inline]
+    pub(crate) fn unlock_writer(&self, guard: MutexGuard<'_, Writer>) {
+        if self.shared.pause_wanted.load(Ordering::Relaxed) {
+            MutexGuard::unlock_fair(guard);
+        } else {
+            drop(guard);
+        }
+    }
+
     /// A single put or delete, visible as soon as it is in the index.
     pub(crate) fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         check_sizes(key, value)?;
@@ -887,7 +899,7 @@ impl Store {
         self.shared.live_keys.store(change.live_after(kind, self.len()), Ordering::Relaxed);
         self.checkpoint(w);
         let unsynced = w.unsynced;
-        drop(guard);
+        self.unlock_writer(guard);
         self.after_write(unsynced)?;
         Ok(change.was_live)
     }
@@ -977,7 +989,9 @@ impl Store {
             reserved = w.log.reserve(min_end.div_ceil(PAGE) * PAGE);
         }
         reserved?;
-        self.poison_on_err(w.log.sync_size())?;
+        // No fdatasync of the new size here, under the writer lock (it would wait for
+        // every dirty page of the file): the next sync's msync makes it durable with the
+        // records that need it (DESIGN.md §5, "Growth of the data file").
         w.log.remap()?;
         self.publish_state(w);
         Ok(())
