@@ -29,8 +29,8 @@ pub struct CompactStats {
     pub log_before: u64,
     /// Bytes of log after compaction.
     pub log_after: u64,
-    /// Records written meanwhile and copied after the snapshot (before and during the
-    /// pause).
+    /// Records copied after the snapshot (before and during the pause): the newest record
+    /// of each key written meanwhile, and the tombstones that still shadow a copied put.
     pub caught_up: u64,
     /// The whole compaction.
     pub duration: Duration,

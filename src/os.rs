@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fs2::FileExt;
-use memmap2::{Advice, MmapOptions, MmapRaw};
+use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 
 use crate::error::{Error, Result};
 use crate::format::LogHeader;
@@ -548,6 +548,27 @@ impl LogFile {
             let start = end / POPULATE_CHUNK * POPULATE_CHUNK;
             let n = POPULATE_CHUNK.min(self.map.len().saturating_sub(start));
             let _ = self.map.raw.advise_range(Advice::PopulateWrite, start as usize, n as usize);
+            // The chunk before is written: drop this mapping's page table entries for it,
+            // so that writeback (a sync) finds no writable entry to write-protect. With
+            // them, the kernel cleans each page's entry with a TLB flush that interrupts
+            // every core running this process (one IPI per 4 KiB page: a sync flushed
+            // 0.5 GB/s beside a writer instead of 3 GB/s). The pages and their dirty data
+            // stay in the page cache; a later access maps them again.
+            let before = start.saturating_sub(POPULATE_CHUNK).max(self.map.data_start);
+            if before < start {
+                // SAFETY: MADV_DONTNEED on a shared file mapping only removes page table
+                // entries: the contents stay in the page cache (a dirty entry marks its page
+                // dirty as it goes) and the next access maps the same page again, so no
+                // byte that any reference into the mapping sees changes. The range lies
+                // inside the mapping (below `start` <= len).
+                let _ = unsafe {
+                    self.map.raw.unchecked_advise_range(
+                        UncheckedAdvice::DontNeed,
+                        before as usize,
+                        (start - before) as usize,
+                    )
+                };
+            }
         }
         // A crash point for the simulator: the bytes are written but not yet published.
         let _ = self.seam.run(Op::Append { path: &self.path, off, len: len as u64 }, || Ok(()));
