@@ -448,6 +448,57 @@ impl LogFile {
         u64::try_from(hole).map_or(len, |h| h.clamp(from, len))
     }
 
+    /// The first nonzero byte of the file at or past `from`, if any. Read with `pread`, never
+    /// through a mapping (past the end of the log a writer may be writing at this moment),
+    /// and only where the file holds data (`SEEK_DATA` to `SEEK_HOLE`): reserved space
+    /// that was never written holds no pages and is skipped, so a file with gigabytes
+    /// reserved costs a few system calls plus the pages a writer faulted in ahead.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read.
+    pub fn first_nonzero_from(&self, from: u64) -> Result<Option<u64>> {
+        let path = &self.path;
+        let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let fd = self.file.as_raw_fd();
+        let seek = |at: u64, whence| -> io::Result<u64> {
+            let at = libc::off_t::try_from(at)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: plain system call on our own descriptor; no memory is passed.
+            let to = unsafe { libc::lseek(fd, at, whence) };
+            u64::try_from(to).map_err(|_| io::Error::last_os_error())
+        };
+        let mut buf = Vec::new();
+        let mut at = from;
+        while at < len {
+            let data = match seek(at, libc::SEEK_DATA) {
+                Ok(data) => data,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // no data past `at`
+                Err(_) => at, // not supported here: the whole rest counts as data
+            };
+            let hole = seek(data, libc::SEEK_HOLE).map_or(len, |h| h.min(len));
+            let mut p = data.max(at);
+            while p < hole {
+                if buf.is_empty() {
+                    buf = vec![0u8; 1 << 20];
+                }
+                let n = buf.len().min((hole - p) as usize);
+                let chunk = &mut buf[..n];
+                match std::os::unix::fs::FileExt::read_exact_at(&self.file, chunk, p) {
+                    Ok(()) => {}
+                    // The file shrank meanwhile (only a program ignoring the lock does that).
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                    Err(e) => return Err(Error::io("read", path, e)),
+                }
+                if let Some(i) = crate::recovery::first_nonzero(chunk) {
+                    return Ok(Some(p + i as u64));
+                }
+                p += n as u64;
+            }
+            at = hole.max(at + 1);
+        }
+        Ok(None)
+    }
+
     /// The file's path (its name in the store after `install`).
     pub fn path(&self) -> &Path {
         &self.path

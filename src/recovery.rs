@@ -181,7 +181,7 @@ fn batch_step(rec: &Record, rest: &[u8], p: u64, batch: &mut OpenBatch) -> Resul
 /// Index of the first nonzero byte of `b`. Scans a page at a time with an OR that the
 /// compiler vectorises (a byte-at-a-time search of the 1 MiB window took 40 % of the
 /// power-loss simulator's time).
-fn first_nonzero(b: &[u8]) -> Option<usize> {
+pub(crate) fn first_nonzero(b: &[u8]) -> Option<usize> {
     let page = b.chunks(4096).position(|c| c.iter().fold(0, |acc, &x| acc | x) != 0)?;
     let at = page * 4096;
     b[at..].iter().position(|&x| x != 0).map(|i| at + i)
