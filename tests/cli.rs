@@ -740,6 +740,38 @@ fn recover_zeroes_nonzero_bytes_past_the_end_of_a_cleanly_closed_store() {
         .stdout(predicate::str::contains("was closed cleanly: nothing to recover"));
 }
 
+#[test]
+fn recover_beside_a_live_writer_refuses_and_changes_nothing() {
+    let (_d, path) = clean_store(3);
+    let writer = Store::open(&path).expect("writer");
+    writer.put(b"fresh", b"unsynced").expect("put");
+    let files = || ["data.mkv", "index.mkv"].map(|f| fs::read(path.join(f)).expect("read"));
+    let before = files();
+    for dry_run in [false, true] {
+        let mut cmd = mapkv();
+        cmd.arg("recover").arg(&path);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        cmd.assert().code(1).stdout(predicate::str::is_empty()).stderr(predicate::str::contains(
+            "a writer has this store open (process still running); stop it first, nothing \
+                 was changed",
+        ));
+    }
+    assert!(files() == before, "recover changed the files under a live writer");
+    // The writer was not disturbed, and once it is gone there is nothing to recover.
+    writer.put(b"later", b"still writing").expect("put");
+    assert_eq!(writer.get(b"fresh").expect("get").as_deref(), Some(&b"unsynced"[..]));
+    writer.close().expect("close");
+    mapkv()
+        .arg("recover")
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("was closed cleanly: nothing to recover"));
+    assert_eq!(contents(&path).len(), 5);
+}
+
 // ---- compact ----------------------------------------------------------------------------
 
 #[test]

@@ -21,7 +21,8 @@ use crate::{FAILED, Failure, open_failure, read_only, writable};
 /// it out read-only, reports it, then does it. It also zeroes nonzero bytes past the end of
 /// the log, even in a store closed cleanly (`mapkv verify` reports them; the data file must
 /// hold only zeros there). It never discards committed data: damage below the committed
-/// length stops it with exit 1 and nothing changed (see `mapkv verify`).
+/// length stops it with exit 1 and nothing changed (see `mapkv verify`). While a writer has
+/// the store open it refuses (exit 1) and changes nothing: stop the writer first.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The store directory
@@ -41,6 +42,15 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let dir = &args.dir;
     let (preview, past) = match read_only().rebuild_index(args.rebuild_index).open(dir) {
+        Ok(store) if store.stats().following => {
+            // The read-only open follows the writer: what it shows is the writer's state,
+            // and the store is the writer's to change.
+            return Err(Failure::Failed(format!(
+                "{}: a writer has this store open (process still running); stop it first, \
+                 nothing was changed",
+                dir.display()
+            )));
+        }
         Ok(store) => (store.recovery().clone(), store.nonzero_past_end()?),
         Err(e @ Error::Corrupt { .. }) => {
             eprintln!(
