@@ -301,6 +301,17 @@ impl LogMap {
         })
     }
 
+    /// The published records below `end`: bytes `[data_start, min(end, published, len))` of
+    /// this mapping, as `tail(data_start)` gives them (empty if none). This is how a handle
+    /// whose file another handle may be writing meanwhile (a follower) reads the whole
+    /// log: unlike [`LogFile::bytes`], the slice spans no byte that anyone writes while it
+    /// lives, neither the header pages nor what lies past the published end.
+    pub fn records(&self, end: u64) -> &[u8] {
+        let all = self.tail(self.data_start).unwrap_or_default();
+        let n = end.saturating_sub(self.data_start).min(all.len() as u64);
+        &all[..n as usize]
+    }
+
     /// An owned handle to `bytes` (a sub-slice of what `tail` returned from this mapping)
     /// that keeps the mapping alive.
     ///
@@ -532,12 +543,20 @@ impl LogFile {
         &self.map
     }
 
-    /// The whole mapping, header pages included. Sound for the writer because any write
-    /// needs `&mut self`, which cannot coexist with this borrow.
+    /// The whole mapping, header pages included: for the handle that writes the file (or
+    /// reads it alone, at open). Sound because any write needs `&mut self`, which cannot
+    /// coexist with this borrow. A follower's file is written meanwhile by its writer,
+    /// another handle: it reads through [`LogMap::records`] instead.
+    ///
+    /// # Panics
+    /// On a follower's file (a bug in the caller).
     pub fn bytes(&self) -> &[u8] {
+        assert!(self.map.marks.follow.is_none(), "a follower's whole mapping");
         // SAFETY: the mapping covers `len` bytes and lives as long as `self.map`. Writes go
         // only through `&mut self` (so not during this borrow); readers on other threads
-        // only read. Another process writing the file is outside Rust's model (DESIGN.md).
+        // only read. This is not a follower's file (asserted), whose writer would write it
+        // through other mappings meanwhile. Another process writing the file is outside
+        // Rust's model (DESIGN.md §7).
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.map.raw.len()) }
     }
 

@@ -27,7 +27,7 @@ use crate::index::{self, DELETED, Table};
 use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{
-    self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, ResumeCtx, VerifyReport,
+    self, Change, Counts, IndexCtx, Log, Problem, Rebuild, RecoveryReport, ResumeCtx, VerifyReport,
     last_record,
 };
 use crate::view::Reader;
@@ -487,7 +487,7 @@ impl Store {
         let (index, _) = ctx.create(None, hint)?;
         let mut rebuild = Rebuild::new(index, ctx);
         log.advise_sequential(true);
-        let scanned = recovery::scan(log.bytes(), header, log.path(), &mut rebuild);
+        let scanned = recovery::scan(Log::whole(log.bytes()), header, log.path(), &mut rebuild);
         log.advise_sequential(false);
         let (report, tail) = scanned?;
         Ok((rebuild, report, tail))
@@ -682,8 +682,8 @@ impl Store {
                 // Files a compaction replaced, which the handle could not leave: whole
                 // and final, so their end is where their records end.
                 let path = self.shared.dir.join(DATA_FILE);
-                let end =
-                    recovery::valid_end(w.log.bytes(), &w.header, &path, (DATA_START, 0))?.end;
+                let log = Log::records(w.log.map().records(u64::MAX));
+                let end = recovery::valid_end(log, &w.header, &path, (DATA_START, 0))?.end;
                 break (w, end, following);
             }
             // The writer grew the log since this handle mapped it: map it and look again.
@@ -693,7 +693,10 @@ impl Store {
                 return Err(Error::io("verify", &self.shared.dir, why));
             }
         };
-        let log = &w.log.bytes()[..end as usize];
+        // Only the published records: a follower's writer rewrites the header pages at each
+        // sync and writes past its published end while this runs (DESIGN.md §7).
+        let log = Log::records(w.log.map().records(end));
+        let end = log.end();
         let data_path = self.shared.dir.join(DATA_FILE);
         // Everything below the end must be valid: claim it all as committed.
         let header = LogHeader { committed: end, ..w.header };
@@ -703,7 +706,7 @@ impl Store {
             store_id: self.shared.store_id,
             seam: &w.seam,
         };
-        let hint = self.len().min(log.len() as u64 / Record::KEY_OFFSET);
+        let hint = self.len().min((end - DATA_START) / Record::KEY_OFFSET);
         let (index, _) = ctx.create(None, hint)?;
         let mut rebuilt = Rebuild::new(index, &ctx);
         let (records, damaged) = recovery::check_log(log, self.shared.store_id);
