@@ -6,6 +6,9 @@
 //! `DATA_START`) and then never written again, or *unpublished* and then reachable only
 //! through `&mut LogFile`. Readers on any thread see published bytes only; the single
 //! `LogFile` writes only unpublished bytes or the header pages, which no reader sees.
+//! Readers read through a read-only mapping (`LogMap`, `PROT_READ`); the writer writes
+//! through a writable mapping of its own that it never lends out, so nothing a reader
+//! holds can write the file.
 //! The index is accessed only as `AtomicU64` words, so concurrent reads and writes of it
 //! are data-race free by construction. DESIGN.md, "Soundness", says what this cannot
 //! prevent (another process truncating or rewriting the files).
@@ -170,8 +173,10 @@ fn prefetch<T>(ptr: *const T) {
 
 // ---- data file --------------------------------------------------------------------------
 
-/// One mapping of the data file. Readers hold it through `Arc`; it is unmapped when the
-/// last holder lets go, never earlier.
+/// One read-only mapping (`PROT_READ`) of the data file. Readers hold it through `Arc`; it
+/// is unmapped when the last holder lets go, never earlier. Nothing writes through it: a
+/// stray write through a pointer into it (a value a user casts to `*mut`) faults instead
+/// of changing the store.
 pub struct LogMap {
     raw: MmapRaw,
     marks: Arc<Marks>,
@@ -288,8 +293,10 @@ impl LogMap {
             return None;
         }
         // SAFETY: `[off, end)` lies within the mapping (end <= len), which stays mapped while
-        // `self` lives. It lies in `[data_start, published)`, which no one writes through any
-        // mapping once published: `LogFile::write_at` only writes at or past the watermark,
+        // `self` lives. This mapping is read-only; the bytes lie in `[data_start, published)`,
+        // which no one writes through any other mapping of the file once published (the
+        // writer's writable one shares the page cache, so what it wrote before publishing
+        // is what this reads): `LogFile::write_at` only writes at or past the watermark,
         // `LogFile::write_header` only below `data_start`, and the watermark only rises
         // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
         // A follower's watermark is the writer's, in the live page (`Live::current`): the
@@ -373,8 +380,11 @@ unsafe impl Sync for Value {}
 pub struct LogFile {
     file: File,
     path: PathBuf,
+    /// The read-only mapping that readers get (and borrow values from).
     map: Arc<LogMap>,
-    writable: bool,
+    /// The writable mapping of the same file, through which every write goes (`None` for
+    /// a read-only handle). Never lent out; a [`Flusher`] holds it only to msync it.
+    write: Option<Arc<MmapRaw>>,
     seam: Seam,
     /// The writer's live page, where its marks are mirrored for followers.
     mirror: Option<Live>,
@@ -424,7 +434,8 @@ impl LogFile {
             // Re-reserve blocks a sparse copy may have turned into holes (cheap otherwise).
             allocate(&file, 0, len, path)?;
         }
-        let raw = map(&file, len, writable, path)?;
+        let raw = map(&file, len, false, path)?;
+        let write = if writable { Some(Arc::new(map(&file, len, true, path)?)) } else { None };
         let follow = follow.map(|(live, key, seen)| Follow {
             live,
             key,
@@ -439,7 +450,7 @@ impl LogFile {
         });
         let map = Arc::new(LogMap { raw, marks, data_start });
         let (path, seam) = (path.to_path_buf(), seam.clone());
-        Ok(Self { file, path, map, writable, seam, mirror: None, ino })
+        Ok(Self { file, path, map, write, seam, mirror: None, ino })
     }
 
     /// The file's inode number.
@@ -552,19 +563,26 @@ impl LogFile {
     /// On a follower's file (a bug in the caller).
     pub fn bytes(&self) -> &[u8] {
         assert!(self.map.marks.follow.is_none(), "a follower's whole mapping");
-        // SAFETY: the mapping covers `len` bytes and lives as long as `self.map`. Writes go
-        // only through `&mut self` (so not during this borrow); readers on other threads
-        // only read. This is not a follower's file (asserted), whose writer would write it
-        // through other mappings meanwhile. Another process writing the file is outside
-        // Rust's model (DESIGN.md §7).
-        unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.map.raw.len()) }
+        let raw = self.own();
+        // SAFETY: the mapping covers `len` bytes and lives as long as `self` (in `self.map`
+        // or `self.write`). Writes go only through `&mut self` (so not during this borrow);
+        // readers on other threads only read. This is not a follower's file (asserted),
+        // whose writer would write it through other mappings meanwhile. Another process
+        // writing the file is outside Rust's model (DESIGN.md §7).
+        unsafe { std::slice::from_raw_parts(raw.as_ptr(), raw.len()) }
+    }
+
+    /// The mapping this handle itself reads and flushes through: the writable one if it
+    /// writes (whose pages its appends have faulted in already), else the read-only one.
+    fn own(&self) -> &MmapRaw {
+        self.write.as_deref().unwrap_or(&self.map.raw)
     }
 
     /// Advises the kernel that the log is about to be read front to back (recovery,
     /// verify) or, with `false`, randomly again (the default; see `map`).
     pub fn advise_sequential(&self, sequential: bool) {
         let advice = if sequential { Advice::Sequential } else { Advice::Random };
-        let _ = self.map.raw.advise(advice);
+        let _ = self.own().advise(advice);
     }
 
     /// The published length.
@@ -602,22 +620,21 @@ impl LogFile {
     /// # Panics
     /// If the range is published or outside the mapping (a bug in the caller).
     pub fn write_at(&mut self, off: u64, fill: impl FnOnce(&mut [u8]), len: usize) {
-        assert!(self.writable, "write through a read-only mapping");
+        let raw = self.write.as_deref().expect("write through a read-only mapping");
         let end = off.checked_add(len as u64).expect("write range overflows");
-        assert!(off >= self.published() && end <= self.map.len(), "write outside the tail");
-        // SAFETY: `[off, end)` is inside the mapping and unpublished, so no reader holds or
-        // can create a reference to it (readers see published bytes only); `&mut self`
-        // excludes every other writer and `bytes()`. The mapping is writable.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(off as usize), len)
-        };
+        assert!(off >= self.published() && end <= raw.len() as u64, "write outside the tail");
+        // SAFETY: `[off, end)` is inside the writable mapping and unpublished, so no reader
+        // holds or can create a reference to it through any mapping (readers see published
+        // bytes only); `&mut self` excludes every other writer and `bytes()`.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(raw.as_mut_ptr().add(off as usize), len) };
         fill(dst);
         // Entering a new chunk: fault the next one in with one call rather than a page
         // fault per page (its pages are written within the next few puts anyway).
         if off / POPULATE_CHUNK != end / POPULATE_CHUNK {
             let start = end / POPULATE_CHUNK * POPULATE_CHUNK;
-            let n = POPULATE_CHUNK.min(self.map.len().saturating_sub(start));
-            let _ = self.map.raw.advise_range(Advice::PopulateWrite, start as usize, n as usize);
+            let n = POPULATE_CHUNK.min((raw.len() as u64).saturating_sub(start));
+            let _ = raw.advise_range(Advice::PopulateWrite, start as usize, n as usize);
         }
         // A crash point for the simulator: the bytes are written but not yet published.
         let _ = self.seam.run(Op::Append { path: &self.path, off, len: len as u64 }, || Ok(()));
@@ -628,14 +645,17 @@ impl LogFile {
     /// # Panics
     /// If the range reaches the data area (a bug in the caller).
     pub fn write_header(&mut self, off: u64, src: &[u8]) {
-        assert!(self.writable, "write through a read-only mapping");
-        assert!(off + src.len() as u64 <= self.map.data_start, "header write into data");
-        // SAFETY: the range is below `data_start`, which readers never read (`tail` refuses
-        // it); `&mut self` excludes every other writer and `bytes()`.
+        let raw = self.write.as_deref().expect("write through a read-only mapping");
+        let end = off + src.len() as u64;
+        assert!(end <= self.map.data_start, "header write into data");
+        assert!(end <= raw.len() as u64, "header write past the file");
+        // SAFETY: the range lies inside the writable mapping and below `data_start` (both
+        // asserted), which readers never read (`tail` refuses it); `&mut self` excludes
+        // every other writer and `bytes()`.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 src.as_ptr(),
-                self.map.raw.as_mut_ptr().add(off as usize),
+                raw.as_mut_ptr().add(off as usize),
                 src.len(),
             );
         }
@@ -680,10 +700,15 @@ impl LogFile {
     pub fn remap(&mut self) -> Result<()> {
         let path = &self.path;
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-        let raw = map(&self.file, len, self.writable, path)?;
+        let raw = map(&self.file, len, false, path)?;
+        let write = match self.write {
+            Some(_) => Some(Arc::new(map(&self.file, len, true, path)?)),
+            None => None,
+        };
         let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));
         let marks = Arc::clone(&self.map.marks);
         self.map = Arc::new(LogMap { raw, marks, data_start: self.map.data_start });
+        self.write = write;
         Ok(())
     }
 
@@ -692,7 +717,7 @@ impl LogFile {
     /// # Errors
     /// [`Error::Io`]; the caller must poison the store.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
-        flush_map(&self.seam, &self.map.raw, from, to, &self.path)
+        flush_map(&self.seam, self.own(), from, to, &self.path)
     }
 
     /// Renames this file to `path` (atomically replacing what was there), so that errors
@@ -709,7 +734,8 @@ impl LogFile {
     /// A handle that flushes this file's current mapping without holding the `LogFile`
     /// (a sync flushes while the writer goes on appending).
     pub fn flusher(&self) -> Flusher {
-        Flusher { map: Arc::clone(&self.map), path: self.path.clone(), seam: self.seam.clone() }
+        let (map, write) = (Arc::clone(&self.map), self.write.clone());
+        Flusher { map, write, path: self.path.clone(), seam: self.seam.clone() }
     }
 
     /// Writes zeros over `[from, to)` (unpublished bytes a killed writer left) through the
@@ -777,6 +803,7 @@ impl LogFile {
 /// See [`LogFile::flusher`].
 pub struct Flusher {
     map: Arc<LogMap>,
+    write: Option<Arc<MmapRaw>>,
     path: PathBuf,
     seam: Seam,
 }
@@ -787,7 +814,8 @@ impl Flusher {
     /// # Errors
     /// [`Error::Io`]; the caller must poison the store.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
-        flush_map(&self.seam, &self.map.raw, from, to, &self.path)
+        let raw = self.write.as_deref().unwrap_or(&self.map.raw);
+        flush_map(&self.seam, raw, from, to, &self.path)
     }
 }
 
