@@ -157,6 +157,13 @@ pub enum CorruptKind {
     /// A record out of place in the batch structure: a commit record without its batch
     /// (or naming another start or count), or an unbatched record inside a batch.
     BadBatch,
+    /// Nonzero bytes in the data file past the end of the log, where every byte must be
+    /// zero (DESIGN.md §2): a later record landing there could make them read as part of
+    /// the log. The offset given with it is the first such byte.
+    NonzeroPastEnd {
+        /// Where the log ends.
+        log_end: u64,
+    },
 }
 
 impl CorruptKind {
@@ -211,6 +218,13 @@ impl fmt::Display for CorruptKind {
                 "a record out of place in a batch (a commit without its batch, or an \
                  unbatched record inside one)",
             ),
+            Self::NonzeroPastEnd { log_end } => write!(
+                f,
+                "nonzero bytes past the end of the log (which ends at byte {log_end}), where \
+                 the data file must hold only zeros, or a later record could make them read \
+                 as part of the log; run `mapkv recover` (or open for writing with \
+                 OpenOptions::zero_past_end) to zero them: no record is lost"
+            ),
         }
     }
 }
@@ -236,6 +250,9 @@ impl fmt::Display for Error {
                          only the index, open with OpenOptions::rebuild_index or run `mapkv \
                          recover --rebuild-index`)",
                     ),
+                    CorruptKind::NonzeroPastEnd { .. } => {
+                        f.write_str("the records below it are not affected")
+                    }
                     _ if index => f.write_str(
                         "rebuild it from the data file (OpenOptions::rebuild_index, or `mapkv \
                          recover --rebuild-index`)",

@@ -6,6 +6,9 @@
 //! `DATA_START`) and then never written again, or *unpublished* and then reachable only
 //! through `&mut LogFile`. Readers on any thread see published bytes only; the single
 //! `LogFile` writes only unpublished bytes or the header pages, which no reader sees.
+//! Readers read through a read-only mapping (`LogMap`, `PROT_READ`); the writer writes
+//! through a writable mapping of its own that it never lends out, so nothing a reader
+//! holds can write the file.
 //! The index is accessed only as `AtomicU64` words, so concurrent reads and writes of it
 //! are data-race free by construction. DESIGN.md, "Soundness", says what this cannot
 //! prevent (another process truncating or rewriting the files).
@@ -170,8 +173,10 @@ fn prefetch<T>(ptr: *const T) {
 
 // ---- data file --------------------------------------------------------------------------
 
-/// One mapping of the data file. Readers hold it through `Arc`; it is unmapped when the
-/// last holder lets go, never earlier.
+/// One read-only mapping (`PROT_READ`) of the data file. Readers hold it through `Arc`; it
+/// is unmapped when the last holder lets go, never earlier. Nothing writes through it: a
+/// stray write through a pointer into it (a value a user casts to `*mut`) faults instead
+/// of changing the store.
 pub struct LogMap {
     raw: MmapRaw,
     marks: Arc<Marks>,
@@ -288,8 +293,10 @@ impl LogMap {
             return None;
         }
         // SAFETY: `[off, end)` lies within the mapping (end <= len), which stays mapped while
-        // `self` lives. It lies in `[data_start, published)`, which no one writes through any
-        // mapping once published: `LogFile::write_at` only writes at or past the watermark,
+        // `self` lives. This mapping is read-only; the bytes lie in `[data_start, published)`,
+        // which no one writes through any other mapping of the file once published (the
+        // writer's writable one shares the page cache, so what it wrote before publishing
+        // is what this reads): `LogFile::write_at` only writes at or past the watermark,
         // `LogFile::write_header` only below `data_start`, and the watermark only rises
         // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
         // A follower's watermark is the writer's, in the live page (`Live::current`): the
@@ -299,6 +306,17 @@ impl LogMap {
         Some(unsafe {
             std::slice::from_raw_parts(self.raw.as_ptr().add(off as usize), (end - off) as usize)
         })
+    }
+
+    /// The published records below `end`: bytes `[data_start, min(end, published, len))` of
+    /// this mapping, as `tail(data_start)` gives them (empty if none). This is how a handle
+    /// whose file another handle may be writing meanwhile (a follower) reads the whole
+    /// log: unlike [`LogFile::bytes`], the slice spans no byte that anyone writes while it
+    /// lives, neither the header pages nor what lies past the published end.
+    pub fn records(&self, end: u64) -> &[u8] {
+        let all = self.tail(self.data_start).unwrap_or_default();
+        let n = end.saturating_sub(self.data_start).min(all.len() as u64);
+        &all[..n as usize]
     }
 
     /// An owned handle to `bytes` (a sub-slice of what `tail` returned from this mapping)
@@ -362,8 +380,11 @@ unsafe impl Sync for Value {}
 pub struct LogFile {
     file: File,
     path: PathBuf,
+    /// The read-only mapping that readers get (and borrow values from).
     map: Arc<LogMap>,
-    writable: bool,
+    /// The writable mapping of the same file, through which every write goes (`None` for
+    /// a read-only handle). Never lent out; a [`Flusher`] holds it only to msync it.
+    write: Option<Arc<MmapRaw>>,
     seam: Seam,
     /// The writer's live page, where its marks are mirrored for followers.
     mirror: Option<Live>,
@@ -413,7 +434,8 @@ impl LogFile {
             // Re-reserve blocks a sparse copy may have turned into holes (cheap otherwise).
             allocate(&file, 0, len, path)?;
         }
-        let raw = map(&file, len, writable, path)?;
+        let raw = map(&file, len, false, path)?;
+        let write = if writable { Some(Arc::new(map(&file, len, true, path)?)) } else { None };
         let follow = follow.map(|(live, key, seen)| Follow {
             live,
             key,
@@ -428,7 +450,7 @@ impl LogFile {
         });
         let map = Arc::new(LogMap { raw, marks, data_start });
         let (path, seam) = (path.to_path_buf(), seam.clone());
-        Ok(Self { file, path, map, writable, seam, mirror: None, ino })
+        Ok(Self { file, path, map, write, seam, mirror: None, ino })
     }
 
     /// The file's inode number.
@@ -446,6 +468,57 @@ impl LogFile {
         // SAFETY: plain system call on our own descriptor; no memory is passed.
         let hole = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_HOLE) };
         u64::try_from(hole).map_or(len, |h| h.clamp(from, len))
+    }
+
+    /// The first nonzero byte of the file at or past `from`, if any. Read with `pread`, never
+    /// through a mapping (past the end of the log a writer may be writing at this moment),
+    /// and only where the file holds data (`SEEK_DATA` to `SEEK_HOLE`): reserved space
+    /// that was never written holds no pages and is skipped, so a file with gigabytes
+    /// reserved costs a few system calls plus the pages a writer faulted in ahead.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read.
+    pub fn first_nonzero_from(&self, from: u64) -> Result<Option<u64>> {
+        let path = &self.path;
+        let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let fd = self.file.as_raw_fd();
+        let seek = |at: u64, whence| -> io::Result<u64> {
+            let at = libc::off_t::try_from(at)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: plain system call on our own descriptor; no memory is passed.
+            let to = unsafe { libc::lseek(fd, at, whence) };
+            u64::try_from(to).map_err(|_| io::Error::last_os_error())
+        };
+        let mut buf = Vec::new();
+        let mut at = from;
+        while at < len {
+            let data = match seek(at, libc::SEEK_DATA) {
+                Ok(data) => data,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // no data past `at`
+                Err(_) => at, // not supported here: the whole rest counts as data
+            };
+            let hole = seek(data, libc::SEEK_HOLE).map_or(len, |h| h.min(len));
+            let mut p = data.max(at);
+            while p < hole {
+                if buf.is_empty() {
+                    buf = vec![0u8; 1 << 20];
+                }
+                let n = buf.len().min((hole - p) as usize);
+                let chunk = &mut buf[..n];
+                match std::os::unix::fs::FileExt::read_exact_at(&self.file, chunk, p) {
+                    Ok(()) => {}
+                    // The file shrank meanwhile (only a program ignoring the lock does that).
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                    Err(e) => return Err(Error::io("read", path, e)),
+                }
+                if let Some(i) = crate::recovery::first_nonzero(chunk) {
+                    return Ok(Some(p + i as u64));
+                }
+                p += n as u64;
+            }
+            at = hole.max(at + 1);
+        }
+        Ok(None)
     }
 
     /// The file's path (its name in the store after `install`).
@@ -481,20 +554,35 @@ impl LogFile {
         &self.map
     }
 
-    /// The whole mapping, header pages included. Sound for the writer because any write
-    /// needs `&mut self`, which cannot coexist with this borrow.
+    /// The whole mapping, header pages included: for the handle that writes the file (or
+    /// reads it alone, at open). Sound because any write needs `&mut self`, which cannot
+    /// coexist with this borrow. A follower's file is written meanwhile by its writer,
+    /// another handle: it reads through [`LogMap::records`] instead.
+    ///
+    /// # Panics
+    /// On a follower's file (a bug in the caller).
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping covers `len` bytes and lives as long as `self.map`. Writes go
-        // only through `&mut self` (so not during this borrow); readers on other threads
-        // only read. Another process writing the file is outside Rust's model (DESIGN.md).
-        unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.map.raw.len()) }
+        assert!(self.map.marks.follow.is_none(), "a follower's whole mapping");
+        let raw = self.own();
+        // SAFETY: the mapping covers `len` bytes and lives as long as `self` (in `self.map`
+        // or `self.write`). Writes go only through `&mut self` (so not during this borrow);
+        // readers on other threads only read. This is not a follower's file (asserted),
+        // whose writer would write it through other mappings meanwhile. Another process
+        // writing the file is outside Rust's model (DESIGN.md §7).
+        unsafe { std::slice::from_raw_parts(raw.as_ptr(), raw.len()) }
+    }
+
+    /// The mapping this handle itself reads and flushes through: the writable one if it
+    /// writes (whose pages its appends have faulted in already), else the read-only one.
+    fn own(&self) -> &MmapRaw {
+        self.write.as_deref().unwrap_or(&self.map.raw)
     }
 
     /// Advises the kernel that the log is about to be read front to back (recovery,
     /// verify) or, with `false`, randomly again (the default; see `map`).
     pub fn advise_sequential(&self, sequential: bool) {
         let advice = if sequential { Advice::Sequential } else { Advice::Random };
-        let _ = self.map.raw.advise(advice);
+        let _ = self.own().advise(advice);
     }
 
     /// The published length.
@@ -532,37 +620,37 @@ impl LogFile {
     /// # Panics
     /// If the range is published or outside the mapping (a bug in the caller).
     pub fn write_at(&mut self, off: u64, fill: impl FnOnce(&mut [u8]), len: usize) {
-        assert!(self.writable, "write through a read-only mapping");
+        let raw = self.write.as_deref().expect("write through a read-only mapping");
         let end = off.checked_add(len as u64).expect("write range overflows");
-        assert!(off >= self.published() && end <= self.map.len(), "write outside the tail");
-        // SAFETY: `[off, end)` is inside the mapping and unpublished, so no reader holds or
-        // can create a reference to it (readers see published bytes only); `&mut self`
-        // excludes every other writer and `bytes()`. The mapping is writable.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(off as usize), len)
-        };
+        assert!(off >= self.published() && end <= raw.len() as u64, "write outside the tail");
+        // SAFETY: `[off, end)` is inside the writable mapping and unpublished, so no reader
+        // holds or can create a reference to it through any mapping (readers see published
+        // bytes only); `&mut self` excludes every other writer and `bytes()`.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(raw.as_mut_ptr().add(off as usize), len) };
         fill(dst);
         // Entering a new chunk: fault the next one in with one call rather than a page
         // fault per page (its pages are written within the next few puts anyway).
         if off / POPULATE_CHUNK != end / POPULATE_CHUNK {
             let start = end / POPULATE_CHUNK * POPULATE_CHUNK;
-            let n = POPULATE_CHUNK.min(self.map.len().saturating_sub(start));
-            let _ = self.map.raw.advise_range(Advice::PopulateWrite, start as usize, n as usize);
-            // The chunk before is written: drop this mapping's page table entries for it,
-            // so that writeback (a sync) finds no writable entry to write-protect. With
-            // them, the kernel cleans each page's entry with a TLB flush that interrupts
-            // every core running this process (one IPI per 4 KiB page: a sync flushed
-            // 0.5 GB/s beside a writer instead of 3 GB/s). The pages and their dirty data
-            // stay in the page cache; a later access maps them again.
+            let n = POPULATE_CHUNK.min((raw.len() as u64).saturating_sub(start));
+            let _ = raw.advise_range(Advice::PopulateWrite, start as usize, n as usize);
+            // The chunk before is written: drop the writable mapping's page table entries
+            // for it, so that writeback (a sync) finds no writable entry to write-protect.
+            // With them, the kernel cleans each page's entry with a TLB flush that
+            // interrupts every core running this process (one IPI per 4 KiB page: a sync
+            // flushed 0.5 GB/s beside a writer instead of 3 GB/s). Readers' read-only
+            // entries need no cleaning. The pages and their dirty data stay in the page
+            // cache; a later access maps them again.
             let before = start.saturating_sub(POPULATE_CHUNK).max(self.map.data_start);
             if before < start {
                 // SAFETY: MADV_DONTNEED on a shared file mapping only removes page table
                 // entries: the contents stay in the page cache (a dirty entry marks its page
                 // dirty as it goes) and the next access maps the same page again, so no
                 // byte that any reference into the mapping sees changes. The range lies
-                // inside the mapping (below `start` <= len).
+                // inside the mapping (below `start`, which is at most its length).
                 let _ = unsafe {
-                    self.map.raw.unchecked_advise_range(
+                    raw.unchecked_advise_range(
                         UncheckedAdvice::DontNeed,
                         before as usize,
                         (start - before) as usize,
@@ -579,14 +667,17 @@ impl LogFile {
     /// # Panics
     /// If the range reaches the data area (a bug in the caller).
     pub fn write_header(&mut self, off: u64, src: &[u8]) {
-        assert!(self.writable, "write through a read-only mapping");
-        assert!(off + src.len() as u64 <= self.map.data_start, "header write into data");
-        // SAFETY: the range is below `data_start`, which readers never read (`tail` refuses
-        // it); `&mut self` excludes every other writer and `bytes()`.
+        let raw = self.write.as_deref().expect("write through a read-only mapping");
+        let end = off + src.len() as u64;
+        assert!(end <= self.map.data_start, "header write into data");
+        assert!(end <= raw.len() as u64, "header write past the file");
+        // SAFETY: the range lies inside the writable mapping and below `data_start` (both
+        // asserted), which readers never read (`tail` refuses it); `&mut self` excludes
+        // every other writer and `bytes()`.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 src.as_ptr(),
-                self.map.raw.as_mut_ptr().add(off as usize),
+                raw.as_mut_ptr().add(off as usize),
                 src.len(),
             );
         }
@@ -631,10 +722,15 @@ impl LogFile {
     pub fn remap(&mut self) -> Result<()> {
         let path = &self.path;
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-        let raw = map(&self.file, len, self.writable, path)?;
+        let raw = map(&self.file, len, false, path)?;
+        let write = match self.write {
+            Some(_) => Some(Arc::new(map(&self.file, len, true, path)?)),
+            None => None,
+        };
         let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));
         let marks = Arc::clone(&self.map.marks);
         self.map = Arc::new(LogMap { raw, marks, data_start: self.map.data_start });
+        self.write = write;
         Ok(())
     }
 
@@ -643,7 +739,7 @@ impl LogFile {
     /// # Errors
     /// [`Error::Io`]; the caller must poison the store.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
-        flush_map(&self.seam, &self.map.raw, from, to, &self.path)
+        flush_map(&self.seam, self.own(), from, to, &self.path)
     }
 
     /// Renames this file to `path` (atomically replacing what was there), so that errors
@@ -660,7 +756,8 @@ impl LogFile {
     /// A handle that flushes this file's current mapping without holding the `LogFile`
     /// (a sync flushes while the writer goes on appending).
     pub fn flusher(&self) -> Flusher {
-        Flusher { map: Arc::clone(&self.map), path: self.path.clone(), seam: self.seam.clone() }
+        let (map, write) = (Arc::clone(&self.map), self.write.clone());
+        Flusher { map, write, path: self.path.clone(), seam: self.seam.clone() }
     }
 
     /// Writes zeros over `[from, to)` (unpublished bytes a killed writer left) through the
@@ -728,6 +825,7 @@ impl LogFile {
 /// See [`LogFile::flusher`].
 pub struct Flusher {
     map: Arc<LogMap>,
+    write: Option<Arc<MmapRaw>>,
     path: PathBuf,
     seam: Seam,
 }
@@ -738,7 +836,8 @@ impl Flusher {
     /// # Errors
     /// [`Error::Io`]; the caller must poison the store.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
-        flush_map(&self.seam, &self.map.raw, from, to, &self.path)
+        let raw = self.write.as_deref().unwrap_or(&self.map.raw);
+        flush_map(&self.seam, raw, from, to, &self.path)
     }
 }
 

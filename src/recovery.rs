@@ -136,17 +136,65 @@ fn index_header(index: Option<&IndexMap>, header: &LogHeader) -> Result<IndexHea
     Ok(h)
 }
 
+/// The bytes of a log, from file offset `base` on; offsets given to it are the file's. A
+/// writer's own mapping is read whole, from byte 0; a log that may be written meanwhile
+/// (a follower's, whose writer rewrites the header pages at each sync and writes past its
+/// published end) only as its published records, from `DATA_START` (`LogMap::records`), so
+/// that no slice spans bytes that change while it lives (DESIGN.md §7).
+#[derive(Debug, Clone, Copy)]
+pub struct Log<'a> {
+    bytes: &'a [u8],
+    base: u64,
+}
+
+impl<'a> Log<'a> {
+    /// A whole file, header pages included.
+    pub fn whole(bytes: &'a [u8]) -> Self {
+        Self { bytes, base: 0 }
+    }
+
+    /// The records alone: `bytes` starts at `DATA_START`.
+    pub fn records(bytes: &'a [u8]) -> Self {
+        Self { bytes, base: DATA_START }
+    }
+
+    /// The file offset where the bytes end.
+    pub fn end(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+
+    /// The bytes from file offset `p` to the end (empty at the end); `None` outside.
+    #[inline]
+    pub fn from(&self, p: u64) -> Option<&'a [u8]> {
+        let i = usize::try_from(p.checked_sub(self.base)?).ok()?;
+        self.bytes.get(i..)
+    }
+
+    /// The bytes of `[p, end)`, if they are all there.
+    fn range(&self, p: u64, end: u64) -> Option<&'a [u8]> {
+        self.from(p)?.get(..usize::try_from(end.checked_sub(p)?).ok()?)
+    }
+}
+
 /// How far past a zeroed record header the scan looks for data, to tell a lost page from
 /// the clean end of the log.
 const GAP_WINDOW: usize = 1 << 20;
 
 /// Receives the records found by [`scan`], in log order.
 pub trait Replay {
-    /// Applies the record at `off` for `key` (a put or a tombstone).
+    /// Applies the record at `off` for `key` (a put or a tombstone), found in `log`.
     ///
     /// # Errors
     /// Whatever applying it returns (index growth I/O).
-    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()>;
+    fn apply_in(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()>;
+
+    /// As [`apply_in`](Replay::apply_in), in a log read whole from byte 0.
+    ///
+    /// # Errors
+    /// As `apply_in`.
+    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()> {
+        self.apply_in(off, kind, key, Log::whole(log))
+    }
 
     /// A record with `key` will be applied soon: start loading what `apply` will touch.
     fn prefetch(&mut self, key: &[u8]) {
@@ -181,7 +229,7 @@ fn batch_step(rec: &Record, rest: &[u8], p: u64, batch: &mut OpenBatch) -> Resul
 /// Index of the first nonzero byte of `b`. Scans a page at a time with an OR that the
 /// compiler vectorises (a byte-at-a-time search of the 1 MiB window took 40 % of the
 /// power-loss simulator's time).
-fn first_nonzero(b: &[u8]) -> Option<usize> {
+pub(crate) fn first_nonzero(b: &[u8]) -> Option<usize> {
     let page = b.chunks(4096).position(|c| c.iter().fold(0, |acc, &x| acc | x) != 0)?;
     let at = page * 4096;
     b[at..].iter().position(|&x| x != 0).map(|i| at + i)
@@ -235,7 +283,7 @@ pub(crate) struct Tail {
 /// torn tail, reported as the cut (with an unfinished batch, the cut is at the batch's
 /// start).
 pub(crate) fn valid_end(
-    log: &[u8],
+    log: Log<'_>,
     header: &LogHeader,
     path: &Path,
     (from, last): (u64, u64),
@@ -244,7 +292,7 @@ pub(crate) fn valid_end(
     let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
     let (mut p, mut end, mut last, mut batch) = (from, from, last, None);
     let mut cut = None;
-    while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
+    while let Some(rest) = log.from(p).filter(|r| !r.is_empty()) {
         let checked = Record::decode(rest)
             .and_then(|rec| rec.verify(seed, rest).map(|()| rec))
             .and_then(|rec| batch_step(&rec, rest, p, &mut batch).map(|()| rec))
@@ -287,7 +335,7 @@ pub(crate) fn valid_end(
 /// # Errors
 /// [`Error::Corrupt`] for damage below `committed` or a log ending before it.
 pub fn scan(
-    log: &[u8],
+    log: Log<'_>,
     header: &LogHeader,
     path: &Path,
     replay: &mut dyn Replay,
@@ -298,7 +346,7 @@ pub fn scan(
         RecoveryReport { index_rebuilt: true, log_end: end, cut, ..Default::default() };
     // Below `end` every record decodes (checked above).
     let at = |p: u64| {
-        let rest = log.get(p as usize..end as usize).filter(|r| !r.is_empty())?;
+        let rest = log.range(p, end).filter(|r| !r.is_empty())?;
         Record::decode(rest).ok().map(|rec| (rec, rest))
     };
     // `ahead` runs LOOKAHEAD records in front of `p`, so the index slots of records about
@@ -317,7 +365,7 @@ pub fn scan(
     while let Some((rec, rest)) = at(p) {
         step_ahead(replay);
         if rec.kind != Kind::Commit {
-            replay.apply(p, rec.kind, rec.key(rest), log)?;
+            replay.apply_in(p, rec.kind, rec.key(rest), log)?;
         }
         report.records_replayed += 1;
         p += rec.total_len();
@@ -329,11 +377,11 @@ pub fn scan(
 /// records and each damaged one's offset and fault. A record whose checksum fails but whose
 /// header holds is skipped over, so one bad value does not hide the rest; a header that
 /// does not decode ends the walk.
-pub fn check_log(log: &[u8], store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
+pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
     let seed = crc_seed(store_id);
     let (mut records, mut problems, mut batch) = (0, Vec::new(), None);
     let mut p = DATA_START;
-    while let Some(rest) = log.get(p as usize..).filter(|r| !r.is_empty()) {
+    while let Some(rest) = log.from(p).filter(|r| !r.is_empty()) {
         match Record::decode(rest) {
             Ok(rec) => {
                 let checked =
@@ -578,12 +626,12 @@ impl Replay for Rebuild<'_> {
         self.index.prefetch(Table::new(self.index.words()).home_word(hash));
     }
 
-    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()> {
+    fn apply_in(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()> {
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
         let path = self.ctx.path;
         let locate = |index: &IndexMap| {
             Table::new(index.words()).locate(hash, |slot, o| {
-                let rest = log.get(o as usize..).filter(|_| o >= DATA_START);
+                let rest = log.from(o).filter(|_| o >= DATA_START);
                 key_at(rest, slot, o, key, path)
             })
         };
@@ -610,8 +658,8 @@ impl Replay for Rebuild<'_> {
             index::word_for(off, kind == Kind::Delete),
         );
         self.used += u64::from(c.was_vacant);
-        let len = record_len(log.get(off as usize..));
-        let old_len = if c.was_live { record_len(log.get(c.prev as usize..)) } else { 0 };
+        let len = record_len(log.from(off));
+        let old_len = if c.was_live { record_len(log.from(c.prev)) } else { 0 };
         self.counts.add(kind, len, &c, old_len);
         match (c.was_live, kind) {
             (false, Kind::Put) => self.live += 1,
@@ -673,7 +721,7 @@ pub(crate) fn resume(
     let written = (cx.written_end)(c.end).max(headers_end(cx.log, c.end));
     let log = &cx.log[..written as usize];
     let cx = ResumeCtx { log, ..*cx };
-    let tail = valid_end(cx.log, cx.header, cx.data_path, (c.end, c.last))
+    let tail = valid_end(Log::whole(cx.log), cx.header, cx.data_path, (c.end, c.last))
         .map_err(|e| format!("the log past the checkpoint does not read: {e}"))?;
     resume_from(&cx, &c, tail).map_err(Some)
 }
@@ -881,7 +929,7 @@ mod tests {
 
     struct Count(u64);
     impl Replay for Count {
-        fn apply(&mut self, _: u64, _: Kind, _: &[u8], _: &[u8]) -> Result<()> {
+        fn apply_in(&mut self, _: u64, _: Kind, _: &[u8], _: Log<'_>) -> Result<()> {
             self.0 += 1;
             Ok(())
         }
@@ -909,7 +957,8 @@ mod tests {
         let second = DATA_START as usize + Record::len_for(1, 1) as usize;
         log[second + 32] ^= 0xff; // damage the second record (past committed)
         let mut n = Count(0);
-        let (rep, _) = scan(&log, &h, Path::new("d"), &mut n).expect("a torn tail is recovered");
+        let (rep, _) =
+            scan(Log::whole(&log), &h, Path::new("d"), &mut n).expect("a torn tail is recovered");
         assert_eq!(n.0, 1);
         assert_eq!(rep.log_end, second as u64);
         assert!(
@@ -918,7 +967,8 @@ mod tests {
 
         let (mut log, h) = log_with(&recs, 3);
         log[second + 32] ^= 0xff; // the same damage below the committed length
-        let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("corruption");
+        let err =
+            scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect_err("corruption");
         assert!(matches!(err, Error::Corrupt { offset, .. } if offset == second as u64));
     }
 
@@ -928,12 +978,16 @@ mod tests {
         let (mut log, h) = log_with(&recs, 1);
         let second = DATA_START as usize + Record::len_for(1, 1) as usize;
         log[second..second + 32].fill(0); // the second record's page never reached disk
-        let (rep, _) = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("recovered");
+        let (rep, _) =
+            scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect("recovered");
         let third = second as u64 + 32;
         assert_eq!(rep.cut, Some((second as u64, CorruptKind::ZeroGap { data_at: third })));
         // Without data after it, zeros are simply the end.
         let (log, h) = log_with(&recs[..1], 1);
-        assert_eq!(scan(&log, &h, Path::new("d"), &mut Count(0)).expect("clean").0.cut, None);
+        assert_eq!(
+            scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect("clean").0.cut,
+            None
+        );
     }
 
     /// A log of batch records: `n` puts flagged as one batch starting at `DATA_START`,
@@ -960,41 +1014,69 @@ mod tests {
         let one = Record::len_for(2, 1);
         let (log, h) = batch_log(3, Some(3));
         let mut n = Count(0);
-        let (rep, _) = scan(&log, &h, Path::new("d"), &mut n).expect("committed batch");
+        let (rep, _) = scan(Log::whole(&log), &h, Path::new("d"), &mut n).expect("committed batch");
         assert_eq!((n.0, rep.cut), (3, None));
         assert_eq!(rep.log_end, DATA_START + 3 * one + Record::len_for(0, 8));
-        assert!(check_log(&log[..rep.log_end as usize], 9).1.is_empty());
+        assert!(check_log(Log::whole(&log[..rep.log_end as usize]), 9).1.is_empty());
 
         let (log, h) = batch_log(3, None);
         let mut n = Count(0);
-        let (rep, _) = scan(&log, &h, Path::new("d"), &mut n).expect("a torn batch is cut");
+        let (rep, _) =
+            scan(Log::whole(&log), &h, Path::new("d"), &mut n).expect("a torn batch is cut");
         assert_eq!(n.0, 0, "records of an unfinished batch were applied");
         assert_eq!(rep.log_end, DATA_START);
         assert_eq!(rep.cut, Some((DATA_START, CorruptKind::UnfinishedBatch { records: 3 })));
         let records = &log[..(DATA_START + 3 * one) as usize];
         let unfinished = (DATA_START, CorruptKind::UnfinishedBatch { records: 3 });
-        assert_eq!(check_log(records, 9).1, vec![unfinished]);
+        assert_eq!(check_log(Log::whole(records), 9).1, vec![unfinished]);
 
         // A commit naming the wrong count is out of place: the batch is cut.
         let (log, h) = batch_log(3, Some(2));
-        let (rep, _) = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
+        let (rep, _) = scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect("cut");
         assert_eq!(rep.log_end, DATA_START);
         assert!(matches!(rep.cut, Some((DATA_START, CorruptKind::UnfinishedBatch { .. }))));
 
         // The same unfinished batch below the committed length is corruption.
         let (log, mut h) = batch_log(3, None);
         h.committed = DATA_START + one;
-        let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("corrupt");
+        let err = scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect_err("corrupt");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
     #[test]
     fn a_commit_without_a_batch_is_out_of_place() {
         let (log, h) = batch_log(0, Some(0));
-        let (rep, _) = scan(&log, &h, Path::new("d"), &mut Count(0)).expect("cut");
+        let (rep, _) = scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect("cut");
         assert_eq!((rep.log_end, rep.cut), (DATA_START, Some((DATA_START, CorruptKind::BadBatch))));
         let commit = &log[..(DATA_START + Record::len_for(0, 8)) as usize];
-        assert_eq!(check_log(commit, 9), (0, vec![(DATA_START, CorruptKind::BadBatch)]));
+        assert_eq!(
+            check_log(Log::whole(commit), 9),
+            (0, vec![(DATA_START, CorruptKind::BadBatch)])
+        );
+    }
+
+    #[test]
+    fn a_log_read_from_data_start_reads_as_the_whole_file() {
+        let recs: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"bb", b"22"), (b"c", b"3")];
+        let (mut log, h) = log_with(&recs, 3);
+        let end = DATA_START + Record::len_for(1, 1) * 2 + Record::len_for(2, 2);
+        let records = Log::records(&log[DATA_START as usize..end as usize]);
+        assert_eq!((records.end(), records.from(DATA_START - 8)), (end, None));
+        assert_eq!(records.from(end), Some(&[][..]));
+        assert_eq!(records.from(end + 8), None);
+        let whole = Log::whole(&log[..end as usize]);
+        let (rep, _) = scan(records, &h, Path::new("d"), &mut Count(0)).expect("records");
+        let (same, _) = scan(whole, &h, Path::new("d"), &mut Count(0)).expect("whole");
+        assert_eq!((rep.log_end, rep.records_replayed), (end, 3));
+        assert_eq!(rep, same);
+        assert_eq!(check_log(records, 9), (3, vec![]));
+        // Damage is found at the file's offsets, not the slice's.
+        let second = DATA_START + Record::len_for(1, 1);
+        log[second as usize + 28] ^= 1;
+        let records = Log::records(&log[DATA_START as usize..end as usize]);
+        assert!(
+            matches!(&check_log(records, 9).1[..], [(o, CorruptKind::ChecksumMismatch { .. })] if *o == second)
+        );
     }
 
     #[test]
@@ -1016,7 +1098,7 @@ mod tests {
         let (log, mut h) = log_with(&[(b"a", b"1")], 1);
         h.committed += 64;
         let end = DATA_START + Record::len_for(1, 1);
-        let err = scan(&log, &h, Path::new("d"), &mut Count(0)).expect_err("short log");
+        let err = scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect_err("short log");
         assert!(matches!(err, Error::Corrupt { offset, .. } if offset == end), "{err}");
     }
 

@@ -26,7 +26,7 @@ use crate::index::{self, DELETED, Table};
 use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST};
 use crate::os::{self, IndexMap, LogFile, LogMap, Observer, Seam, Value};
 use crate::recovery::{
-    self, Change, Counts, IndexCtx, Problem, Rebuild, RecoveryReport, ResumeCtx, VerifyReport,
+    self, Change, Counts, IndexCtx, Log, Problem, Rebuild, RecoveryReport, ResumeCtx, VerifyReport,
     last_record,
 };
 use crate::view::Reader;
@@ -49,6 +49,7 @@ pub struct OpenOptions {
     seam: Seam,
     attach_wait: std::time::Duration,
     rebuild_index: bool,
+    zero_past_end: bool,
 }
 
 impl Default for OpenOptions {
@@ -69,6 +70,7 @@ impl OpenOptions {
             seam: Seam::default(),
             attach_wait: follow::ATTACH_WAIT,
             rebuild_index: false,
+            zero_past_end: false,
         }
     }
 
@@ -124,6 +126,16 @@ impl OpenOptions {
     /// handle that follows a live writer.
     pub fn rebuild_index(&mut self, yes: bool) -> &mut Self {
         self.rebuild_index = yes;
+        self
+    }
+
+    /// Zero the data file past the end of the log at open, even after a clean close: the
+    /// repair for nonzero bytes there (`verify` reports
+    /// [`NonzeroPastEnd`](crate::CorruptKind::NonzeroPastEnd); `mapkv recover` does this).
+    /// The log and the index are not touched, so a clean index stays trusted. Ignored by
+    /// read-only handles.
+    pub fn zero_past_end(&mut self, yes: bool) -> &mut Self {
+        self.zero_past_end = yes;
         self
     }
 
@@ -432,6 +444,10 @@ impl Store {
             w.log.zero_tail(end)?;
             write_header(&mut w, end)?;
             os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
+        } else if writable && opts.zero_past_end {
+            // Asked for (DESIGN.md §2): nothing below the end changes, so the index, clean
+            // or resumed, stays right whatever a crash in the middle leaves.
+            w.log.zero_tail(end)?;
         } else if let Some(to) = garbage_end.filter(|&to| writable && to > end) {
             // Resumed past a torn write: zero what the killed writer left past the cut and
             // flush just that (its records below stay unsynced, as they were).
@@ -469,7 +485,7 @@ impl Store {
         let (index, _) = ctx.create(None, hint)?;
         let mut rebuild = Rebuild::new(index, ctx);
         log.advise_sequential(true);
-        let scanned = recovery::scan(log.bytes(), header, log.path(), &mut rebuild);
+        let scanned = recovery::scan(Log::whole(log.bytes()), header, log.path(), &mut rebuild);
         log.advise_sequential(false);
         let (report, tail) = scanned?;
         Ok((rebuild, report, tail))
@@ -598,10 +614,52 @@ impl Store {
         &self.shared.recovery
     }
 
+    /// Where the first nonzero byte of the data file past the end of the log is, if there is
+    /// one. There should be none (DESIGN.md §2, "zeros past the end"):
+    /// [`verify`](Store::verify) reports one as [`CorruptKind::NonzeroPastEnd`], and a
+    /// writable open with [`OpenOptions::zero_past_end`] zeroes them (`mapkv recover` does).
+    /// Cheap however much space the file reserves: only what the file holds pages for is
+    /// read. On a read-only handle after an unclean shutdown, this finds the torn tail that
+    /// the next writable open cuts and zeroes.
+    ///
+    /// `None` without looking on a handle that follows a live writer, and `None` on one
+    /// that opened alone if a writer has opened the store since: past the end this handle
+    /// knows, that writer may be writing.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`], or [`Error::Io`] if the file cannot be read.
+    pub fn nonzero_past_end(&self) -> Result<Option<u64>> {
+        self.check_poisoned()?;
+        self.follow()?;
+        let w = self.shared.writer.lock();
+        self.nonzero_past(&w)
+    }
+
+    /// As [`nonzero_past_end`](Store::nonzero_past_end), under the writer lock.
+    fn nonzero_past(&self, w: &Writer) -> Result<Option<u64>> {
+        if self.shared.follow.as_ref().is_some_and(|f| f.attached()) {
+            return Ok(None); // the writer's, past its published end
+        }
+        let Some(at) = w.log.first_nonzero_from(w.end)? else { return Ok(None) };
+        if self.shared.read_only {
+            // Opened alone: a writer that opened since may be writing past our end, or may
+            // have written there and closed (its header then differs from ours).
+            let moved = |h: LogHeader| h.seq != w.header.seq;
+            if os::writer_alive(&self.shared.dir)? || w.log.read_head().is_ok_and(moved) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(at))
+    }
+
     /// The full check: reads every record of the log and verifies its checksum; if they are
     /// all sound, rebuilds the index in memory and compares it slot by slot with the index
-    /// file, and checks the key count. Writers wait while it runs; readers do not. Memory use is about 32 bytes
-    /// per key.
+    /// file, and checks the key count. It also checks that the data file holds only zeros
+    /// past the end of the log ([`nonzero_past_end`](Store::nonzero_past_end)) where that
+    /// must hold now: on a writer, and on a read-only handle of a store closed cleanly
+    /// (after a crash, what lies past the end is the torn tail the next writable open cuts,
+    /// reported in [`recovery`](Store::recovery)). Writers wait while it runs; readers do
+    /// not. Memory use is about 32 bytes per key.
     ///
     /// # Errors
     /// [`Error::Poisoned`], or [`Error::Io`] if the check itself cannot run. Damage is not
@@ -623,8 +681,8 @@ impl Store {
                 // Files a compaction replaced, which the handle could not leave: whole
                 // and final, so their end is where their records end.
                 let path = self.shared.dir.join(DATA_FILE);
-                let end =
-                    recovery::valid_end(w.log.bytes(), &w.header, &path, (DATA_START, 0))?.end;
+                let log = Log::records(w.log.map().records(u64::MAX));
+                let end = recovery::valid_end(log, &w.header, &path, (DATA_START, 0))?.end;
                 break (w, end, following);
             }
             // The writer grew the log since this handle mapped it: map it and look again.
@@ -634,7 +692,10 @@ impl Store {
                 return Err(Error::io("verify", &self.shared.dir, why));
             }
         };
-        let log = &w.log.bytes()[..end as usize];
+        // Only the published records: a follower's writer rewrites the header pages at each
+        // sync and writes past its published end while this runs (DESIGN.md §7).
+        let log = Log::records(w.log.map().records(end));
+        let end = log.end();
         let data_path = self.shared.dir.join(DATA_FILE);
         // Everything below the end must be valid: claim it all as committed.
         let header = LogHeader { committed: end, ..w.header };
@@ -644,19 +705,23 @@ impl Store {
             store_id: self.shared.store_id,
             seam: &w.seam,
         };
-        let hint = self.len().min(log.len() as u64 / Record::KEY_OFFSET);
+        let hint = self.len().min((end - DATA_START) / Record::KEY_OFFSET);
         let (index, _) = ctx.create(None, hint)?;
         let mut rebuilt = Rebuild::new(index, &ctx);
         let (records, damaged) = recovery::check_log(log, self.shared.store_id);
         let mut report = VerifyReport { log_end: end, records, ..VerifyReport::default() };
-        if !damaged.is_empty() {
-            // The index can only be judged against a sound log.
-            let file = || data_path.clone();
-            report.problems = damaged
-                .into_iter()
-                .map(|(offset, kind)| Problem { file: file(), offset, kind })
-                .collect();
-            return Ok(report);
+        let sound = damaged.is_empty();
+        let file = || data_path.clone();
+        let damaged =
+            damaged.into_iter().map(|(offset, kind)| Problem { file: file(), offset, kind });
+        report.problems = damaged.collect();
+        let settled = !self.shared.read_only || self.shared.recovery.was_clean();
+        if settled && let Some(offset) = self.nonzero_past(&w)? {
+            let kind = CorruptKind::NonzeroPastEnd { log_end: end };
+            report.problems.push(Problem { file: file(), offset, kind });
+        }
+        if !sound {
+            return Ok(report); // the index can only be judged against a sound log
         }
         recovery::scan(log, &header, &data_path, &mut rebuilt)?;
         report.live_keys = rebuilt.live;

@@ -683,6 +683,95 @@ fn recover_after_a_crash_without_a_torn_tail_cuts_nothing() {
     assert_eq!(contents(&path).len(), 6);
 }
 
+#[test]
+fn recover_zeroes_nonzero_bytes_past_the_end_of_a_cleanly_closed_store() {
+    let (d, path) = clean_store(10);
+    let data = path.join("data.mkv");
+    let (end, at) = (rec(10), rec(10) + 100);
+    patch(&data, at, &[0xCD; 16]);
+    let before = fs::read(&data).expect("read");
+
+    let expected =
+        format!("{} at byte {at}: nonzero bytes past the end of the log", data.display());
+    mapkv().arg("verify").arg(&path).assert().code(1).stdout(
+        predicate::str::contains(expected)
+            .and(predicate::str::contains(format!("(which ends at byte {end})")))
+            .and(predicate::str::contains("run `mapkv recover`"))
+            .and(predicate::str::contains("damaged: 1 problem")),
+    );
+    let v = json_of(mapkv().args(["verify", "--json"]).arg(&path));
+    assert_eq!(v["problems"][0]["offset"], at, "{v}");
+    assert_eq!(v["problems"][0]["kind"], "NonzeroPastEnd", "{v}");
+
+    mapkv().args(["recover", "--dry-run"]).arg(&path).assert().success().stdout(
+        predicate::str::contains("would recover")
+            .and(predicate::str::contains("index     kept (the store was closed cleanly)"))
+            .and(predicate::str::contains(format!("past end  nonzero bytes from byte {at}")))
+            .and(predicate::str::contains(format!(
+                "bytes {at}..{} (16 bytes) would be discarded and zeroed",
+                at + 16
+            )))
+            .and(predicate::str::contains("nothing was changed")),
+    );
+    assert!(fs::read(&data).expect("read") == before, "a dry run changed the file");
+
+    let saved = d.path().join("past.bin");
+    mapkv().arg("recover").arg(&path).arg("--save-tail").arg(&saved).assert().success().stdout(
+        predicate::str::contains("recovered")
+            .and(predicate::str::contains(format!("log end   byte {end}")))
+            .and(predicate::str::contains(format!(
+                "bytes {at}..{} (16 bytes) discarded and zeroed",
+                at + 16
+            ))),
+    );
+    assert_eq!(fs::read(&saved).expect("saved"), [0xCD; 16]);
+    let after = fs::read(&data).expect("read");
+    assert_eq!(after.len(), before.len());
+    assert!(after[end as usize..].iter().all(|&b| b == 0), "not zeroed");
+    assert!(after[..end as usize] == before[..end as usize], "the log changed");
+    mapkv().arg("verify").arg(&path).assert().success();
+    let want: HashMap<_, _> = (0..10).map(|i| (key(i).to_vec(), val(i).to_vec())).collect();
+    assert_eq!(contents(&path), want);
+    mapkv()
+        .arg("recover")
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("was closed cleanly: nothing to recover"));
+}
+
+#[test]
+fn recover_beside_a_live_writer_refuses_and_changes_nothing() {
+    let (_d, path) = clean_store(3);
+    let writer = Store::open(&path).expect("writer");
+    writer.put(b"fresh", b"unsynced").expect("put");
+    let files = || ["data.mkv", "index.mkv"].map(|f| fs::read(path.join(f)).expect("read"));
+    let before = files();
+    for dry_run in [false, true] {
+        let mut cmd = mapkv();
+        cmd.arg("recover").arg(&path);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        cmd.assert().code(1).stdout(predicate::str::is_empty()).stderr(predicate::str::contains(
+            "a writer has this store open (process still running); stop it first, nothing \
+                 was changed",
+        ));
+    }
+    assert!(files() == before, "recover changed the files under a live writer");
+    // The writer was not disturbed, and once it is gone there is nothing to recover.
+    writer.put(b"later", b"still writing").expect("put");
+    assert_eq!(writer.get(b"fresh").expect("get").as_deref(), Some(&b"unsynced"[..]));
+    writer.close().expect("close");
+    mapkv()
+        .arg("recover")
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("was closed cleanly: nothing to recover"));
+    assert_eq!(contents(&path).len(), 5);
+}
+
 // ---- compact ----------------------------------------------------------------------------
 
 #[test]

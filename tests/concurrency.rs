@@ -1,7 +1,8 @@
 //! Guards the zero-copy contract under concurrency: values held across overwrites, deletes,
 //! file growth and index growth stay valid and unchanged; readers on several threads never
 //! see a torn or foreign value, nor part of a batch, while a writer appends and grows the
-//! files.
+//! files; and every slice lent out lies in a read-only mapping, so no reader can write the
+//! store through it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -323,4 +324,70 @@ fn readers_never_see_part_of_a_batch() {
     for v in reader.get_many(&hot).expect("get_many") {
         assert_eq!(v, Some(&generation_value(last)[..]));
     }
+}
+
+/// The permissions and file of the mapping of this process that holds `p`, from
+/// `/proc/self/maps` (e.g. `("r--s", ".../data.mkv")`).
+fn mapping_of(p: *const u8) -> (String, String) {
+    let at = p as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (lo, hi) = fields[0].split_once('-').expect("an address range");
+        let (lo, hi) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16));
+        if (lo.expect("hex")..hi.expect("hex")).contains(&at) {
+            return (fields[1].to_string(), fields.get(5).unwrap_or(&"").to_string());
+        }
+    }
+    panic!("{p:?} is in no mapping");
+}
+
+#[track_caller]
+fn assert_read_only(bytes: &[u8], what: &str) {
+    let (perms, file) = mapping_of(bytes.as_ptr());
+    assert!(file.ends_with("data.mkv"), "{what} is not in the data file's mapping: {file}");
+    assert_eq!(perms, "r--s", "{what} lies in a mapping a reader could write through");
+}
+
+#[test]
+fn every_slice_lent_out_lies_in_a_read_only_mapping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let held = {
+        store.put(1u64.to_le_bytes(), value(1, 0, 300)).expect("put");
+        store.get(1u64.to_le_bytes()).expect("get").expect("present")
+    };
+    // Grow the log (the first mapping is 1 MiB) and the index, so later slices come from
+    // new mappings.
+    for k in 2..6000u64 {
+        store.put(k.to_le_bytes(), value(k, 0, 300)).expect("put");
+    }
+    let mut batch = Batch::new();
+    batch.put(7000u64.to_le_bytes(), value(7000, 0, 100));
+    store.write(batch).expect("batch");
+    let value_now = store.get(5999u64.to_le_bytes()).expect("get").expect("present");
+    let reader = store.reader();
+    let snapshot = store.snapshot();
+    let follower = mapkv::OpenOptions::new().read_only(true).open(dir.path()).expect("follow");
+    let followed = follower.get(7000u64.to_le_bytes()).expect("get").expect("present");
+    assert_read_only(&held, "a Value from the first mapping");
+    assert_read_only(&value_now, "a Value after growth");
+    let k = 4321u64.to_le_bytes();
+    assert_read_only(reader.get(k).expect("get").expect("present"), "a Reader's slice");
+    assert_read_only(snapshot.get(k).expect("get").expect("present"), "a Snapshot's slice");
+    let (key, v) = snapshot.iter().next().expect("a pair").expect("iter");
+    assert_read_only(key, "a key from iteration");
+    assert_read_only(v, "a value from iteration");
+    let item = store.iter().next().expect("a pair").expect("iter");
+    assert_read_only(&item.1, "a value from store.iter()");
+    assert_read_only(&followed, "a follower's Value");
+    // The writer still writes (through a mapping of its own), and what it writes is seen.
+    store.put(1u64.to_le_bytes(), value(1, 1, 300)).expect("put after");
+    assert_eq!(check(1, &store.get(1u64.to_le_bytes()).expect("get").expect("present")), 1);
+    assert_eq!(check(1, &held), 0, "a held value changed");
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let data = dir.path().join("data.mkv");
+    let writable =
+        maps.lines().filter(|l| l.contains(" rw-s ") && l.ends_with(data.to_str().expect("utf-8")));
+    assert_eq!(writable.count(), 1, "the writer should map the file writable exactly once");
 }

@@ -316,7 +316,11 @@ fn garbage_past_a_cleanly_closed_log_is_ignored_and_never_replayed() {
     let store = Store::open(&path).expect("open");
     assert!(!store.recovery().index_rebuilt, "{:?}", store.recovery());
     assert_values(&store, 0..30);
-    assert!(store.verify().expect("verify").is_ok());
+    // ...but `verify` reports it: past the end the file must hold only zeros (DESIGN.md §2).
+    let problems = store.verify().expect("verify").problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].offset, rec(30));
+    assert_eq!(problems[0].kind, CorruptKind::NonzeroPastEnd { log_end: rec(30) });
     // A write lands over the start of the garbage; a crash then makes the next open scan,
     // which keeps the new record and cuts at the garbage right after it.
     store.put(key(30), val(30)).expect("put");

@@ -784,6 +784,47 @@ fn verify_on_a_handle_that_opened_alone_then_followed() {
     assert_eq!(report.live_keys, 111);
 }
 
+/// `verify` on a follower in the writer's own process while the writer appends (past the
+/// follower's end), syncs (rewriting the header pages) and grows the log: it reads only the
+/// published records, so it never panics and finds nothing wrong.
+#[test]
+fn verify_on_a_follower_while_its_writer_writes_syncs_and_grows() {
+    let (_t, dir) = store_dir();
+    let w = Arc::new(Store::open(&dir).expect("writer"));
+    for i in 0..2000u32 {
+        w.put(format!("k{i}"), vec![1u8; 100]).expect("put");
+    }
+    let r = open_reader(&dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (w, stop) = (Arc::clone(&w), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) || i < 4000 {
+                w.put(format!("n{i}"), vec![i as u8; 1000]).expect("put");
+                if i.is_multiple_of(50) {
+                    w.sync().expect("sync");
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    let mut ends = Vec::new();
+    for _ in 0..20 {
+        let report = r.verify().expect("verify runs");
+        assert!(report.is_ok(), "{:?}", report.problems);
+        ends.push(report.log_end);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer thread");
+    assert!(ends.windows(2).all(|e| e[0] <= e[1]), "{ends:?}");
+    let report = r.verify().expect("verify runs");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.live_keys, 2000 + u64::from(written));
+    assert!(data_file_len(&dir) >= 4 << 20, "the log never grew");
+}
+
 /// A follower's snapshot held while the writer grows the log past the follower's mapping,
 /// overwrites a key and compacts: it still reads its own moment, every key of it.
 #[test]

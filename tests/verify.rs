@@ -1,10 +1,12 @@
-//! Guards `Store::verify`: a sound store verifies clean; damaged records and an index that
-//! disagrees with the log are each reported with their file and offset.
+//! Guards `Store::verify`: a sound store verifies clean; damaged records, an index that
+//! disagrees with the log and nonzero bytes past the end of the log are each reported with
+//! their file and offset.
 
 use std::fs::OpenOptions as FsOpen;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
-use mapkv::{CorruptKind, Store};
+use mapkv::{CorruptKind, OpenOptions, Store};
 
 fn store_with(n: u32) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,4 +72,75 @@ fn an_index_that_disagrees_with_the_log_is_reported() {
         "{:?}",
         report.problems
     );
+}
+
+fn scribble(path: &Path, at: u64, bytes: &[u8]) {
+    let f = FsOpen::new().read(true).write(true).open(path.join("data.mkv")).expect("open");
+    f.write_all_at(bytes, at).expect("write");
+}
+
+/// The one problem of `report`, which must be nonzero bytes past `end` starting at `at`.
+fn assert_past_end(report: &mapkv::VerifyReport, end: u64, at: u64) {
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let p = &report.problems[0];
+    assert!(p.file.ends_with("data.mkv"), "{p}");
+    assert_eq!(p.offset, at, "{p}");
+    assert_eq!(p.kind, CorruptKind::NonzeroPastEnd { log_end: end }, "{p}");
+    assert!(p.to_string().contains("past the end of the log"), "{p}");
+    assert!(p.to_string().contains("mapkv recover"), "{p}");
+}
+
+#[test]
+fn nonzero_bytes_past_the_end_are_reported_at_the_first_and_zeroed_on_request() {
+    let (_d, path) = store_with(100);
+    let end = Store::open(&path).expect("open").verify().expect("verify").log_end;
+    let len = std::fs::metadata(path.join("data.mkv")).expect("stat").len();
+    assert!(len > end + 8192, "no room past the end");
+    // The first byte past the end, one in the middle, and the file's last byte alone
+    // (behind space that holds no pages, which the check skips without reading).
+    for (at, also) in [(end, Some(end + 5000)), (end + 4097, None), (len - 1, None)] {
+        scribble(&path, at, &[0xA5]);
+        if let Some(later) = also {
+            scribble(&path, later, &[1, 2, 3]);
+        }
+        // A read-only handle on the cleanly closed store, and the writer itself.
+        let store = OpenOptions::new().read_only(true).open(&path).expect("read-only");
+        assert!(store.recovery().was_clean());
+        assert_past_end(&store.verify().expect("verify runs"), end, at);
+        assert_eq!(store.nonzero_past_end().expect("look"), Some(at));
+        drop(store);
+        let store = Store::open(&path).expect("a clean store opens without a scan");
+        assert!(store.recovery().was_clean(), "{:?}", store.recovery());
+        assert_past_end(&store.verify().expect("verify runs"), end, at);
+        store.close().expect("close");
+
+        // The repair: the log and index stay as they were (the index still trusted).
+        let store = OpenOptions::new().zero_past_end(true).open(&path).expect("zeroing open");
+        assert!(store.recovery().was_clean(), "{:?}", store.recovery());
+        let report = store.verify().expect("verify runs");
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.log_end, report.live_keys), (end, 75));
+        assert_eq!(store.nonzero_past_end().expect("look"), None);
+        store.close().expect("close");
+        let bytes = std::fs::read(path.join("data.mkv")).expect("read");
+        assert_eq!(bytes.len() as u64, len, "the file changed length");
+        assert!(bytes[end as usize..].iter().all(|&b| b == 0), "not zeroed");
+    }
+}
+
+#[test]
+fn a_follower_does_not_look_past_the_end_it_knows() {
+    let (_d, path) = store_with(100);
+    let writer = Store::open(&path).expect("writer");
+    writer.put(b"more", b"after the open").expect("put");
+    let end = writer.verify().expect("verify").log_end;
+    // Bytes past the writer's end, as if it were writing them now.
+    scribble(&path, end + 64, &[7; 8]);
+    let follower = OpenOptions::new().read_only(true).open(&path).expect("follow");
+    assert!(follower.stats().following);
+    let report = follower.verify().expect("verify runs");
+    assert!(report.is_ok(), "a follower reported the writer's tail: {:?}", report.problems);
+    assert_eq!(follower.nonzero_past_end().expect("look"), None);
+    // The writer owns the store: for it, they are damage.
+    assert_past_end(&writer.verify().expect("verify runs"), end, end + 64);
 }

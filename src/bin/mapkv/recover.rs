@@ -1,4 +1,5 @@
-//! `mapkv recover DIR`: cut a torn tail and rebuild the index, saying exactly what was cut.
+//! `mapkv recover DIR`: cut a torn tail, rebuild the index and zero what lies past the end
+//! of the log, saying exactly what was cut.
 
 use std::fs::{File, OpenOptions as FsOpen};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -17,8 +18,11 @@ use crate::{FAILED, Failure, open_failure, read_only, writable};
 /// after a process crash since the last restart, resumes it from the killed writer's last
 /// checkpoint and replays only the log past it), and reports exactly what was cut and
 /// where. Any writable open does this; `recover` first works
-/// it out read-only, reports it, then does it. It never discards committed data: damage
-/// below the committed length stops it with exit 1 and nothing changed (see `mapkv verify`).
+/// it out read-only, reports it, then does it. It also zeroes nonzero bytes past the end of
+/// the log, even in a store closed cleanly (`mapkv verify` reports them; the data file must
+/// hold only zeros there). It never discards committed data: damage below the committed
+/// length stops it with exit 1 and nothing changed (see `mapkv verify`). While a writer has
+/// the store open it refuses (exit 1) and changes nothing: stop the writer first.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The store directory
@@ -37,8 +41,17 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let dir = &args.dir;
-    let preview = match read_only().rebuild_index(args.rebuild_index).open(dir) {
-        Ok(store) => store.recovery().clone(),
+    let (preview, past) = match read_only().rebuild_index(args.rebuild_index).open(dir) {
+        Ok(store) if store.stats().following => {
+            // The read-only open follows the writer: what it shows is the writer's state,
+            // and the store is the writer's to change.
+            return Err(Failure::Failed(format!(
+                "{}: a writer has this store open (process still running); stop it first, \
+                 nothing was changed",
+                dir.display()
+            )));
+        }
+        Ok(store) => (store.recovery().clone(), store.nonzero_past_end()?),
         Err(e @ Error::Corrupt { .. }) => {
             eprintln!(
                 "mapkv: {e}\nThis damage lies below the committed length (bytes that were \
@@ -50,33 +63,49 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         }
         Err(e) => return Err(open_failure(dir, e)),
     };
-    if preview.was_clean() {
+    if preview.was_clean() && past.is_none() {
         return nothing_to_do(dir, &preview);
     }
     let data = dir.join("data.mkv");
-    let tail = match &preview.cut {
-        Some((offset, _)) => Some(tail_end(&data, *offset)?),
+    // What will be discarded: the torn tail from the cut, or else the nonzero bytes past
+    // the end of the log.
+    let from = preview.cut.as_ref().map(|c| c.0).or(past);
+    let tail = match from {
+        Some(from) => Some(tail_end(&data, from)?),
         None => None,
     };
-    if let (Some(path), Some((offset, _))) = (&args.save_tail, &preview.cut) {
-        save(&data, *offset, tail.unwrap_or(*offset), path)?;
+    if let (Some(path), Some(from)) = (&args.save_tail, from) {
+        save(&data, from, tail.unwrap_or(from), path)?;
     }
+    let discard = Discard { past, tail };
     if args.dry_run {
-        print(dir, &preview, tail, true);
+        print(dir, &preview, &discard, true);
         println!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
-    let store = writable(args.rebuild_index).open(dir).map_err(|e| open_failure(dir, e))?;
+    let mut options = writable(args.rebuild_index);
+    // Past a cut a rebuild zeroes everything anyway; resuming, only what the killed
+    // writer left; after a clean close, nothing unless asked.
+    options.zero_past_end(past.is_some());
+    let store = options.open(dir).map_err(|e| open_failure(dir, e))?;
     let report = store.recovery().clone();
     store.close()?;
-    if report.was_clean() {
+    if report.was_clean() && past.is_none() {
         return nothing_to_do(dir, &report); // another process recovered it meanwhile
     }
     // The extent measured before applies if the writable open cut at the same place.
-    let tail =
-        tail.filter(|_| report.cut.as_ref().map(|c| c.0) == preview.cut.as_ref().map(|c| c.0));
-    print(dir, &report, tail, false);
+    let same_cut = report.cut.as_ref().map(|c| c.0) == preview.cut.as_ref().map(|c| c.0);
+    let discard = Discard { tail: tail.filter(|_| same_cut), ..discard };
+    print(dir, &report, &discard, false);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What recovery discards and zeroes.
+struct Discard {
+    /// The first nonzero byte past the end of the log, found before opening for writing.
+    past: Option<u64>,
+    /// Where the nonzero bytes from the cut (or from `past`, with no cut) end.
+    tail: Option<u64>,
 }
 
 fn nothing_to_do(dir: &Path, report: &RecoveryReport) -> Result<ExitCode, Failure> {
@@ -89,7 +118,7 @@ fn nothing_to_do(dir: &Path, report: &RecoveryReport) -> Result<ExitCode, Failur
     Ok(ExitCode::SUCCESS)
 }
 
-fn print(dir: &Path, r: &RecoveryReport, tail_end: Option<u64>, would: bool) {
+fn print(dir: &Path, r: &RecoveryReport, discard: &Discard, would: bool) {
     let (head, rebuilt, discarded) = if would {
         ("would recover", "would be rebuilt", "would be discarded and zeroed")
     } else {
@@ -97,6 +126,9 @@ fn print(dir: &Path, r: &RecoveryReport, tail_end: Option<u64>, would: bool) {
     };
     println!("{head} {}", dir.display());
     match r.resumed_from {
+        None if r.was_clean() => {
+            println!("  index     kept (the store was closed cleanly)");
+        }
         Some(at) => println!(
             "  index     {resumed} from the killed writer's last checkpoint, at byte {at} (the \
              store was not closed cleanly; the index is kept as the writer left it)",
@@ -109,11 +141,18 @@ fn print(dir: &Path, r: &RecoveryReport, tail_end: Option<u64>, would: bool) {
     }
     println!("  replayed  {} records", r.records_replayed);
     println!("  log end   byte {}", r.log_end);
-    match (&r.cut, tail_end) {
-        (None, _) => println!("  cut       nothing (the log ended cleanly)"),
-        (Some((offset, kind)), end) => {
+    match (&r.cut, discard.past) {
+        (None, None) => println!("  cut       nothing (the log ended cleanly)"),
+        (None, Some(at)) => {
+            println!("  cut       nothing (the log ended cleanly)");
+            println!("  past end  nonzero bytes from byte {at}, where only zeros may be");
+            if let Some(end) = discard.tail.filter(|&e| e > at) {
+                println!("            bytes {at}..{end} ({} bytes) {discarded}", end - at);
+            }
+        }
+        (Some((offset, kind)), _) => {
             println!("  cut       at byte {offset}: {kind}");
-            if let Some(end) = end.filter(|&e| e > *offset) {
+            if let Some(end) = discard.tail.filter(|&e| e > *offset) {
                 let n = end - offset;
                 println!("            bytes {offset}..{end} ({n} bytes) {discarded}");
             }

@@ -10,8 +10,9 @@ use crate::{FAILED, Failure, Progress, open_failure, read_only};
 
 /// Check every record and the index (exit 0 sound, 1 damaged)
 ///
-/// Checks every record's checksum, then the index against the log, without changing
-/// anything. Exits 0 when the store is sound and 1 when it is damaged, listing each problem
+/// Checks every record's checksum, then the index against the log, and that the data file
+/// holds only zeros past the end of the log (else `mapkv recover` zeroes it), without
+/// changing anything. Exits 0 when the store is sound and 1 when it is damaged, listing each problem
 /// with its file, byte offset and what is wrong. A store that was not closed cleanly is
 /// checked as a reader sees it; a torn tail that `mapkv recover` would cut is reported but
 /// is not damage (it is what a crash leaves).
