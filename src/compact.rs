@@ -82,13 +82,11 @@ impl<'a> Copier<'a> {
         Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, last: 0, seed })
     }
 
-    /// Makes the new log at least `len` long (in whole pages). No `fdatasync` of the size:
-    /// `finish`'s flush makes the size durable with the records (msync is an fdatasync of
-    /// the range), before the file can become the store.
+    /// Makes the new log at least `len` long (in whole pages). Its size becomes durable
+    /// with `finish`'s flush, before the file can become the store.
     fn grow(log: &mut LogFile, len: u64) -> Result<()> {
         if len > log.map().len() {
-            log.reserve(len.div_ceil(PAGE) * PAGE)?;
-            log.remap()?;
+            log.grow(len.div_ceil(PAGE) * PAGE)?;
         }
         Ok(())
     }

@@ -683,14 +683,14 @@ impl LogFile {
         }
     }
 
-    /// Grows the file to at least `min_len`: [`reserve`](Self::reserve),
-    /// [`sync_size`](Self::sync_size), [`remap`](Self::remap).
+    /// Grows the file to at least `min_len`: [`reserve`](Self::reserve), then
+    /// [`remap`](Self::remap). The new size becomes durable with the next flush (an msync
+    /// is an fdatasync of its range, which writes the size too: DESIGN.md §5).
     ///
     /// # Errors
-    /// As the three steps.
+    /// As the two steps.
     pub fn grow(&mut self, min_len: u64) -> Result<()> {
         self.reserve(min_len)?;
-        self.sync_size()?;
         self.remap()
     }
 
@@ -702,17 +702,6 @@ impl LogFile {
     /// [`Error::Io`].
     pub fn reserve(&mut self, min_len: u64) -> Result<()> {
         extend(&self.seam, &self.file, self.map.len(), min_len, &self.path)
-    }
-
-    /// Makes the file's size durable (fdatasync).
-    ///
-    /// # Errors
-    /// [`Error::Io`]; a flush failed, so the caller must poison the store.
-    pub fn sync_size(&self) -> Result<()> {
-        let path = &self.path;
-        self.seam
-            .run(Op::SyncFile { path }, || self.file.sync_data())
-            .map_err(|e| Error::io("sync size", path, e))
     }
 
     /// Maps the whole file anew. The old mapping stays alive for whoever still holds it.

@@ -1247,12 +1247,6 @@ fn injected_index_clean_mark_failure_at_close_poisons() {
 }
 
 #[test]
-fn injected_size_sync_failure_at_data_growth_poisons() {
-    let _serial = serial();
-    inject(target(Kind::SyncFile, Some("data.mkv"), Call::Put));
-}
-
-#[test]
 fn injected_directory_sync_failure_at_close_poisons() {
     let _serial = serial();
     inject(Target { at_close: true, ..target(Kind::SyncDir, None, Call::Close) });
