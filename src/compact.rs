@@ -393,11 +393,15 @@ impl Store {
             (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
         self.poison_on_err(index.install(&self.shared.index_path))?;
         let log_before = w.end;
-        (w.log, w.index, w.end, w.header, w.counts) = (log, Arc::new(index), end, header, counts);
+        // The old writer's files are unmapped after the lock is released (a whole-file
+        // munmap is milliseconds for a large log).
+        let old_files =
+            (std::mem::replace(&mut w.log, log), std::mem::replace(&mut w.index, Arc::new(index)));
+        (w.end, w.header, w.counts) = (end, header, counts);
         (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
         w.last = recovery::last_record(w.log.bytes(), last);
         self.shared.live_keys.store(live, Ordering::Relaxed);
-        self.publish_state(w);
+        let old_view = self.publish_state(w);
         if let Some(live) = &self.shared.live {
             // Followers move to the new files; the old ones are whole and final for them.
             w.files.key = w.files.key.wrapping_add(1).max(1);
@@ -415,7 +419,7 @@ impl Store {
         turn.finish(end);
         // The old files go (and their disk space, unless readers still hold them) here,
         // with no lock held.
-        drop(state);
+        drop((state, old_view, old_files));
         Ok(CompactStats {
             live_keys: live,
             log_before,

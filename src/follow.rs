@@ -223,8 +223,7 @@ impl Store {
                 if have.is_some() && !same_file {
                     // A compaction replaced the file. Views of the old generation read
                     // it whole from now on: map all of it first.
-                    w.log.remap()?;
-                    self.publish_state(w);
+                    drop((w.log.remap()?, self.publish_state(w)));
                 }
                 // (A new writer with a rebuilt index may have rewritten what the old one
                 // had not made visible: a new generation, so a pinned old index is never
@@ -232,14 +231,14 @@ impl Store {
                 w.log = log;
                 w.generation += 1;
             }
-            None if a.published > w.log.map().len() => w.log.remap()?,
+            None if a.published > w.log.map().len() => drop(w.log.remap()?),
             None => {}
         }
         if let Some(index) = index {
             w.index = Arc::new(index);
         }
         w.files = a.files;
-        self.publish_state(w);
+        drop(self.publish_state(w));
         f.attached.store(true, Ordering::Release);
         // A page claiming more than the file holds is damaged: stop watching the length.
         let len = w.log.map().len();
@@ -318,6 +317,7 @@ impl Store {
             seam: Seam::default(),
             tag: 0,
             last: (0, 0),
+            retired: Vec::new(),
         };
         let report = RecoveryReport { log_end: a.visible, ..RecoveryReport::default() };
         let durable = a.visible;

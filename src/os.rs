@@ -375,6 +375,14 @@ unsafe impl Send for Value {}
 // SAFETY: as above.
 unsafe impl Sync for Value {}
 
+/// Mappings that [`LogFile::remap`] replaced. Dropping the last hold on a mapping unmaps it,
+/// which takes milliseconds for a large file: the writer drops this after releasing its
+/// lock.
+pub struct Replaced {
+    _map: Arc<LogMap>,
+    _write: Option<Arc<MmapRaw>>,
+}
+
 /// The data file, through which all its writes go. There is one per store handle, owned by
 /// the writer lock, so `&mut LogFile` is the only way to write.
 pub struct LogFile {
@@ -691,7 +699,7 @@ impl LogFile {
     /// As the two steps.
     pub fn grow(&mut self, min_len: u64) -> Result<()> {
         self.reserve(min_len)?;
-        self.remap()
+        self.remap().map(drop)
     }
 
     /// Allocates the blocks up to `min_len` and extends the size: a full disk fails here
@@ -704,11 +712,12 @@ impl LogFile {
         extend(&self.seam, &self.file, self.map.len(), min_len, &self.path)
     }
 
-    /// Maps the whole file anew. The old mapping stays alive for whoever still holds it.
+    /// Maps the whole file anew. The old mappings stay alive for whoever still holds them;
+    /// this handle's hold on them comes back as [`Replaced`], to drop outside any lock.
     ///
     /// # Errors
     /// [`Error::Io`].
-    pub fn remap(&mut self) -> Result<()> {
+    pub fn remap(&mut self) -> Result<Replaced> {
         let path = &self.path;
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         let raw = map(&self.file, len, false, path)?;
@@ -718,9 +727,11 @@ impl LogFile {
         };
         let _ = self.seam.run(Op::Remap { path, len }, || Ok(()));
         let marks = Arc::clone(&self.map.marks);
-        self.map = Arc::new(LogMap { raw, marks, data_start: self.map.data_start });
+        let map = Arc::new(LogMap { raw, marks, data_start: self.map.data_start });
+        let old =
+            Replaced { _map: std::mem::replace(&mut self.map, map), _write: self.write.take() };
         self.write = write;
-        Ok(())
+        Ok(old)
     }
 
     /// Flushes the dirty pages of `[from, to)` to the device (msync, MS_SYNC).

@@ -219,6 +219,10 @@ pub(crate) struct Writer {
     pub(crate) tag: u64,
     /// The record ending at the visible end, and its checksum word (`Checkpoint::last`).
     pub(crate) last: (u64, u64),
+    /// Views and mappings that growth replaced while the lock was held, unmapped once it is
+    /// released ([`Store::unlock_writer`]): unmapping a large file takes milliseconds, which
+    /// every writer would wait for.
+    pub(crate) retired: Vec<Box<dyn Send>>,
 }
 
 impl Writer {
@@ -424,6 +428,7 @@ impl Store {
             seam: seam.clone(),
             tag: 0,
             last,
+            retired: Vec::new(),
         };
         w.log.publish(end);
         w.log.make_visible(end);
@@ -937,12 +942,14 @@ impl Store {
     /// and again (DESIGN.md §4, "Compaction"). Otherwise not, since a fair hand-over costs
     /// a context switch per write when writers outnumber the cores.
     #[inline]
-    pub(crate) fn unlock_writer(&self, guard: MutexGuard<'_, Writer>) {
+    pub(crate) fn unlock_writer(&self, mut guard: MutexGuard<'_, Writer>) {
+        let retired = std::mem::take(&mut guard.retired);
         if self.shared.pause_wanted.load(Ordering::Relaxed) {
             MutexGuard::unlock_fair(guard);
         } else {
             drop(guard);
         }
+        drop(retired);
     }
 
     /// A single put or delete, visible as soon as it is in the index.
@@ -1032,7 +1039,9 @@ impl Store {
         Table::new(w.index.words()).capacity()
     }
 
-    pub(crate) fn publish_state(&self, w: &Writer) {
+    /// Publishes a view of the writer's files; returns the view it replaced (the last hold
+    /// on its mappings, unless readers have it: drop it outside the writer lock).
+    pub(crate) fn publish_state(&self, w: &Writer) -> Arc<State> {
         let next = Arc::new(State {
             log: Arc::clone(w.log.map()),
             index: Arc::clone(&w.index),
@@ -1042,6 +1051,7 @@ impl Store {
         let old = self.shared.state.swap(Arc::clone(&next));
         // Only the writer publishes, and each state gets exactly one successor.
         let _ = old.next.set(next);
+        old
     }
 
     pub(crate) fn grow_log(&self, w: &mut Writer, min_end: u64) -> Result<()> {
@@ -1057,8 +1067,9 @@ impl Store {
         // No fdatasync of the new size here, under the writer lock (it would wait for
         // every dirty page of the file): the next sync's msync makes it durable with the
         // records that need it (DESIGN.md §5, "Growth of the data file").
-        w.log.remap()?;
-        self.publish_state(w);
+        let replaced = w.log.remap()?;
+        let old = self.publish_state(w);
+        w.retired.push(Box::new((replaced, old)));
         Ok(())
     }
 
@@ -1078,7 +1089,8 @@ impl Store {
         self.shared.live_keys.store(live, Ordering::Relaxed);
         // The new file is marked dirty from birth.
         w.index_clean = false;
-        self.publish_state(w);
+        let old = self.publish_state(w);
+        w.retired.push(Box::new(old));
         self.announce(w);
         Ok(())
     }
