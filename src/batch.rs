@@ -95,7 +95,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut guard = self.shared.writer.lock();
+        let mut guard = self.lock_writer();
         let w = &mut *guard;
         self.check_poisoned()?;
         let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();

@@ -35,6 +35,8 @@ pub(crate) const DATA_FILE: &str = "data.mkv";
 pub(crate) const INDEX_FILE: &str = "index.mkv";
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
+/// A writer that waits longer than this for the lock makes the others hand it over fairly.
+const STARVING: std::time::Duration = std::time::Duration::from_millis(2);
 /// Largest growth step: growth is geometric up to here, then linear.
 const MAX_GROWTH: u64 = 1 << 30;
 
@@ -272,6 +274,8 @@ pub(crate) struct Shared {
     /// A compaction waits for the writer lock to start its pause: writers hand the lock
     /// over fairly.
     pub(crate) pause_wanted: AtomicBool,
+    /// Writers that have waited for the lock longer than `STARVING`.
+    pub(crate) starving: AtomicU64,
     pub(crate) live_keys: AtomicU64,
     pub(crate) poisoned: OnceLock<String>,
     pub(crate) store_id: u64,
@@ -514,6 +518,7 @@ impl Store {
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
             pause_wanted: AtomicBool::new(false),
+            starving: AtomicU64::new(0),
             live_keys: AtomicU64::new(p.live_keys),
             poisoned: OnceLock::new(),
             store_id,
@@ -937,6 +942,20 @@ impl Store {
         self.check_poisoned()
     }
 
+    /// Takes the writer lock for a write. A writer that has waited 2 ms says so, and
+    /// while one does, writers release the lock fairly ([`unlock_writer`]): with more
+    /// writer threads than cores, the unfair hand-over let one wait tens of milliseconds
+    /// while the others took the lock again and again.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        if let Some(guard) = self.shared.writer.try_lock_for(STARVING) {
+            return guard;
+        }
+        self.shared.starving.fetch_add(1, Ordering::Relaxed);
+        let guard = self.shared.writer.lock();
+        self.shared.starving.fetch_sub(1, Ordering::Relaxed);
+        guard
+    }
+
     /// Releases the writer lock after a write. Fairly while a compaction waits for its
     /// pause: then it gets the lock next, instead of waiting while writers take it again
     /// and again (DESIGN.md §4, "Compaction"). Otherwise not, since a fair hand-over costs
@@ -944,7 +963,8 @@ impl Store {
     #[inline]
     pub(crate) fn unlock_writer(&self, mut guard: MutexGuard<'_, Writer>) {
         let retired = std::mem::take(&mut guard.retired);
-        if self.shared.pause_wanted.load(Ordering::Relaxed) {
+        let starving = self.shared.starving.load(Ordering::Relaxed) != 0;
+        if starving || self.shared.pause_wanted.load(Ordering::Relaxed) {
             MutexGuard::unlock_fair(guard);
         } else {
             drop(guard);
@@ -956,7 +976,7 @@ impl Store {
     pub(crate) fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         check_sizes(key, value)?;
         self.check_writable()?;
-        let mut guard = self.shared.writer.lock();
+        let mut guard = self.lock_writer();
         let w = &mut *guard;
         self.check_poisoned()?;
         let off = w.end;
