@@ -47,6 +47,8 @@ pub(crate) struct Copier<'a> {
     pub end: u64,
     /// Where the new log is flushed to.
     pub flushed: u64,
+    /// Where writeback of the new log has been started to (`WRITEBACK_STEP`).
+    written_back: u64,
     pub rebuild: Rebuild<'a>,
     pub header: LogHeader,
     /// The last record appended (0: none yet).
@@ -79,7 +81,16 @@ impl<'a> Copier<'a> {
         let (index, _) = ctx.create(None, keys)?;
         let rebuild = Rebuild::new(index, ctx);
         let seed = crc_seed(ctx.store_id);
-        Ok(Self { log, end: DATA_START, flushed: 0, rebuild, header, last: 0, seed })
+        Ok(Self {
+            log,
+            end: DATA_START,
+            flushed: 0,
+            written_back: 0,
+            rebuild,
+            header,
+            last: 0,
+            seed,
+        })
     }
 
     /// Makes the new log at least `len` long (in whole pages). Its size becomes durable
@@ -107,6 +118,11 @@ impl<'a> Copier<'a> {
         self.rebuild.apply(self.end, kind, key, self.log.bytes())?;
         self.last = self.end;
         self.end = end;
+        if end - self.written_back >= WRITEBACK_STEP {
+            let to = end / PAGE * PAGE;
+            self.log.start_writeback(self.written_back, to);
+            self.written_back = to;
+        }
         Ok(())
     }
 
@@ -438,6 +454,9 @@ const CATCH_UP_ROUNDS: usize = 8;
 /// ...stopping once less than this is left for the pause: the bound on the log the pause
 /// walks and copies.
 const CATCH_UP_LEFT: u64 = 256 << 10;
+/// The copy starts writing back every this many bytes, so that it reaches the disk as it
+/// goes.
+const WRITEBACK_STEP: u64 = 8 << 20;
 /// Times the writer lock may find more than `CATCH_UP_LEFT` left before compaction gives
 /// up.
 const PAUSE_TRIES: u32 = 8;

@@ -742,6 +742,22 @@ impl LogFile {
         flush_map(&self.seam, self.own(), from, to, &self.path)
     }
 
+    /// Starts writing `[from, to)` back to the device without waiting for it
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later flush of the range finds
+    /// little left to write: a large copy then reaches the disk as it goes, not in one burst
+    /// that a concurrent sync would queue behind. Only a hint, and no durability point:
+    /// errors are left for that later flush to report.
+    pub fn start_writeback(&self, from: u64, to: u64) {
+        if let (Ok(off), Ok(n)) =
+            (libc::off64_t::try_from(from), libc::off64_t::try_from(to - from))
+        {
+            // SAFETY: plain system call on a file descriptor we own; no memory is passed.
+            let _ = unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+    }
+
     /// Renames this file to `path` (atomically replacing what was there), so that errors
     /// and the seam name it by its new name from now on.
     ///
