@@ -398,6 +398,8 @@ pub struct LogFile {
     mirror: Option<Live>,
     /// The file's inode number, by which followers recognise it.
     ino: u64,
+    /// Start writeback of each chunk the writer moves past ([`LogFile::set_writeback`]).
+    writeback: bool,
 }
 
 impl LogFile {
@@ -458,7 +460,7 @@ impl LogFile {
         });
         let map = Arc::new(LogMap { raw, marks, data_start });
         let (path, seam) = (path.to_path_buf(), seam.clone());
-        Ok(Self { file, path, map, write, seam, mirror: None, ino })
+        Ok(Self { file, path, map, write, seam, mirror: None, ino, writeback: false })
     }
 
     /// The file's inode number.
@@ -664,6 +666,11 @@ impl LogFile {
                         (start - before) as usize,
                     )
                 };
+                // And, while much is unsynced, start writing it back: dirty pages then
+                // never pile up to the kernel's dirty limit, where it throttles the writer.
+                if self.writeback {
+                    self.start_writeback(before, start);
+                }
             }
         }
         // A crash point for the simulator: the bytes are written but not yet published.
@@ -740,6 +747,12 @@ impl LogFile {
     /// [`Error::Io`]; the caller must poison the store.
     pub fn flush(&self, from: u64, to: u64) -> Result<()> {
         flush_map(&self.seam, self.own(), from, to, &self.path)
+    }
+
+    /// Whether to start writeback of each 256 KiB the writer moves past (while much is
+    /// unsynced: DESIGN.md §5).
+    pub fn set_writeback(&mut self, on: bool) {
+        self.writeback = on;
     }
 
     /// Starts writing `[from, to)` back to the device without waiting for it

@@ -35,6 +35,8 @@ pub(crate) const DATA_FILE: &str = "data.mkv";
 pub(crate) const INDEX_FILE: &str = "index.mkv";
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
+/// Unsynced bytes past which the writer starts writeback of the log as it goes.
+const WRITEBACK_AFTER: u64 = 256 << 20;
 /// A writer that waits longer than this for the lock makes the others hand it over fairly.
 const STARVING: std::time::Duration = std::time::Duration::from_millis(2);
 /// Largest growth step: growth is geometric up to here, then linear.
@@ -1041,6 +1043,9 @@ impl Store {
         w.end = end;
         w.log.publish(end);
         w.seam.point("record published");
+        // Far behind the last sync (a bulk load without syncs): let the log be written
+        // back as it goes rather than hit the kernel's dirty limit (DESIGN.md §5).
+        w.log.set_writeback(w.unsynced >= WRITEBACK_AFTER);
         Table::new(w.index.words()).set(
             change.slot,
             hash,
