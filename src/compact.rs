@@ -342,6 +342,7 @@ impl Store {
             copier.apply(Kind::Put, key, value)?;
         }
         let mut from = snap.visible();
+        let started_at = from;
         drop(snap);
         seam.point("compaction copied the snapshot");
         // One catch-up without the lock: the writes made since `from`, as far as `visible`.
@@ -364,6 +365,11 @@ impl Store {
                 break;
             }
         }
+        // Room in the new log for as much as the writers appended during the compaction, so
+        // that they do not have to grow it (fallocate, under their lock) right after the
+        // swap, while the file system is busy freeing the old log.
+        let appended = self.shared.state.load().log.visible().saturating_sub(started_at);
+        Copier::grow(&mut copier.log, copier.end.saturating_add(appended))?;
         // The flush turn first (a sync running now may take a while), then rounds under it
         // (syncs wait, writers do not) until the writer lock finds little enough left to
         // walk and to flush. Writers release the lock fairly, so it comes after one write.
