@@ -160,7 +160,7 @@ impl<'a> Copier<'a> {
             })?;
             if rec.kind != Kind::Commit {
                 let key = rec.key(rest);
-                let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.rebuild.ctx.store_id);
+                let hash = crate::format::key_hash(key, self.rebuild.ctx.store_id);
                 let superseded = old.newest(key, hash)?.is_some_and(|q| q > p);
                 let wanted = match rec.kind {
                     _ if superseded => false,

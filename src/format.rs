@@ -48,7 +48,7 @@ pub struct LogHeader {
 }
 
 impl LogHeader {
-    /// Writes the header into a slot's 64 bytes.
+    /// Writes the header into a slot's [`HEADER_LEN`] bytes.
     pub fn encode_into(&self, out: &mut [u8; HEADER_LEN]) {
         out.fill(0);
         out[H_MAGIC..H_MAGIC + 8].copy_from_slice(&LOG_MAGIC);
@@ -297,6 +297,13 @@ pub fn crc_seed(store_id: u64) -> u32 {
     (store_id ^ (store_id >> 32)) as u32
 }
 
+/// The hash of `key` in store `store_id`'s index: xxh3-64 seeded with the store id (a
+/// frozen function: the hash is on disk; DESIGN.md §3).
+#[inline]
+pub fn key_hash(key: &[u8], store_id: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, store_id)
+}
+
 // ---- index file -------------------------------------------------------------------------
 
 /// Magic of the index file.
@@ -348,7 +355,8 @@ impl IndexHeader {
         capacity.checked_mul(SLOT_LEN)?.checked_add(PAGE)
     }
 
-    /// Encodes into 64 bytes.
+    /// Encodes into the header's [`INDEX_HEADER_LEN`] bytes (the tag after them is not
+    /// part of it).
     pub fn encode_into(&self, out: &mut [u8; INDEX_HEADER_LEN]) {
         out.fill(0);
         out[I_MAGIC..I_MAGIC + 8].copy_from_slice(&INDEX_MAGIC);

@@ -1,8 +1,8 @@
 //! The hash index: open addressing with linear probing over 64-bit words. It knows nothing
 //! of files; it is handed the words of a mapping (or of heap memory).
 //!
-//! Layout: words `0..8` hold the header (see `format::IndexHeader`), slots start at byte
-//! `PAGE`. A slot is two words: the key's 64-bit hash (0 = empty) and the offset of the
+//! Layout: words `0..10` hold the header (`format::IndexHeader`, `INDEX_HEADER_LEN` = 80
+//! bytes), word 10 the checkpoint tag (`INDEX_TAG_OFFSET`), slots start at byte `PAGE`. A slot is two words: the key's 64-bit hash (0 = empty) and the offset of the
 //! key's latest record, with `DELETED` set when that record is a tombstone. Slots are never
 //! emptied, only rebuilt away when the table grows, so probe chains never break under a
 //! concurrent reader. Every access is an atomic load or store: the writer publishes a new

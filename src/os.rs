@@ -351,8 +351,10 @@ impl Deref for Value {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` was a published slice of `_map` (checked in
-        // `LogMap::value`); `_map` keeps the mapping alive and published bytes never change.
+        // SAFETY: `ptr..ptr+len` lies inside `_map`'s mapping (asserted in `LogMap::value`)
+        // and came from `LogMap::tail`, which returns only published bytes (its caller's
+        // contract; `value` cannot re-check a follower's moving watermark). `_map` keeps the
+        // mapping alive, and published bytes never change (DESIGN.md §7).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }

@@ -622,12 +622,12 @@ pub fn record_len(rest: Option<&[u8]>) -> u64 {
 
 impl Replay for Rebuild<'_> {
     fn prefetch(&mut self, key: &[u8]) {
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
+        let hash = crate::format::key_hash(key, self.ctx.store_id);
         self.index.prefetch(Table::new(self.index.words()).home_word(hash));
     }
 
     fn apply_in(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()> {
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.ctx.store_id);
+        let hash = crate::format::key_hash(key, self.ctx.store_id);
         let path = self.ctx.path;
         let locate = |index: &IndexMap| {
             Table::new(index.words()).locate(hash, |slot, o| {
@@ -835,7 +835,7 @@ impl<'a> Resumer<'a> {
 
     /// The slot `key` has or would take.
     fn locate(&self, key: &[u8]) -> std::result::Result<(u64, u64), String> {
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.cx.header.store_id);
+        let hash = crate::format::key_hash(key, self.cx.header.store_id);
         let log = self.cx.log;
         let found = self.table.locate(hash, |slot, o| {
             let rest = log.get(o as usize..).filter(|_| o >= DATA_START);

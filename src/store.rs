@@ -782,7 +782,7 @@ impl Store {
     // ---- internals --------------------------------------------------------------------
 
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(key, self.shared.store_id)
+        crate::format::key_hash(key, self.shared.store_id)
     }
 
     #[inline]
