@@ -135,3 +135,63 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_turn_is_needed_only_past_the_durable_end() {
+        let d = Durability::new(100);
+        assert!(d.turn(100).is_none(), "already durable");
+        let turn = d.turn(150).expect("a flush is needed");
+        assert_eq!(turn.durable, 100);
+        turn.finish(200);
+        assert_eq!(d.end(), 200);
+        assert!(d.turn(200).is_none());
+        // A turn dropped without finishing (a failed flush) leaves the end where it was
+        // and lets the next one flush.
+        drop(d.turn(300).expect("turn"));
+        assert_eq!(d.end(), 200);
+        assert!(d.turn(300).is_some());
+    }
+
+    #[test]
+    fn waiters_covered_by_the_running_flush_return_without_flushing() {
+        let d = Durability::new(0);
+        let running = d.turn(10).expect("first flush");
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let (covered, not_covered, d) = (tx.clone(), tx, &d);
+            s.spawn(move || covered.send(("covered", d.turn(40).is_none())).expect("send"));
+            s.spawn(move || not_covered.send(("past it", d.turn(60).is_some())).expect("send"));
+            // Both wait while the flush runs.
+            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "did not wait");
+            running.finish(50);
+            let mut got: Vec<_> = (0..2).map(|_| rx.recv().expect("answer")).collect();
+            got.sort();
+            assert_eq!(got, [("covered", true), ("past it", true)]);
+        });
+        assert_eq!(d.end(), 50, "the second waiter's turn ended without a flush");
+    }
+
+    #[test]
+    fn the_exclusive_turn_waits_for_a_running_flush() {
+        let d = Durability::new(0);
+        let running = d.turn(10).expect("flush");
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let d = &d;
+            s.spawn(move || {
+                let t = d.exclusive();
+                tx.send(t.durable).expect("send");
+            });
+            assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "did not wait");
+            running.finish(10);
+            assert_eq!(rx.recv().expect("exclusive turn"), 10);
+        });
+    }
+}

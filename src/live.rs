@@ -652,6 +652,50 @@ mod tests {
     }
 
     #[test]
+    fn the_sequence_lock_never_lets_a_reader_see_half_an_announcement() {
+        let (_d, live) = page();
+        let _ = live.start_session(7, (1, 1), at(0, 0, 8192), |_| {});
+        // Held odd, as by a writer killed inside it: nothing reads.
+        let seq = live.seq();
+        live.w(W_SEQ).store(seq | 1, Ordering::Relaxed);
+        assert!(live.read_once().is_none());
+        live.w(W_SEQ).store(seq, Ordering::Relaxed);
+        let first = live.read_once().expect("a whole page");
+        // A writer announcing consistent files (every field the same number) while a reader
+        // reads: every reading it accepts is whole (the first state, or one announcement).
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 1..200_000u64 {
+                    let files = Files { key: n, data_ino: n, index_ino: n };
+                    live.write(|| live.put_files(files, n, n));
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+            let mut whole = 0u64;
+            loop {
+                // One more reading after the writer is done, at the latest.
+                let finished = done.load(Ordering::Relaxed);
+                if let Some(a) = live.read_once().filter(|a| a.seq != first.seq) {
+                    let f = a.files;
+                    assert!(
+                        f.key == f.data_ino && f.key == f.index_ino && a.published == f.key,
+                        "a torn reading: {f:?}, published {}",
+                        a.published
+                    );
+                    assert_eq!(a.seq % 2, 0);
+                    whole += 1;
+                }
+                if finished {
+                    break;
+                }
+            }
+            assert!(whole > 0, "no reading was ever accepted");
+        });
+        live.end_session();
+    }
+
+    #[test]
     fn resuming_needs_this_store_this_data_file_and_a_whole_page() {
         let (_d, live) = page();
         let (key, _) = live.start_session(7, (11, 12), at(0, 0, 8192), |_| {});
