@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// `Result` with [`Error`] as its error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,8 +56,9 @@ pub enum Error {
     ReadOnly,
     /// An earlier flush failed; this handle no longer accepts any call.
     Poisoned {
-        /// The failure that poisoned the handle.
-        cause: String,
+        /// The failure that poisoned the handle (also this error's `source()`), with its
+        /// operating system error where it had one.
+        cause: Arc<Error>,
     },
     /// A compaction gave up: the writers kept more than it may copy while they wait
     /// ahead of it, round after round. Nothing changed; automatic compaction tries again
@@ -312,6 +314,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io { source, .. } => Some(source),
+            Self::Poisoned { cause } => Some(&**cause),
             _ => None,
         }
     }
@@ -320,5 +323,39 @@ impl std::error::Error for Error {
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io { op, path: path.into(), source }
+    }
+
+    /// A copy to keep (the poisoning failure: the call that met it returns the original).
+    /// An operating system error keeps its code and kind; another `io::Error` keeps its
+    /// kind and message.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Io { op, path, source } => Self::Io {
+                op,
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Self::Corrupt { file, offset, kind } => {
+                Self::Corrupt { file: file.clone(), offset: *offset, kind: kind.clone() }
+            }
+            Self::UnsupportedVersion { file, found, supported } => Self::UnsupportedVersion {
+                file: file.clone(),
+                found: *found,
+                supported: *supported,
+            },
+            Self::Locked { path, read_only } => {
+                Self::Locked { path: path.clone(), read_only: *read_only }
+            }
+            Self::NotFound { path } => Self::NotFound { path: path.clone() },
+            Self::ReadOnly => Self::ReadOnly,
+            Self::Poisoned { cause } => Self::Poisoned { cause: Arc::clone(cause) },
+            Self::CompactionOutrun { behind } => Self::CompactionOutrun { behind: *behind },
+            Self::CompactionStopped => Self::CompactionStopped,
+            Self::KeyTooLarge { len, max } => Self::KeyTooLarge { len: *len, max: *max },
+            Self::ValueTooLarge { len, max } => Self::ValueTooLarge { len: *len, max: *max },
+        }
     }
 }

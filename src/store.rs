@@ -279,7 +279,7 @@ pub(crate) struct Shared {
     /// Writers that have waited for the lock longer than `STARVING`.
     pub(crate) starving: AtomicU64,
     pub(crate) live_keys: AtomicU64,
-    pub(crate) poisoned: OnceLock<String>,
+    pub(crate) poisoned: OnceLock<Arc<Error>>,
     pub(crate) store_id: u64,
     pub(crate) seed: u32,
     pub(crate) verify: bool,
@@ -789,13 +789,13 @@ impl Store {
     pub(crate) fn check_poisoned(&self) -> Result<()> {
         match self.shared.poisoned.get() {
             None => Ok(()),
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(Error::Poisoned { cause: Arc::clone(cause) }),
         }
     }
 
     pub(crate) fn poison_on_err<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
-            let _ = self.shared.poisoned.set(e.to_string());
+            let _ = self.shared.poisoned.set(Arc::new(e.duplicate()));
         }
         r
     }

@@ -128,8 +128,15 @@ fn a_failed_flush_poisons_every_later_call() {
     assert!(matches!(store.delete(b"synced"), Err(Error::Poisoned { .. })));
     assert!(matches!(store.get(b"synced"), Err(Error::Poisoned { .. })));
     assert!(matches!(store.reader().get(b"synced"), Err(Error::Poisoned { .. })));
-    let msg = store.sync().expect_err("poisoned").to_string();
+    let poisoned = store.sync().expect_err("poisoned");
+    let msg = poisoned.to_string();
     assert!(msg.contains("reopen"), "the message says what to do: {msg}");
+    // The cause keeps its structure and its operating system error.
+    use std::error::Error as _;
+    let cause = poisoned.source().and_then(|c| c.downcast_ref::<Error>()).expect("cause");
+    assert!(matches!(cause, Error::Io { op: "flush (msync)", .. }), "{cause}");
+    let os = cause.source().and_then(|c| c.downcast_ref::<std::io::Error>()).expect("io");
+    assert_eq!(os.raw_os_error(), Some(5), "{os}");
     drop(store);
     // Reopening recovers (the process did not die, so the page cache still has everything).
     let store = Store::open(&path).expect("reopen");
