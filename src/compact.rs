@@ -8,16 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{CorruptKind, Error, Result};
-use crate::format::{DATA_START, Kind, LogHeader, PAGE, Record, crc_seed};
+use crate::format::{
+    DATA_COMPACT, DATA_FILE, DATA_START, INDEX_COMPACT, Kind, LogHeader, PAGE, Record, TMP_SUFFIX,
+    crc_seed,
+};
 use crate::index::{DELETED, Slot, Table};
 use crate::os::{self, LogFile, Seam};
 use crate::recovery::{self, IndexCtx, Rebuild, Replay};
-use crate::store::{DATA_FILE, State, Store};
-
-/// The new data file while compaction builds it.
-pub(crate) const DATA_COMPACT: &str = "data.mkv.compact";
-/// The new index file while compaction builds it.
-pub(crate) const INDEX_COMPACT: &str = "index.mkv.compact";
+use crate::store::{State, Store};
 
 /// What [`Store::compact`](crate::Store::compact) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -284,7 +282,7 @@ impl Drop for Leftovers<'_> {
 /// files): at a writable open, and when a compaction fails or stops.
 pub(crate) fn remove_leftovers(dir: &Path) {
     for name in [DATA_COMPACT, INDEX_COMPACT] {
-        for suffix in ["", ".tmp"] {
+        for suffix in ["", TMP_SUFFIX] {
             let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
         }
     }

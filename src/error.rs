@@ -245,7 +245,7 @@ impl fmt::Display for Error {
             }
             Self::Corrupt { file, offset, kind } => {
                 write!(f, "{} is damaged at byte {offset}: {kind}; ", file.display())?;
-                let index = file.file_name().is_some_and(|n| n == "index.mkv");
+                let index = file.file_name().is_some_and(|n| n == crate::format::INDEX_FILE);
                 match kind {
                     CorruptKind::BadIndexSlot { .. } => f.write_str(
                         "either the index or data.mkv is damaged: Store::verify tells which (if \

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::format::{DATA_START, LogHeader};
+use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, LogHeader};
 use crate::index::Table;
 use crate::live::{Announced, Checkpoint, Files, Live};
 use crate::os::{self, IndexMap, LogFile, Seam};
 use crate::recovery::{Counts, RecoveryReport};
-use crate::store::{DATA_FILE, INDEX_FILE, OpenOptions, Parts, Store, Writer};
+use crate::store::{OpenOptions, Parts, Store, Writer};
 
 /// How long a read-only open waits for a writer that holds the lock but whose live page
 /// does not (yet) name files it can map: a writer still recovering, or between a rename

@@ -304,6 +304,21 @@ pub fn key_hash(key: &[u8], store_id: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(key, store_id)
 }
 
+// ---- file names --------------------------------------------------------------------------
+
+/// The data file (the log) of a store directory.
+pub const DATA_FILE: &str = "data.mkv";
+/// The index file.
+pub const INDEX_FILE: &str = "index.mkv";
+/// The writer's live page (DESIGN.md §4, "Readers in other processes").
+pub const LIVE_FILE: &str = "live.mkv";
+/// The new data file while a compaction builds it.
+pub const DATA_COMPACT: &str = "data.mkv.compact";
+/// The new index file while a compaction builds it.
+pub const INDEX_COMPACT: &str = "index.mkv.compact";
+/// Added to a file's name while it is built, before it is renamed into place.
+pub const TMP_SUFFIX: &str = ".tmp";
+
 // ---- index file -------------------------------------------------------------------------
 
 /// Magic of the index file.

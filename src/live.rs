@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::format::{DATA_FILE, INDEX_FILE, LIVE_FILE};
 use crate::os::{IndexMap, Seam};
 
-pub(crate) const LIVE_FILE: &str = "live.mkv";
 const MAGIC: u64 = u64::from_le_bytes(*b"MAPKVLIV");
 const VERSION: u64 = 2;
 /// Size of the file: one page.
@@ -563,7 +563,7 @@ pub fn adopt_page(dir: &Path, reboot: bool) -> io::Result<()> {
     use std::os::unix::fs::{FileExt, MetadataExt};
     let page = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(LIVE_FILE))?;
     let put = |word: usize, v: u64| page.write_all_at(&v.to_le_bytes(), word as u64 * 8);
-    for (word, name) in [(W_DATA_INO, "data.mkv"), (W_INDEX_INO, "index.mkv")] {
+    for (word, name) in [(W_DATA_INO, DATA_FILE), (W_INDEX_INO, INDEX_FILE)] {
         if let Ok(meta) = std::fs::metadata(dir.join(name)) {
             put(word, meta.ino())?;
         }

@@ -540,7 +540,7 @@ impl IndexCtx<'_> {
         let len = IndexHeader::file_len(capacity).ok_or_else(full)?;
         let mut map = if self.writable {
             let mut tmp = self.path.as_os_str().to_owned();
-            tmp.push(".tmp");
+            tmp.push(crate::format::TMP_SUFFIX);
             IndexMap::create(Path::new(&tmp), len, self.seam)?
         } else {
             IndexMap::heap(len)

@@ -19,8 +19,8 @@ use crate::commit::Durability;
 use crate::error::{CorruptKind, Error, Result};
 use crate::follow::{self, Follower, Start};
 use crate::format::{
-    DATA_START, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, MAX_KEY_LEN, MAX_VALUE_LEN,
-    PAGE, RECORD_ALIGN, Record, crc_seed,
+    DATA_FILE, DATA_START, HEADER_LEN, HEADER_SLOTS, INDEX_FILE, IndexHeader, Kind, LogHeader,
+    MAX_KEY_LEN, MAX_VALUE_LEN, PAGE, RECORD_ALIGN, Record, TMP_SUFFIX, crc_seed,
 };
 use crate::index::{self, DELETED, Table};
 use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST};
@@ -31,8 +31,6 @@ use crate::recovery::{
 };
 use crate::view::Reader;
 
-pub(crate) const DATA_FILE: &str = "data.mkv";
-pub(crate) const INDEX_FILE: &str = "index.mkv";
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
 /// Unsynced bytes past which the writer starts writeback of the log as it goes.
@@ -1240,7 +1238,7 @@ fn write_header(w: &mut Writer, committed: u64) -> Result<()> {
 /// half-made file.
 pub(crate) fn create_data_file(seam: &Seam, dir: &Path, path: &Path, store_id: u64) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
     let file = os::create(seam, &tmp)?;
     let mut log = LogFile::new(file, &tmp, true, DATA_START, seam)?;
