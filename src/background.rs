@@ -48,21 +48,28 @@ pub(crate) struct Background {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Set once, when the handle is dropped; waiting threads wake at once.
+/// Set once, when the handle is dropped: waiting threads wake at once, and a running
+/// compaction sees it between records.
 #[derive(Default)]
 struct Signal {
-    stopped: Mutex<bool>,
+    stop: Stop,
+    lock: Mutex<()>,
     wake: Condvar,
-    /// The same, for a compaction to poll between records.
-    compaction: Stop,
 }
 
 impl Signal {
-    /// Waits until `deadline` or until stopped; returns whether stopped.
+    /// Waits until `deadline` or until stopped; returns whether stopped. (The flag is read
+    /// under `lock`, which `set` takes before waking: no wake-up is lost.)
     fn wait_until(&self, deadline: Instant) -> bool {
-        let mut stopped = self.stopped.lock();
-        while !*stopped && !self.wake.wait_until(&mut stopped, deadline).timed_out() {}
-        *stopped
+        let mut guard = self.lock.lock();
+        while !self.stop.is_set() && !self.wake.wait_until(&mut guard, deadline).timed_out() {}
+        self.stop.is_set()
+    }
+
+    fn set(&self) {
+        self.stop.set();
+        drop(self.lock.lock());
+        self.wake.notify_all();
     }
 }
 
@@ -107,7 +114,7 @@ impl Background {
                         continue;
                     }
                     // A failed compaction leaves the store as it was.
-                    match store.compact_until(&stop.compaction) {
+                    match store.compact_until(&stop.stop) {
                         Ok(_) | Err(Error::CompactionStopped) => {}
                         Err(Error::CompactionOutrun { .. }) => at = Instant::now() + OUTRUN_RETRY,
                         Err(_) => at = Instant::now() + COMPACT_RETRY,
@@ -121,9 +128,7 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
-        self.stop.compaction.set();
-        *self.stop.stopped.lock() = true;
-        self.stop.wake.notify_all();
+        self.stop.set();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -151,6 +151,15 @@ fn flush_map(seam: &Seam, raw: &MmapRaw, from: u64, to: u64, path: &Path) -> Res
     .map_err(|e| Error::io("flush (msync)", path, e))
 }
 
+/// `lseek(file, at, whence)`: where `SEEK_DATA` / `SEEK_HOLE` find data or a hole at or
+/// past `at`.
+fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<u64> {
+    let at = libc::off_t::try_from(at).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain system call on a descriptor we own; no memory is passed.
+    let to = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+    u64::try_from(to).map_err(|_| io::Error::last_os_error())
+}
+
 /// Extends and reserves as `allocate`, seen by the seam.
 fn extend(seam: &Seam, file: &File, from: u64, len: u64, path: &Path) -> Result<()> {
     seam.run(Op::Extend { path, len }, || Ok(())).map_err(|e| Error::io("allocate", path, e))?;
@@ -476,10 +485,7 @@ impl LogFile {
     /// time. The file's length where the file system cannot say.
     pub fn written_end(&self, from: u64) -> u64 {
         let len = self.map.len();
-        let Ok(off) = libc::off_t::try_from(from) else { return len };
-        // SAFETY: plain system call on our own descriptor; no memory is passed.
-        let hole = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_HOLE) };
-        u64::try_from(hole).map_or(len, |h| h.clamp(from, len))
+        seek(&self.file, from, libc::SEEK_HOLE).map_or(len, |h| h.clamp(from, len))
     }
 
     /// The first nonzero byte of the file at or past `from`, if any. Read with `pread`, never
@@ -493,14 +499,7 @@ impl LogFile {
     pub fn first_nonzero_from(&self, from: u64) -> Result<Option<u64>> {
         let path = &self.path;
         let len = self.file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-        let fd = self.file.as_raw_fd();
-        let seek = |at: u64, whence| -> io::Result<u64> {
-            let at = libc::off_t::try_from(at)
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            // SAFETY: plain system call on our own descriptor; no memory is passed.
-            let to = unsafe { libc::lseek(fd, at, whence) };
-            u64::try_from(to).map_err(|_| io::Error::last_os_error())
-        };
+        let seek = |at, whence| seek(&self.file, at, whence);
         let mut buf = Vec::new();
         let mut at = from;
         while at < len {
@@ -759,9 +758,8 @@ impl LogFile {
 
     /// Starts writing `[from, to)` back to the device without waiting for it
     /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later flush of the range finds
-    /// little left to write: a large copy then reaches the disk as it goes, not in one burst
-    /// that a concurrent sync would queue behind. Only a hint, and no durability point:
-    /// errors are left for that later flush to report.
+    /// little left to write. Only a hint, and no durability point: errors are left for that
+    /// later flush to report.
     pub fn start_writeback(&self, from: u64, to: u64) {
         if let (Ok(off), Ok(n)) =
             (libc::off64_t::try_from(from), libc::off64_t::try_from(to - from))

@@ -186,15 +186,7 @@ pub trait Replay {
     ///
     /// # Errors
     /// Whatever applying it returns (index growth I/O).
-    fn apply_in(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()>;
-
-    /// As [`apply_in`](Replay::apply_in), in a log read whole from byte 0.
-    ///
-    /// # Errors
-    /// As `apply_in`.
-    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: &[u8]) -> Result<()> {
-        self.apply_in(off, kind, key, Log::whole(log))
-    }
+    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()>;
 
     /// A record with `key` will be applied soon: start loading what `apply` will touch.
     fn prefetch(&mut self, key: &[u8]) {
@@ -365,7 +357,7 @@ pub fn scan(
     while let Some((rec, rest)) = at(p) {
         step_ahead(replay);
         if rec.kind != Kind::Commit {
-            replay.apply_in(p, rec.kind, rec.key(rest), log)?;
+            replay.apply(p, rec.kind, rec.key(rest), log)?;
         }
         report.records_replayed += 1;
         p += rec.total_len();
@@ -626,7 +618,7 @@ impl Replay for Rebuild<'_> {
         self.index.prefetch(Table::new(self.index.words()).home_word(hash));
     }
 
-    fn apply_in(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()> {
+    fn apply(&mut self, off: u64, kind: Kind, key: &[u8], log: Log<'_>) -> Result<()> {
         let hash = crate::format::key_hash(key, self.ctx.store_id);
         let path = self.ctx.path;
         let locate = |index: &IndexMap| {
@@ -929,7 +921,7 @@ mod tests {
 
     struct Count(u64);
     impl Replay for Count {
-        fn apply_in(&mut self, _: u64, _: Kind, _: &[u8], _: Log<'_>) -> Result<()> {
+        fn apply(&mut self, _: u64, _: Kind, _: &[u8], _: Log<'_>) -> Result<()> {
             self.0 += 1;
             Ok(())
         }

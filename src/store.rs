@@ -956,10 +956,12 @@ impl Store {
         guard
     }
 
-    /// Releases the writer lock after a write. Fairly while a compaction waits for its
-    /// pause: then it gets the lock next, instead of waiting while writers take it again
-    /// and again (DESIGN.md §4, "Compaction"). Otherwise not, since a fair hand-over costs
-    /// a context switch per write when writers outnumber the cores.
+    /// Releases the writer lock after a write, then unmaps what growth retired under it.
+    /// Fairly while a compaction waits for its pause or a writer has starved
+    /// ([`lock_writer`](Store::lock_writer)): the waiter gets the lock next, instead of
+    /// waiting while writers take it again and again (DESIGN.md §4, "Reaching the lock").
+    /// Otherwise not, since a fair hand-over costs a context switch per write when writers
+    /// outnumber the cores.
     #[inline]
     pub(crate) fn unlock_writer(&self, mut guard: MutexGuard<'_, Writer>) {
         let retired = std::mem::take(&mut guard.retired);
