@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{Error, Result};
+use crate::format::CorruptKind;
 use crate::format::{
     DATA_COMPACT, DATA_FILE, DATA_START, INDEX_COMPACT, Kind, LogHeader, PAGE, Record, TMP_SUFFIX,
     crc_seed,
@@ -425,7 +426,7 @@ impl Store {
         if let Some(live) = &self.shared.live {
             // Followers move to the new files; the old ones are whole and final for them.
             w.files.key = w.files.key.wrapping_add(1).max(1);
-            w.log.set_mirror(live.clone());
+            w.log.set_mirror(Arc::new(live.clone()));
             self.announce(w);
         }
         let pause = paused.elapsed();

@@ -5,6 +5,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::format::{CorruptKind, INDEX_FILE};
+
 /// `Result` with [`Error`] as its error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -86,151 +88,6 @@ pub enum Error {
     },
 }
 
-/// What exactly was wrong with damaged bytes (see [`Error::Corrupt`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CorruptKind {
-    /// The file is shorter than its fixed header.
-    TooShort {
-        /// Its length.
-        len: u64,
-        /// The least length a valid file has.
-        min: u64,
-    },
-    /// The magic number is not mapkv's.
-    BadMagic,
-    /// Both copies of the data file header fail their checksum.
-    NoValidHeader,
-    /// Stored and computed CRC-32 differ.
-    ChecksumMismatch {
-        /// The checksum stored on disk.
-        expected: u32,
-        /// The checksum of the bytes found.
-        found: u32,
-    },
-    /// A length field points past the end of the file or of the log.
-    LengthPastEnd {
-        /// Where the structure would end.
-        end: u64,
-        /// Where the valid bytes end.
-        limit: u64,
-    },
-    /// A record's kind byte (or a reserved field) has a value no version writes.
-    BadRecord {
-        /// The byte found.
-        kind: u8,
-    },
-    /// A header field holds an impossible value.
-    BadField {
-        /// The field's name.
-        field: &'static str,
-        /// Its value.
-        value: u64,
-    },
-    /// The index file belongs to another store.
-    ForeignIndex {
-        /// This store's id.
-        expected: u64,
-        /// The id in the index header.
-        found: u64,
-    },
-    /// An index slot points at something that is not a record.
-    BadIndexSlot {
-        /// The offset the slot holds.
-        target: u64,
-    },
-    /// The index does not point at the latest record of a key (the record at `record`), or
-    /// points at a record that is not its key's latest.
-    IndexDisagrees {
-        /// The record concerned.
-        record: u64,
-    },
-    /// Zeros where a record should start, with data again further on: a write that never
-    /// reached the disk.
-    ZeroGap {
-        /// Where nonzero bytes resume.
-        data_at: u64,
-    },
-    /// A batch whose commit record never followed: the writer stopped in the middle of it.
-    UnfinishedBatch {
-        /// Records of the batch that were found.
-        records: u64,
-    },
-    /// A record out of place in the batch structure: a commit record without its batch
-    /// (or naming another start or count), or an unbatched record inside a batch.
-    BadBatch,
-    /// Nonzero bytes in the data file past the end of the log, where every byte must be
-    /// zero (DESIGN.md §2): a later record landing there could make them read as part of
-    /// the log. The offset given with it is the first such byte.
-    NonzeroPastEnd {
-        /// Where the log ends.
-        log_end: u64,
-    },
-}
-
-impl CorruptKind {
-    /// The same fault with positions measured from the start of the file rather than from
-    /// `base` (where the decoded structure starts).
-    pub(crate) fn at(self, base: u64) -> Self {
-        match self {
-            Self::LengthPastEnd { end, limit } => Self::LengthPastEnd {
-                end: end.saturating_add(base),
-                limit: limit.saturating_add(base),
-            },
-            other => other,
-        }
-    }
-}
-
-impl fmt::Display for CorruptKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::TooShort { len, min } => {
-                write!(f, "file is {len} bytes, shorter than the {min}-byte header")
-            }
-            Self::BadMagic => f.write_str("bad magic number: not a mapkv file"),
-            Self::NoValidHeader => f.write_str("both header copies are damaged"),
-            Self::ChecksumMismatch { expected, found } => {
-                write!(f, "checksum mismatch (stored {expected:#010x}, computed {found:#010x})")
-            }
-            Self::LengthPastEnd { end, limit } => {
-                write!(f, "length reaches byte {end}, past the end at {limit}")
-            }
-            Self::BadRecord { kind } => write!(f, "invalid record kind or flags {kind:#04x}"),
-            Self::BadField { field, value } => write!(f, "impossible {field} {value}"),
-            Self::ForeignIndex { expected, found } => {
-                write!(f, "index belongs to store {found:#018x}, not this store {expected:#018x}")
-            }
-            Self::BadIndexSlot { target } => {
-                write!(f, "index slot points at {target}, which is not a record")
-            }
-            Self::IndexDisagrees { record } => write!(
-                f,
-                "index and log disagree about the latest record of the key at byte {record}"
-            ),
-            Self::ZeroGap { data_at } => {
-                write!(f, "zeros where a record should start, with data again at byte {data_at}")
-            }
-            Self::UnfinishedBatch { records } => write!(
-                f,
-                "a batch of {records} records without its commit record (the writer stopped \
-                 before the batch was complete, so none of it counts)"
-            ),
-            Self::BadBatch => f.write_str(
-                "a record out of place in a batch (a commit without its batch, or an \
-                 unbatched record inside one)",
-            ),
-            Self::NonzeroPastEnd { log_end } => write!(
-                f,
-                "nonzero bytes past the end of the log (which ends at byte {log_end}), where \
-                 the data file must hold only zeros, or a later record could make them read \
-                 as part of the log; run `mapkv recover` (or open for writing with \
-                 OpenOptions::zero_past_end) to zero them: no record is lost"
-            ),
-        }
-    }
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -245,7 +102,7 @@ impl fmt::Display for Error {
             }
             Self::Corrupt { file, offset, kind } => {
                 write!(f, "{} is damaged at byte {offset}: {kind}; ", file.display())?;
-                let index = file.file_name().is_some_and(|n| n == crate::format::INDEX_FILE);
+                let index = file.file_name().is_some_and(|n| n == INDEX_FILE);
                 match kind {
                     CorruptKind::BadIndexSlot { .. } => f.write_str(
                         "either the index or data.mkv is damaged: Store::verify tells which (if \

@@ -82,7 +82,7 @@ pub(crate) fn attach(
             let path = dir.join(DATA_FILE);
             match open_if(&path, a.files.data_ino)? {
                 Some(file) => {
-                    let follow = (live.clone(), a.files.key, a.visible);
+                    let follow = (Arc::new(live.clone()) as _, a.files.key, a.visible);
                     let opened = LogFile::follow(file, &path, DATA_START, follow)?;
                     let header = opened.read_head()?;
                     if header.store_id != a.store_id {

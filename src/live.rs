@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::{DATA_FILE, INDEX_FILE, LIVE_FILE};
-use crate::os::{IndexMap, Seam};
+use crate::os::{Ends, IndexMap, Seam, Watermarks};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MAPKVLIV");
 const VERSION: u64 = 2;
@@ -94,40 +94,6 @@ pub(crate) struct Announced {
     /// Whether the magic and version are this mapkv's, and the boot the page was written in.
     ok: bool,
     boot: u128,
-}
-
-/// The ends of one data file as a follower may use them.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Ends {
-    /// The writer's marks: the file is the writer's now.
-    Live { published: u64, visible: u64 },
-    /// A compaction replaced the file: all of it is published and visible, for good.
-    Replaced,
-    /// A later writer took the file over: this view reads below `bound`; newer views of
-    /// the same file read the rest.
-    TakenOver { bound: u64 },
-}
-
-impl Ends {
-    /// The end of the bytes a reader may read (`u64::MAX`: all the mapping holds).
-    #[inline]
-    pub fn published(self) -> u64 {
-        match self {
-            Ends::Live { published, .. } => published,
-            Ends::Replaced => u64::MAX,
-            Ends::TakenOver { bound } => bound,
-        }
-    }
-
-    /// The end of the records a reader may return.
-    #[inline]
-    pub fn visible(self) -> u64 {
-        match self {
-            Ends::Live { visible, .. } => visible,
-            Ends::Replaced => u64::MAX,
-            Ends::TakenOver { bound } => bound,
-        }
-    }
 }
 
 /// Figures the writer keeps current on the page, for a follower's `len` and `stats`.
@@ -266,8 +232,7 @@ impl Live {
             && self.w(W_STORE).load(Ordering::Acquire) == store_id;
         let old_key = self.w(W_KEY).load(Ordering::Acquire);
         // Keys only grow within a boot (from a random start below 2^63, so they never wrap).
-        let key =
-            if valid { old_key.wrapping_add(1).max(1) } else { crate::store::random_id() >> 1 };
+        let key = if valid { old_key.wrapping_add(1).max(1) } else { crate::os::random_id() >> 1 };
         let files = Files { key, data_ino: ids.0, index_ino: ids.1 };
         // Tags go on from the page's, so no slot left by an earlier writer shares one.
         let newest = self.checkpoints().iter().flatten().map(|c| c.tag).max().unwrap_or(0);
@@ -424,14 +389,6 @@ impl Live {
         self.w(W_SEQ).store((seq | 1).wrapping_add(1), Ordering::Release);
     }
 
-    pub fn set_published(&self, end: u64) {
-        self.w(W_PUBLISHED).store(end, Ordering::Release);
-    }
-
-    pub fn set_visible(&self, end: u64) {
-        self.w(W_VISIBLE).store(end, Ordering::Release);
-    }
-
     pub fn set_durable(&self, durable: u64, committed: u64) {
         self.w(W_DURABLE).store(durable, Ordering::Relaxed);
         self.w(W_COMMITTED).store(committed, Ordering::Relaxed);
@@ -497,38 +454,6 @@ impl Live {
         (self.w(W_SEQ).load(Ordering::Relaxed) == seq).then_some(a)
     }
 
-    /// The writer's published and visible ends, if it still names the files by `key`.
-    /// A mark is loaded before the key, and the writer stores a new key before new marks
-    /// (`put_files`), so marks read with the caller's own key are its files'.
-    #[inline]
-    pub fn current(&self, key: u64) -> Option<(u64, u64)> {
-        let visible = self.w(W_VISIBLE).load(Ordering::Acquire);
-        let published = self.w(W_PUBLISHED).load(Ordering::Acquire);
-        (self.w(W_KEY).load(Ordering::Acquire) == key).then_some((published, visible))
-    }
-
-    /// The final ends of a data file (inode `ino`) the writer no longer names by `key`,
-    /// or `None` if the page cannot be read now (a writer in the middle of rewriting it):
-    /// - the current writer's own file (`key` is of its session), replaced by its
-    ///   compaction: whole and immutable, and no batch was open at the swap: all of it;
-    /// - a file under the previous writer's key (that writer stopped and the current one
-    ///   took the file over, and may have compacted it since): what the old writer had
-    ///   made visible, which recovery never cuts; past it the new writer may have
-    ///   rewritten an unfinished batch;
-    /// - otherwise (writers came and went unseen): `seen`, the most this handle saw
-    ///   visible in the file.
-    #[cold]
-    pub fn retired(&self, key: u64, ino: u64, seen: u64) -> Option<Ends> {
-        let a = self.read()?;
-        Some(if a.files.data_ino != ino && key >= a.session {
-            Ends::Replaced
-        } else if a.prev.0 == key {
-            Ends::TakenOver { bound: a.prev.1 }
-        } else {
-            Ends::TakenOver { bound: seen }
-        })
-    }
-
     /// The writer's figures: those of its newest checkpoint, and the durable ends.
     pub fn figures(&self) -> Figures {
         let r = |i| self.w(i).load(Ordering::Relaxed);
@@ -547,6 +472,50 @@ impl Live {
         let lo = self.w(W_BOOT).load(Ordering::Relaxed);
         let hi = self.w(W_BOOT + 1).load(Ordering::Relaxed);
         u128::from(lo) | u128::from(hi) << 64
+    }
+}
+
+/// The page as the log's marks use it: the writer mirrors its marks here, and a follower's
+/// mapping of a data file reads the writer's from here.
+impl Watermarks for Live {
+    fn set_published(&self, end: u64) {
+        self.w(W_PUBLISHED).store(end, Ordering::Release);
+    }
+
+    fn set_visible(&self, end: u64) {
+        self.w(W_VISIBLE).store(end, Ordering::Release);
+    }
+
+    /// The writer's published and visible ends, if it still names the files by `key`.
+    /// A mark is loaded before the key, and the writer stores a new key before new marks
+    /// (`put_files`), so marks read with the caller's own key are its files'.
+    #[inline]
+    fn current(&self, key: u64) -> Option<(u64, u64)> {
+        let visible = self.w(W_VISIBLE).load(Ordering::Acquire);
+        let published = self.w(W_PUBLISHED).load(Ordering::Acquire);
+        (self.w(W_KEY).load(Ordering::Acquire) == key).then_some((published, visible))
+    }
+
+    /// The final ends of a data file (inode `ino`) the writer no longer names by `key`,
+    /// or `None` if the page cannot be read now (a writer in the middle of rewriting it):
+    /// - the current writer's own file (`key` is of its session), replaced by its
+    ///   compaction: whole and immutable, and no batch was open at the swap: all of it;
+    /// - a file under the previous writer's key (that writer stopped and the current one
+    ///   took the file over, and may have compacted it since): what the old writer had
+    ///   made visible, which recovery never cuts; past it the new writer may have
+    ///   rewritten an unfinished batch;
+    /// - otherwise (writers came and went unseen): `seen`, the most this handle saw
+    ///   visible in the file.
+    #[cold]
+    fn retired(&self, key: u64, ino: u64, seen: u64) -> Option<Ends> {
+        let a = self.read()?;
+        Some(if a.files.data_ino != ino && key >= a.session {
+            Ends::Replaced
+        } else if a.prev.0 == key {
+            Ends::TakenOver { bound: a.prev.1 }
+        } else {
+            Ends::TakenOver { bound: seen }
+        })
     }
 }
 

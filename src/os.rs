@@ -28,8 +28,9 @@ use fs2::FileExt;
 use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 
 use crate::error::{Error, Result};
-use crate::format::LogHeader;
-use crate::live::{Ends, Live};
+use crate::format::{
+    CorruptKind, DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, LogHeader, VERSION,
+};
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("mapkv maps whole files and needs a 64-bit address space");
@@ -192,6 +193,55 @@ pub struct LogMap {
     data_start: u64,
 }
 
+/// The ends of one data file as a follower may use them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ends {
+    /// The writer's marks: the file is the writer's now.
+    Live { published: u64, visible: u64 },
+    /// A compaction replaced the file: all of it is published and visible, for good.
+    Replaced,
+    /// A later writer took the file over: this view reads below `bound`; newer views of
+    /// the same file read the rest.
+    TakenOver { bound: u64 },
+}
+
+impl Ends {
+    /// The end of the bytes a reader may read (`u64::MAX`: all the mapping holds).
+    #[inline]
+    pub fn published(self) -> u64 {
+        match self {
+            Ends::Live { published, .. } => published,
+            Ends::Replaced => u64::MAX,
+            Ends::TakenOver { bound } => bound,
+        }
+    }
+
+    /// The end of the records a reader may return.
+    #[inline]
+    pub fn visible(self) -> u64 {
+        match self {
+            Ends::Live { visible, .. } => visible,
+            Ends::Replaced => u64::MAX,
+            Ends::TakenOver { bound } => bound,
+        }
+    }
+}
+
+/// The writer's live page as the log's marks use it (`live::Live` implements it: this layer
+/// knows nothing of the page's layout). A writer mirrors its marks into it; a follower's
+/// mapping reads the writer's marks from it.
+pub(crate) trait Watermarks: Send + Sync {
+    /// Stores the writer's published end.
+    fn set_published(&self, end: u64);
+    /// Stores the writer's visible end.
+    fn set_visible(&self, end: u64);
+    /// The writer's published and visible ends, if it still names the file by `key`.
+    fn current(&self, key: u64) -> Option<(u64, u64)>;
+    /// The final ends of a file (inode `ino`) the writer no longer names by `key`; `None`
+    /// if the page cannot be read now. `seen`: the most this handle saw visible in it.
+    fn retired(&self, key: u64, ino: u64, seen: u64) -> Option<Ends>;
+}
+
 /// The two watermarks of the log, shared by every mapping of the file (one cache line, so
 /// a reader pays one miss for both).
 struct Marks {
@@ -206,9 +256,9 @@ struct Marks {
 }
 
 /// Where a follower finds the marks of one data file: the live page, while it names the
-/// file by `key`; then, fixed once, its final ends (see [`Live::retired`]).
+/// file by `key`; then, fixed once, its final ends (see [`Watermarks::retired`]).
 struct Follow {
-    live: Live,
+    live: Arc<dyn Watermarks>,
     key: u64,
     ino: u64,
     retired: std::sync::OnceLock<Ends>,
@@ -308,10 +358,10 @@ impl LogMap {
         // is what this reads): `LogFile::write_at` only writes at or past the watermark,
         // `LogFile::write_header` only below `data_start`, and the watermark only rises
         // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
-        // A follower's watermark is the writer's, in the live page (`Live::current`): the
+        // A follower's watermark is the writer's, in the live page (`Watermarks::current`, implemented by `live::Live`): the
         // writer in the other process keeps the same rule. A file it replaced is
         // immutable whole; a file a later writer took over is bounded by the old writer's
-        // visible end, below which recovery rewrites nothing (`Live::retired`).
+        // visible end, below which recovery rewrites nothing (`Watermarks::retired`).
         Some(unsafe {
             std::slice::from_raw_parts(self.raw.as_ptr().add(off as usize), (end - off) as usize)
         })
@@ -406,7 +456,7 @@ pub struct LogFile {
     write: Option<Arc<MmapRaw>>,
     seam: Seam,
     /// The writer's live page, where its marks are mirrored for followers.
-    mirror: Option<Live>,
+    mirror: Option<Arc<dyn Watermarks>>,
     /// The file's inode number, by which followers recognise it.
     ino: u64,
     /// Start writeback of each chunk the writer moves past ([`LogFile::set_writeback`]).
@@ -437,7 +487,7 @@ impl LogFile {
         file: File,
         path: &Path,
         data_start: u64,
-        follow: (Live, u64, u64),
+        follow: (Arc<dyn Watermarks>, u64, u64),
     ) -> Result<Self> {
         Self::open(file, path, (false, data_start), &Seam::default(), Some(follow))
     }
@@ -447,7 +497,7 @@ impl LogFile {
         path: &Path,
         (writable, data_start): (bool, u64),
         seam: &Seam,
-        follow: Option<(Live, u64, u64)>,
+        follow: Option<(Arc<dyn Watermarks>, u64, u64)>,
     ) -> Result<Self> {
         let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
         let (len, ino) = (meta.len(), meta.ino());
@@ -522,7 +572,7 @@ impl LogFile {
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
                     Err(e) => return Err(Error::io("read", path, e)),
                 }
-                if let Some(i) = crate::recovery::first_nonzero(chunk) {
+                if let Some(i) = crate::format::first_nonzero(chunk) {
                     return Ok(Some(p + i as u64));
                 }
                 p += n as u64;
@@ -547,7 +597,7 @@ impl LogFile {
         let mut head = vec![0; self.map.data_start.min(self.map.len()) as usize];
         std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut head, 0)
             .map_err(|e| Error::io("read", &self.path, e))?;
-        crate::recovery::header_of(&head, self.map.len(), &self.path)
+        header_of(&head, self.map.len(), &self.path)
     }
 
     /// The visible end (this handle's own marks).
@@ -556,7 +606,7 @@ impl LogFile {
     }
 
     /// From now on, mirrors the marks into the writer's live page.
-    pub fn set_mirror(&mut self, live: Live) {
+    pub fn set_mirror(&mut self, live: Arc<dyn Watermarks>) {
         self.mirror = Some(live);
     }
 
@@ -1162,5 +1212,57 @@ impl Seam {
 impl std::fmt::Debug for Seam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "Seam(observed)" } else { "Seam" })
+    }
+}
+
+/// A random 64-bit id, from the standard library's randomly keyed hasher.
+pub(crate) fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+/// The newest valid header slot, from `head` (the file's first bytes) of a file of `len` bytes.
+///
+/// # Errors
+/// [`Error::Corrupt`] if neither slot is valid, [`Error::UnsupportedVersion`] for a valid
+/// header of another version.
+pub fn header_of(head: &[u8], len: u64, path: &Path) -> Result<LogHeader> {
+    let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
+    let bytes = head;
+    if (bytes.len() as u64) < DATA_START {
+        return Err(corrupt(0, CorruptKind::TooShort { len: bytes.len() as u64, min: DATA_START }));
+    }
+    let mut best: Option<LogHeader> = None;
+    let mut errors = Vec::new();
+    for off in HEADER_SLOTS {
+        match LogHeader::decode(&bytes[off as usize..off as usize + HEADER_LEN]) {
+            Ok(h) if best.is_none_or(|b| h.seq > b.seq) => best = Some(h),
+            Ok(_) => {}
+            Err(DecodeError::Version(found)) => {
+                return Err(Error::UnsupportedVersion {
+                    file: path.to_path_buf(),
+                    found,
+                    supported: VERSION,
+                });
+            }
+            Err(DecodeError::Corrupt(kind)) => errors.push((off, kind)),
+        }
+    }
+    match best {
+        Some(h) if h.committed > len => {
+            Err(corrupt(0, CorruptKind::LengthPastEnd { end: h.committed, limit: len }))
+        }
+        Some(h) => Ok(h),
+        None if errors.iter().all(|(_, k)| *k == CorruptKind::BadMagic) => {
+            Err(corrupt(0, CorruptKind::BadMagic))
+        }
+        None => Err(corrupt(0, CorruptKind::NoValidHeader)),
     }
 }

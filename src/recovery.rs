@@ -5,10 +5,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{Error, Result};
+use crate::format::CorruptKind;
 use crate::format::{
-    DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, IndexHeader, Kind, LogHeader, RECORD_ALIGN,
-    Record, VERSION, crc_seed,
+    DATA_START, DecodeError, IndexHeader, Kind, LogHeader, RECORD_ALIGN, Record, crc_seed,
 };
 use crate::index::{self, DELETED, Slot, Table, VACATED};
 use crate::live::{Checkpoint, Live, UNKNOWN_LAST};
@@ -49,45 +49,7 @@ impl RecoveryReport {
 /// [`Error::Corrupt`] if neither slot is valid, [`Error::UnsupportedVersion`] for a valid
 /// header of another version.
 pub fn read_header(bytes: &[u8], path: &Path) -> Result<LogHeader> {
-    header_of(bytes, bytes.len() as u64, path)
-}
-
-/// As [`read_header`], from `head` (the file's first bytes) of a file of `len` bytes.
-///
-/// # Errors
-/// As [`read_header`].
-pub fn header_of(head: &[u8], len: u64, path: &Path) -> Result<LogHeader> {
-    let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
-    let bytes = head;
-    if (bytes.len() as u64) < DATA_START {
-        return Err(corrupt(0, CorruptKind::TooShort { len: bytes.len() as u64, min: DATA_START }));
-    }
-    let mut best: Option<LogHeader> = None;
-    let mut errors = Vec::new();
-    for off in HEADER_SLOTS {
-        match LogHeader::decode(&bytes[off as usize..off as usize + HEADER_LEN]) {
-            Ok(h) if best.is_none_or(|b| h.seq > b.seq) => best = Some(h),
-            Ok(_) => {}
-            Err(DecodeError::Version(found)) => {
-                return Err(Error::UnsupportedVersion {
-                    file: path.to_path_buf(),
-                    found,
-                    supported: VERSION,
-                });
-            }
-            Err(DecodeError::Corrupt(kind)) => errors.push((off, kind)),
-        }
-    }
-    match best {
-        Some(h) if h.committed > len => {
-            Err(corrupt(0, CorruptKind::LengthPastEnd { end: h.committed, limit: len }))
-        }
-        Some(h) => Ok(h),
-        None if errors.iter().all(|(_, k)| *k == CorruptKind::BadMagic) => {
-            Err(corrupt(0, CorruptKind::BadMagic))
-        }
-        None => Err(corrupt(0, CorruptKind::NoValidHeader)),
-    }
+    crate::os::header_of(bytes, bytes.len() as u64, path)
 }
 
 /// The index file's header if the index can be used as it is: it belongs to this store,
@@ -218,15 +180,6 @@ fn batch_step(rec: &Record, rest: &[u8], p: u64, batch: &mut OpenBatch) -> Resul
     Ok(())
 }
 
-/// Index of the first nonzero byte of `b`. Scans a page at a time with an OR that the
-/// compiler vectorises (a byte-at-a-time search of the 1 MiB window took 40 % of the
-/// power-loss simulator's time).
-pub(crate) fn first_nonzero(b: &[u8]) -> Option<usize> {
-    let page = b.chunks(4096).position(|c| c.iter().fold(0, |acc, &x| acc | x) != 0)?;
-    let at = page * 4096;
-    b[at..].iter().position(|&x| x != 0).map(|i| at + i)
-}
-
 /// Where the bytes a killed writer left past `from` (the end of the valid log) end: past
 /// every record header that decodes there (an unfinished batch, the record being copied),
 /// then past every nonzero byte until a whole window of [`GAP_WINDOW`] zeros. Past it the
@@ -299,7 +252,7 @@ pub(crate) fn valid_end(
                     // The clean end, unless data follows (a page that never reached disk).
                     // Past the end everything is zero (DESIGN.md §2), so look a little way.
                     let window = &rest[..rest.len().min(GAP_WINDOW)];
-                    let data = first_nonzero(window);
+                    let data = crate::format::first_nonzero(window);
                     data.map(|d| (p, CorruptKind::ZeroGap { data_at: p + d as u64 }))
                 } else {
                     Some((p, kind))
@@ -1069,20 +1022,6 @@ mod tests {
         assert!(
             matches!(&check_log(records, 9).1[..], [(o, CorruptKind::ChecksumMismatch { .. })] if *o == second)
         );
-    }
-
-    #[test]
-    fn first_nonzero_finds_the_first_nonzero_byte() {
-        let mut b = vec![0u8; 3 * 4096 + 100];
-        assert_eq!(first_nonzero(&b), None);
-        for at in [0, 1, 4095, 4096, 8191, 3 * 4096 + 99] {
-            b[at] = 7;
-            assert_eq!(first_nonzero(&b), Some(at));
-            b[at] = 0;
-        }
-        b[5000] = 1;
-        b[9000] = 1;
-        assert_eq!(first_nonzero(&b), Some(5000));
     }
 
     #[test]

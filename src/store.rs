@@ -6,7 +6,6 @@
 //! new index file) and publishes a new `State`; the old one lives on for whoever holds it.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,8 +15,9 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::background::{Background, SyncPolicy};
 use crate::commit::Durability;
-use crate::error::{CorruptKind, Error, Result};
+use crate::error::{Error, Result};
 use crate::follow::{self, Follower, Start};
+use crate::format::CorruptKind;
 use crate::format::{
     DATA_FILE, DATA_START, HEADER_LEN, HEADER_SLOTS, INDEX_FILE, IndexHeader, Kind, LogHeader,
     MAX_KEY_LEN, MAX_VALUE_LEN, PAGE, RECORD_ALIGN, Record, TMP_SUFFIX, crc_seed,
@@ -341,7 +341,7 @@ impl Store {
             // (done here, not when creating the directory, so a retried open redoes it).
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
             os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
-            create_data_file(seam, dir, &data_path, random_id())?;
+            create_data_file(seam, dir, &data_path, os::random_id())?;
         }
         let page = if writable { Some(Live::create(dir, seam)?) } else { None };
         let file =
@@ -439,7 +439,7 @@ impl Store {
         if let Some(pg) = &page {
             // Followers switch to this session before recovery zeroes anything. The
             // session's first checkpoint is the state recovery arrived at.
-            w.log.set_mirror(pg.clone());
+            w.log.set_mirror(Arc::new(pg.clone()));
             let ids = (w.log.ino(), w.index.ino());
             // Tags go on above the one the index carries (and the page's).
             let table = Table::new(w.index.words());
@@ -1251,16 +1251,4 @@ pub(crate) fn create_data_file(seam: &Seam, dir: &Path, path: &Path, store_id: u
     log.flush(0, 2 * PAGE)?;
     os::rename(seam, &tmp, path)?;
     os::sync_dir(seam, dir)
-}
-
-/// A random 64-bit id, from the standard library's randomly keyed hasher.
-pub(crate) fn random_id() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish().max(1)
 }
