@@ -851,6 +851,7 @@ impl<'a> Resumer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{HEADER_LEN, HEADER_SLOTS};
 
     fn log_with(records: &[(&[u8], &[u8])], committed_after: usize) -> (Vec<u8>, LogHeader) {
         let mut log = vec![0u8; DATA_START as usize];
