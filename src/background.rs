@@ -1,33 +1,24 @@
-//! Sync policies, and the background threads that run timed syncs and automatic
+//! The background threads that run timed syncs and automatic
 //! compaction.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::compact::Stop;
-use crate::{Error, Store};
+use crate::error::{Error, Result};
 
-/// When writes become durable (survive power loss) without an explicit
-/// [`Store::sync`]. Whatever the policy, a write that returned survives the process being
-/// killed, and `sync()` is always available.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum SyncPolicy {
-    /// Only `sync()` (and a clean close) makes writes durable.
-    #[default]
-    Manual,
-    /// Every put, delete and batch is durable when it returns. Threads writing at the
-    /// same time share flushes (group commit).
-    EveryWrite,
-    /// A sync inside the write that brings the bytes written since the last sync to at
-    /// least this many.
-    EveryBytes(u64),
-    /// A background thread syncs this often: a power loss costs at most about this much
-    /// of the latest writes.
-    Interval(Duration),
+/// What the background threads do, through a store handle of their own (the store
+/// implements it; this module knows nothing else of it).
+pub(crate) trait Work: Send + 'static {
+    /// Syncs (a failure poisons the store: the user's next call reports it).
+    fn sync(&self);
+    /// Whether garbage is at least `ratio` of a log of at least `min_log` bytes.
+    fn garbage_at_least(&self, ratio: f64, min_log: u64) -> bool;
+    /// Compacts, stopping with [`Error::CompactionStopped`] once `stop` is set.
+    fn compact(&self, stop: &Stop) -> Result<()>;
 }
 
 /// How often the compaction thread looks at the garbage ratio.
@@ -38,6 +29,20 @@ const COMPACT_RETRY: Duration = Duration::from_secs(30);
 const OUTRUN_RETRY: Duration = Duration::from_secs(1);
 /// Logs smaller than this are never compacted automatically.
 const COMPACT_MIN_LOG: u64 = 1 << 20;
+
+/// Asks a running compaction to stop before its swap (the store is being dropped).
+#[derive(Debug, Default)]
+pub(crate) struct Stop(AtomicBool);
+
+impl Stop {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// The background threads of a store handle: one for timed syncs, one for automatic
 /// compaction, each working through a handle of its own on the same store, so a
@@ -79,8 +84,8 @@ impl Background {
     ///
     /// # Errors
     /// The OS refused a thread.
-    pub fn spawn(
-        handle: impl Fn() -> Store,
+    pub fn spawn<W: Work>(
+        handle: impl Fn() -> W,
         interval: Option<Duration>,
         compact_at: Option<f64>,
     ) -> std::io::Result<Self> {
@@ -96,7 +101,7 @@ impl Background {
                 let mut next = Instant::now() + every;
                 while !stop.wait_until(next) {
                     next += every;
-                    let _ = store.sync();
+                    store.sync();
                     next = next.max(Instant::now());
                 }
             })?);
@@ -114,7 +119,7 @@ impl Background {
                         continue;
                     }
                     // A failed compaction leaves the store as it was.
-                    match store.compact_until(&stop.stop) {
+                    match store.compact(&stop.stop) {
                         Ok(_) | Err(Error::CompactionStopped) => {}
                         Err(Error::CompactionOutrun { .. }) => at = Instant::now() + OUTRUN_RETRY,
                         Err(_) => at = Instant::now() + COMPACT_RETRY,

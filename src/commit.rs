@@ -1,13 +1,31 @@
-//! Group commit: one flush of the log at a time, and a sync whose writes an earlier flush
+//! Sync policies, and group commit: one flush of the log at a time, and a sync whose writes an earlier flush
 //! already covered returns without flushing (DESIGN.md, "Durability").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use parking_lot::{Condvar, Mutex};
 
-use crate::background::SyncPolicy;
-use crate::error::Result;
-use crate::store::{Store, put_header};
+/// When writes become durable (survive power loss) without an explicit
+/// [`Store::sync`](crate::Store::sync). Whatever the policy, a write that returned survives the process being
+/// killed, and `sync()` is always available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SyncPolicy {
+    /// Only `sync()` (and a clean close) makes writes durable.
+    #[default]
+    Manual,
+    /// Every put, delete and batch is durable when it returns. Threads writing at the
+    /// same time share flushes (group commit).
+    EveryWrite,
+    /// A sync inside the write that brings the bytes written since the last sync to at
+    /// least this many.
+    EveryBytes(u64),
+    /// A background thread syncs this often: a power loss costs at most about this much
+    /// of the latest writes.
+    Interval(Duration),
+}
 
 /// How far the log is durable, and who may flush next.
 pub(crate) struct Durability {
@@ -84,55 +102,6 @@ impl Drop for Turn<'_> {
         t.flushing = false;
         drop(t);
         self.d.done.notify_all();
-    }
-}
-
-/// Syncing: a turn, the header, one flush.
-impl Store {
-    /// The durability point: when it returns, every write that returned before it survives
-    /// power loss. It flushes only what changed since the last `sync` (one msync, one device
-    /// flush); with nothing changed it does nothing.
-    ///
-    /// # Errors
-    /// [`Error::Poisoned`] if this or an earlier flush failed: the failure is never retried
-    /// and reported as success. Read-only handles return `Ok` at once.
-    pub fn sync(&self) -> Result<()> {
-        self.check_poisoned()?;
-        if self.shared.read_only {
-            return Ok(());
-        }
-        let target = self.shared.writer.lock().end;
-        // Syncs queue here; when our turn comes, an earlier flush may have covered us.
-        let Some(turn) = self.shared.durability.turn(target) else {
-            return Ok(()); // a flush that ran meanwhile covered our writes
-        };
-        self.check_poisoned()?;
-        let (log, end) = {
-            let mut w = self.shared.writer.lock();
-            // The header may only claim what is already durable: the previous sync's end.
-            // So it rides in the same flush as the new records (DESIGN.md, "Durability").
-            if w.header.committed != turn.durable {
-                put_header(&mut w, turn.durable);
-            }
-            w.unsynced = 0;
-            (w.log.flusher(), w.end)
-        };
-        // Writers go on appending past `end` while the flush runs.
-        self.poison_on_err(log.flush(0, end))?;
-        if let Some(live) = &self.shared.live {
-            live.set_durable(end, turn.durable); // before the next flush may run
-        }
-        turn.finish(end);
-        Ok(())
-    }
-
-    /// Applies the sync policy after a write that returned.
-    pub(crate) fn after_write(&self, unsynced: u64) -> Result<()> {
-        match self.shared.policy {
-            SyncPolicy::EveryWrite => self.sync(),
-            SyncPolicy::EveryBytes(n) if unsynced >= n => self.sync(),
-            _ => Ok(()),
-        }
     }
 }
 

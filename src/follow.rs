@@ -10,11 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, LogHeader};
-use crate::index::Table;
-use crate::live::{Announced, Checkpoint, Files, Live};
+use crate::live::{Announced, Files, Live};
 use crate::os::{self, IndexMap, LogFile, Seam};
-use crate::recovery::{Counts, RecoveryReport};
-use crate::store::{OpenOptions, Parts, Store, Writer};
 
 /// How long a read-only open waits for a writer that holds the lock but whose live page
 /// does not (yet) name files it can map: a writer still recovering, or between a rename
@@ -38,7 +35,7 @@ pub(crate) struct Follower {
 impl Follower {
     /// Whether the page names other files, or a longer log, than this handle has mapped.
     #[inline]
-    fn behind(&self) -> bool {
+    pub(crate) fn behind(&self) -> bool {
         self.live.seq() != self.seen.load(Ordering::Acquire)
             || self.live.published() > self.mapped.load(Ordering::Acquire)
     }
@@ -176,152 +173,22 @@ impl Follower {
         let seen = AtomicU64::new(seq);
         Self { live, seen, mapped: AtomicU64::new(u64::MAX), attached: AtomicBool::new(false) }
     }
-}
 
-impl Store {
-    /// Brings a following handle up to the writer's files; called before every read. One
-    /// comparison of two words of the live page when nothing changed; nothing at all for
-    /// other handles.
-    #[inline]
-    pub(crate) fn follow(&self) -> Result<()> {
-        match &self.shared.follow {
-            Some(f) if f.behind() => self.catch_up(f),
-            _ => Ok(()),
-        }
+    /// A link for a handle that follows the writer from its open: at the page's reading
+    /// `seq`, with `mapped` bytes of the data file mapped.
+    pub(crate) fn attached_at(live: Live, seq: u64, mapped: u64) -> Self {
+        let (seen, mapped) = (AtomicU64::new(seq), AtomicU64::new(mapped));
+        Self { live, seen, mapped, attached: AtomicBool::new(true) }
     }
 
-    /// Whether a follower's page names newer files than it has mapped.
-    pub(crate) fn behind_writer(&self) -> bool {
-        self.shared.follow.as_ref().is_some_and(Follower::behind)
-    }
-
-    /// Maps what the page names (growth, a new index, new files after a compaction or a
-    /// new writer) and publishes it as the handle's newest view, linked from the old one
-    /// as the writer's own growth is.
-    #[cold]
-    fn catch_up(&self, f: &Follower) -> Result<()> {
-        let mut guard = self.shared.writer.lock();
-        let w = &mut *guard;
-        if !f.behind() {
-            return Ok(()); // another thread did it
+    /// The handle caught up with the page's reading `seq` (or gave up on it), with `mapped`
+    /// bytes of the data file mapped (`u64::MAX`: not watching its length), and reads the
+    /// files the page names if `attached`.
+    pub(crate) fn caught_up(&self, seq: u64, mapped: u64, attached: bool) {
+        if attached {
+            self.attached.store(true, Ordering::Release);
         }
-        let seq = f.live.seq();
-        let have = f.attached().then_some(w.files);
-        let found = attach(&self.shared.dir, &f.live, (have, Some(self.shared.store_id)))?;
-        let Some(Attached { announced: a, log, index }) = found else {
-            // Names nothing mappable: stay on the files we have until the page changes.
-            f.mapped.store(u64::MAX, Ordering::Release);
-            f.seen.store(seq, Ordering::Release);
-            return Ok(());
-        };
-        let same_file = have.is_some_and(|h| h.data_ino == a.files.data_ino);
-        match log {
-            // A new writer on the same files (the index too: a clean handover): a newer
-            // view of the same generation, which snapshots go on reading through.
-            Some((log, _)) if same_file && index.is_none() => w.log = log,
-            Some((log, _)) => {
-                if have.is_some() && !same_file {
-                    // A compaction replaced the file. Views of the old generation read
-                    // it whole from now on: map all of it first.
-                    drop((w.log.remap()?, self.publish_state(w)));
-                }
-                // (A new writer with a rebuilt index may have rewritten what the old one
-                // had not made visible: a new generation, so a pinned old index is never
-                // paired with its records.)
-                w.log = log;
-                w.generation += 1;
-            }
-            None if a.published > w.log.map().len() => drop(w.log.remap()?),
-            None => {}
-        }
-        if let Some(index) = index {
-            w.index = Arc::new(index);
-        }
-        w.files = a.files;
-        drop(self.publish_state(w));
-        f.attached.store(true, Ordering::Release);
-        // A page claiming more than the file holds is damaged: stop watching the length.
-        let len = w.log.map().len();
-        f.mapped.store(if a.published > len { u64::MAX } else { len }, Ordering::Release);
-        f.seen.store(a.seq, Ordering::Release);
-        Ok(())
-    }
-
-    // ---- the writer's side -------------------------------------------------------------
-
-    /// Tells followers which files are the store now (after index growth or compaction;
-    /// open starts a session instead), with the marks as they are and, between writes, a
-    /// checkpoint of the writer's state (in the same lock, with its tag stored in the
-    /// index).
-    pub(crate) fn announce(&self, w: &mut Writer) {
-        if let Some(live) = &self.shared.live {
-            w.files.data_ino = w.log.ino();
-            w.files.index_ino = w.index.ino();
-            let marks = (w.log.published(), w.log.visible());
-            // Inside a batch (never, since a batch makes room first) the counts are not a
-            // finished write's: keep the last checkpoint, whose tag a grown index carries.
-            let between = w.end == marks.1;
-            let tag = if between { w.tag + 1 } else { w.tag };
-            let c = Checkpoint { tag, ..w.as_checkpoint(self.len()) };
-            let table = Table::new(w.index.words());
-            live.announce(w.files, marks, &c, between, || table.set_tag(tag));
-            w.tag = tag;
-        }
-    }
-
-    /// Writes the writer's state, after a finished write, as its next checkpoint on the
-    /// live page, then stores the checkpoint's tag in the index (DESIGN.md §6, "Resuming
-    /// after a process crash"): a dozen stores into lines the writer owns, no flush.
-    #[inline]
-    pub(crate) fn checkpoint(&self, w: &mut Writer) {
-        if let Some(live) = &self.shared.live {
-            w.tag += 1;
-            live.checkpoint(&w.as_checkpoint(self.len()));
-            w.seam.point("checkpoint written");
-            Table::new(w.index.words()).set_tag(w.tag);
-        }
-    }
-}
-
-impl Store {
-    /// A read-only handle following the writer's files from the start: no lock, no scan.
-    pub(crate) fn open_following(
-        dir: &Path,
-        opts: &OpenOptions,
-        live: Live,
-        attached: Attached,
-    ) -> Result<Self> {
-        let a = attached.announced;
-        let (Some((log, header)), Some(index)) = (attached.log, attached.index) else {
-            // `attach` without files of our own opens both.
-            return Err(Error::Locked { path: dir.to_path_buf(), read_only: true });
-        };
-        let follow = Follower {
-            live,
-            seen: AtomicU64::new(a.seq),
-            mapped: AtomicU64::new(log.map().len()),
-            attached: AtomicBool::new(true),
-        };
-        let w = Writer {
-            log,
-            index: Arc::new(index),
-            end: a.visible,
-            unsynced: 0,
-            counts: Counts::default(),
-            header,
-            index_clean: false,
-            used: 0,
-            generation: 0,
-            _lock: None,
-            files: a.files,
-            seam: Seam::default(),
-            tag: 0,
-            last: (0, 0),
-            retired: Vec::new(),
-        };
-        let report = RecoveryReport { log_end: a.visible, ..RecoveryReport::default() };
-        let durable = a.visible;
-        let parts = Parts { w, live_keys: 0, durable, report, live: None, follow: Some(follow) };
-        Self::assemble(dir, opts, parts)
+        self.mapped.store(mapped, Ordering::Release);
+        self.seen.store(seq, Ordering::Release);
     }
 }

@@ -24,10 +24,11 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(clippy::missing_safety_doc)]
 
+// Modules from the bottom layer up: each imports only modules above it in this list
+// (DESIGN.md §1 has the table; tests/layering.rs checks it).
 mod background;
 mod batch;
 mod commit;
-mod compact;
 mod error;
 mod follow;
 mod format;
@@ -37,19 +38,15 @@ mod os;
 mod recovery;
 mod stats;
 mod store;
-mod view;
 
-pub use background::SyncPolicy;
 pub use batch::Batch;
-pub use compact::CompactStats;
+pub use commit::SyncPolicy;
 pub use error::{Error, Result};
-pub use format::CorruptKind;
-pub use format::{MAX_KEY_LEN, MAX_VALUE_LEN, VERSION as FORMAT_VERSION};
+pub use format::{CorruptKind, MAX_KEY_LEN, MAX_VALUE_LEN, VERSION as FORMAT_VERSION};
 pub use os::Value;
 pub use recovery::{Problem, RecoveryReport, VerifyReport};
 pub use stats::Stats;
-pub use store::{OpenOptions, Store};
-pub use view::{Iter, Reader, Snapshot, SnapshotIter};
+pub use store::{CompactStats, Iter, OpenOptions, Reader, Snapshot, SnapshotIter, Store};
 
 /// The README's examples, run as doctests.
 #[cfg(doctest)]

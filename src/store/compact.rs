@@ -3,10 +3,10 @@
 //! them in (`Store::compact`; DESIGN.md, "Compaction").
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::background::Stop;
 use crate::error::{Error, Result};
 use crate::format::CorruptKind;
 use crate::format::{
@@ -16,7 +16,10 @@ use crate::format::{
 use crate::index::{DELETED, Slot, Table};
 use crate::os::{self, LogFile, Seam};
 use crate::recovery::{self, IndexCtx, Log, Rebuild, Replay};
-use crate::store::{State, Store};
+
+use super::shared::{Shared, State, record_at};
+use super::view::Snapshot;
+use super::write::{NewFiles, create_data_file, write_slot};
 
 /// What [`Store::compact`](crate::Store::compact) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,7 +44,7 @@ pub struct CompactStats {
 }
 
 /// Builds the new files.
-pub(crate) struct Copier<'a> {
+pub(super) struct Copier<'a> {
     pub log: LogFile,
     pub end: u64,
     /// Where the new log is flushed to.
@@ -65,7 +68,7 @@ impl<'a> Copier<'a> {
         seam: &Seam,
     ) -> Result<Self> {
         let path = dir.join(DATA_COMPACT);
-        crate::store::create_data_file(seam, dir, &path, ctx.store_id)?;
+        create_data_file(seam, dir, &path, ctx.store_id)?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -150,7 +153,7 @@ impl<'a> Copier<'a> {
             if stop.is_set() {
                 return Err(Error::CompactionStopped);
             }
-            let rec = crate::store::record_at(&old.state.log, p)
+            let rec = record_at(&old.state.log, p)
                 .ok_or(CorruptKind::LengthPastEnd { end: to, limit: p });
             let (rec, rest) = rec.and_then(|r| r).map_err(|kind| Error::Corrupt {
                 file: old.path.to_path_buf(),
@@ -189,7 +192,7 @@ impl<'a> Copier<'a> {
     pub fn finish(&mut self) -> Result<()> {
         let h =
             LogHeader { seq: self.header.seq.wrapping_add(1), committed: self.end, ..self.header };
-        crate::store::write_slot(&mut self.log, &h);
+        write_slot(&mut self.log, &h);
         self.log.flush(0, self.end)?;
         self.flushed = self.end;
         self.header = h;
@@ -199,7 +202,7 @@ impl<'a> Copier<'a> {
 }
 
 /// The old store's files as one catch-up round reads them.
-pub(crate) struct Old<'a> {
+pub(super) struct Old<'a> {
     /// A view that maps the round's records; later views of the same files follow it
     /// (only a compaction starts new files, and one runs at a time).
     pub state: &'a State,
@@ -251,20 +254,6 @@ impl Drop for Wanted<'_> {
     }
 }
 
-/// Asks a running compaction to stop before its swap (the store is being dropped).
-#[derive(Debug, Default)]
-pub(crate) struct Stop(AtomicBool);
-
-impl Stop {
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Removes a compaction's new files unless it reached its swap.
 struct Leftovers<'a> {
     dir: &'a Path,
@@ -281,7 +270,7 @@ impl Drop for Leftovers<'_> {
 
 /// Removes the files of a compaction that never reached its swap (the store is the old
 /// files): at a writable open, and when a compaction fails or stops.
-pub(crate) fn remove_leftovers(dir: &Path) {
+pub(super) fn remove_leftovers(dir: &Path) {
     for name in [DATA_COMPACT, INDEX_COMPACT] {
         for suffix in ["", TMP_SUFFIX] {
             let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
@@ -290,48 +279,25 @@ pub(crate) fn remove_leftovers(dir: &Path) {
 }
 
 /// Compaction's swap: it needs the writer.
-impl Store {
-    /// Rewrites the live records into a new data file and index and swaps them in, giving
-    /// back the space of overwritten and deleted records. Readers keep reading throughout;
-    /// writers wait only for the last catch-up and the swap ([`CompactStats::pause`]),
-    /// whose work is bounded: at most 256 KiB of log to copy and one flush of it. Values,
-    /// readers and snapshots taken before keep reading the old files, whose disk space
-    /// comes back when the last of them is dropped. A crash at any point leaves the old
-    /// store or the new one, whole. Durable like a [`sync`](Store::sync) (every write that
-    /// returned before the swap is in the new files, flushed).
-    ///
-    /// Under writers that keep writing faster than it can catch up, it gives up rather
-    /// than make them wait ([`Error::CompactionOutrun`]; nothing changed).
-    ///
-    /// # Errors
-    /// [`Error::ReadOnly`], [`Error::CompactionOutrun`], [`Error::Io`] (a full disk: the old
-    /// store stays as it was), [`Error::Poisoned`] if the swap itself failed.
-    pub fn compact(&self) -> Result<CompactStats> {
-        self.compact_until(&Stop::default())
-    }
-
-    /// [`compact`](Store::compact), stopping with [`Error::CompactionStopped`] (and nothing
-    /// changed) once `stop` is set.
-    pub(crate) fn compact_until(&self, stop: &Stop) -> Result<CompactStats> {
+impl Shared {
+    /// [`Store::compact`](super::Store::compact), stopping with [`Error::CompactionStopped`]
+    /// (and nothing changed) once `stop` is set.
+    pub(super) fn compact_until(&self, stop: &Stop) -> Result<CompactStats> {
         self.check_writable()?;
-        let _one = self.shared.compacting.lock();
+        let _one = self.compacting.lock();
         let started = Instant::now();
         let (seam, live_bytes) = {
-            let w = self.shared.writer.lock();
+            let w = self.writer.lock();
             (w.seam.clone(), w.counts.live_bytes)
         };
-        let dir = &self.shared.dir;
+        let dir = &self.dir;
         let data_path = dir.join(DATA_FILE);
         let new_index = dir.join(INDEX_COMPACT);
-        let index_path = &self.shared.index_path;
-        let ctx = IndexCtx {
-            path: &new_index,
-            writable: true,
-            store_id: self.shared.store_id,
-            seam: &seam,
-        };
+        let index_path = &self.index_path;
+        let ctx =
+            IndexCtx { path: &new_index, writable: true, store_id: self.store_id, seam: &seam };
         let mut leftovers = Leftovers { dir, armed: true };
-        let snap = self.snapshot();
+        let snap = Snapshot::take(self);
         let mut copier = Copier::create(dir, &ctx, (self.len(), live_bytes), &seam)?;
         for item in snap.iter() {
             if stop.is_set() {
@@ -351,8 +317,8 @@ impl Store {
                 return Err(Error::CompactionStopped);
             }
             // `visible` first: the view loaded after it maps every record below it.
-            let to = self.shared.state.load().log.visible();
-            let state = self.shared.state.load_full();
+            let to = self.state.load().log.visible();
+            let state = self.state.load_full();
             let old = Old { state: &state, path: &data_path, index_path };
             caught_up += copier.catch_up(&old, (*from, to), stop)?;
             *from = to;
@@ -360,35 +326,35 @@ impl Store {
         };
         for _ in 0..CATCH_UP_ROUNDS {
             round(&mut copier, &mut from, true)?;
-            if self.shared.state.load().log.visible().saturating_sub(from) < CATCH_UP_LEFT {
+            if self.state.load().log.visible().saturating_sub(from) < CATCH_UP_LEFT {
                 break;
             }
         }
         // Room in the new log for as much as the writers appended during the compaction, so
         // that they do not have to grow it (fallocate, under their lock) right after the
         // swap, while the file system is busy freeing the old log.
-        let appended = self.shared.state.load().log.visible().saturating_sub(started_at);
+        let appended = self.state.load().log.visible().saturating_sub(started_at);
         Copier::grow(&mut copier.log, copier.end.saturating_add(appended))?;
         // The flush turn first (a sync running now may take a while), then rounds under it
         // (syncs wait, writers do not) until the writer lock finds little enough left to
         // walk and to flush. Writers release the lock fairly, so it comes after one write.
-        let turn = self.shared.durability.exclusive();
+        let turn = self.durability.exclusive();
         let mut tries = 0;
-        let wanted = Wanted::set(&self.shared.pause_wanted);
+        let wanted = Wanted::set(&self.pause_wanted);
         let mut guard = loop {
             round(&mut copier, &mut from, false)?;
             if copier.end - copier.flushed > CATCH_UP_LEFT {
                 copier.flush()?;
             } else {
                 seam.point("compaction takes the writer lock");
-                let guard = self.shared.writer.lock();
+                let guard = self.writer.lock();
                 if guard.end.saturating_sub(from) <= CATCH_UP_LEFT {
                     break guard;
                 }
             }
             tries += 1;
             if tries == PAUSE_TRIES {
-                let behind = self.shared.writer.lock().end.saturating_sub(from);
+                let behind = self.writer.lock().end.saturating_sub(from);
                 return Err(Error::CompactionOutrun { behind });
             }
         };
@@ -397,7 +363,7 @@ impl Store {
         let w = &mut *guard;
         self.check_poisoned()?;
         // Under the lock the published view is the writer's: its index is exact.
-        let state = self.shared.state.load_full();
+        let state = self.state.load_full();
         let old = Old { state: &state, path: &data_path, index_path };
         let pause_log_bytes = w.end - from;
         caught_up += copier.catch_up(&old, (from, w.end), &Stop::default())?;
@@ -410,37 +376,33 @@ impl Store {
         // The commit point: from this rename on, the store is the new files.
         leftovers.armed = false;
         self.poison_on_err(log.install(&data_path))?;
-        let (mut index, used, live, counts) =
-            (rebuild.index, rebuild.used, rebuild.live, rebuild.counts);
-        self.poison_on_err(index.install(&self.shared.index_path))?;
+        let mut index = rebuild.index;
+        self.poison_on_err(index.install(&self.index_path))?;
         let log_before = w.end;
-        // The old writer's files are unmapped after the lock is released (a whole-file
-        // munmap is milliseconds for a large log).
-        let old_files =
-            (std::mem::replace(&mut w.log, log), std::mem::replace(&mut w.index, Arc::new(index)));
-        (w.end, w.header, w.counts) = (end, header, counts);
-        (w.used, w.index_clean, w.generation, w.unsynced) = (used, false, w.generation + 1, 0);
-        w.last = recovery::last_record(w.log.bytes(), last);
-        self.shared.live_keys.store(live, Ordering::Relaxed);
-        let old_view = self.publish_state(w);
-        if let Some(live) = &self.shared.live {
-            // Followers move to the new files; the old ones are whole and final for them.
-            w.files.key = w.files.key.wrapping_add(1).max(1);
-            w.log.set_mirror(Arc::new(live.clone()));
-            self.announce(w);
-        }
+        let live = rebuild.live;
+        let new = NewFiles {
+            log,
+            index,
+            end,
+            header,
+            counts: rebuild.counts,
+            used: rebuild.used,
+            live,
+            last,
+        };
+        let replaced = self.take_over(w, new);
         let pause = paused.elapsed();
         drop(guard);
         // The names, durable before any later sync returns (syncs wait for the turn);
         // writers already append to the new file meanwhile.
         self.poison_on_err(os::sync_dir(&seam, dir))?;
-        if let Some(live) = &self.shared.live {
+        if let Some(live) = &self.live {
             live.set_durable(end, end);
         }
         turn.finish(end);
         // The old files go (and their disk space, unless readers still hold them) here,
         // with no lock held.
-        drop((state, old_view, old_files));
+        drop((state, replaced));
         Ok(CompactStats {
             live_keys: live,
             log_before,

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::shared::{Shared, State, record_at};
 use crate::error::Result;
 use crate::index::{DELETED, Table};
 use crate::os::Value;
-use crate::store::{State, Store, record_at};
 
 /// A key and its value, with the view whose mapping they lie in.
 type Entry<'a> = (&'a State, &'a [u8], &'a [u8]);
@@ -33,13 +33,13 @@ fn latest_of_generation(first: &State) -> &State {
 
 /// A read view with plain `&[u8]` results; see [`Store::reader`].
 pub struct Reader<'s> {
-    store: &'s Store,
+    shared: &'s Shared,
     first: Arc<State>,
 }
 
 impl<'s> Reader<'s> {
-    pub(crate) fn new(store: &'s Store, first: Arc<State>) -> Self {
-        Self { store, first }
+    pub(super) fn new(shared: &'s Shared, first: Arc<State>) -> Self {
+        Self { shared, first }
     }
 
     /// The value of `key`, borrowed from this reader: no copy, no allocation, no reference
@@ -49,11 +49,12 @@ impl<'s> Reader<'s> {
     /// As [`Store::get`].
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
-        self.store.check_poisoned()?;
-        self.store.follow()?;
+        self.shared.check_poisoned()?;
+        self.shared.follow()?;
         let key = key.as_ref();
         let state = latest(&self.first);
-        let found = self.store.find(state, None, self.store.hash(key), key, state.log.visible())?;
+        let found =
+            self.shared.find(state, None, self.shared.hash(key), key, state.log.visible())?;
         Ok(found.map(|(_, bytes)| bytes))
     }
 
@@ -66,16 +67,16 @@ impl<'s> Reader<'s> {
     /// As [`Store::get`]; the first error ends the call.
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<&[u8]>>> {
         const BATCH: usize = 16;
-        self.store.check_poisoned()?;
+        self.shared.check_poisoned()?;
         let mut out = Vec::with_capacity(keys.len());
         let mut hashes = [0u64; BATCH];
         for chunk in keys.chunks(BATCH) {
-            self.store.follow()?;
+            self.shared.follow()?;
             let state = latest(&self.first);
             let visible = state.log.visible();
             let table = Table::new(state.index.words());
             for (h, k) in hashes.iter_mut().zip(chunk) {
-                *h = self.store.hash(k.as_ref());
+                *h = self.shared.hash(k.as_ref());
                 state.index.prefetch(table.home_word(*h));
             }
             for &h in &hashes[..chunk.len()] {
@@ -84,7 +85,7 @@ impl<'s> Reader<'s> {
                 }
             }
             for (&h, k) in hashes.iter().zip(chunk) {
-                let found = self.store.find(state, None, h, k.as_ref(), visible)?;
+                let found = self.shared.find(state, None, h, k.as_ref(), visible)?;
                 out.push(found.map(|(_, bytes)| bytes));
             }
         }
@@ -94,7 +95,7 @@ impl<'s> Reader<'s> {
 
 impl fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader").field("store", &self.store.path()).finish_non_exhaustive()
+        f.debug_struct("Reader").field("store", &self.shared.dir).finish_non_exhaustive()
     }
 }
 
@@ -104,17 +105,14 @@ impl fmt::Debug for Reader<'_> {
 /// A key overwritten or deleted since is found through the back-pointer (`prev`) that
 /// every record carries to the key's previous record (DESIGN.md, "Snapshots").
 pub struct Snapshot<'s> {
-    store: &'s Store,
+    shared: &'s Shared,
     first: Arc<State>,
     visible: u64,
 }
 
-impl Store {
-    /// A consistent, zero-copy view of the store as of now: its [`get`](Snapshot::get) and
-    /// [`iter`](Snapshot::iter) never see later writes, and values borrowed from it stay
-    /// valid while it lives. It costs nothing to take; while it lives, the mappings and
-    /// index it pinned stay alive (old files included), so hold it for a unit of work.
-    pub fn snapshot(&self) -> Snapshot<'_> {
+impl<'s> Snapshot<'s> {
+    /// A snapshot of `shared` as of now; see [`Store::snapshot`](super::Store::snapshot).
+    pub(super) fn take(shared: &'s Shared) -> Self {
         loop {
             // The index loaded must be the one in use when `visible` is read: a growth in
             // between could have dropped a tombstone the snapshot needs. Growth always
@@ -122,22 +120,13 @@ impl Store {
             // a follower, a live page that names no newer files).
             // A handle that cannot catch up (an error mapping the writer's new files, which
             // its next `get` reports) takes the snapshot of the newest view it has.
-            let caught_up = self.follow().is_ok();
-            let first = self.shared.state.load_full();
+            let caught_up = shared.follow().is_ok();
+            let first = shared.state.load_full();
             let visible = first.log.visible();
-            if first.next.get().is_none() && (!caught_up || !self.behind_writer()) {
-                return Snapshot { store: self, first, visible };
+            if first.next.get().is_none() && (!caught_up || !shared.behind_writer()) {
+                return Snapshot { shared, first, visible };
             }
         }
-    }
-
-    /// Every live key with its value, once each, as of the call (it iterates over a
-    /// snapshot taken now), in hash order (no order a user can rely on). Items own a
-    /// reference to the mapping ([`Value`]), so they outlive the iterator. The index is a
-    /// hash table, so selecting by prefix is a scan: `store.iter()` filtered by
-    /// `k.starts_with(prefix)`.
-    pub fn iter(&self) -> Iter<'_> {
-        Iter { snapshot: self.snapshot(), slot: 0 }
     }
 }
 
@@ -147,15 +136,15 @@ impl Snapshot<'_> {
     /// # Errors
     /// As [`Store::get`].
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
-        self.store.check_poisoned()?;
+        self.shared.check_poisoned()?;
         let key = key.as_ref();
-        let (state, hash) = (latest_of_generation(&self.first), self.store.hash(key));
-        let found = self.store.find(state, Some(&self.first.index), hash, key, self.visible)?;
+        let (state, hash) = (latest_of_generation(&self.first), self.shared.hash(key));
+        let found = self.shared.find(state, Some(&self.first.index), hash, key, self.visible)?;
         Ok(found.map(|(_, bytes)| bytes))
     }
 
     /// End of the finished writes the snapshot sees.
-    pub(crate) fn visible(&self) -> u64 {
+    pub(super) fn visible(&self) -> u64 {
         self.visible
     }
 
@@ -181,11 +170,11 @@ impl Snapshot<'_> {
             let found = loop {
                 match record_at(&state.log, off) {
                     Some(Ok(rec)) => {
-                        break self.store.version(&state.log, i, word, rec, self.visible);
+                        break self.shared.version(&state.log, i, word, rec, self.visible);
                     }
                     // Written past this mapping since it was loaded, or damaged: a newer
                     // view has it, or there is none and the slot is bad.
-                    _ => match self.store.newer(state, i, off, true) {
+                    _ => match self.shared.newer(state, i, off, true) {
                         Ok(next) => state = next,
                         Err(e) => break Err(e),
                     },
@@ -204,7 +193,7 @@ impl Snapshot<'_> {
 impl fmt::Debug for Snapshot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
-            .field("store", &self.store.path())
+            .field("store", &self.shared.dir)
             .field("visible", &self.visible)
             .finish_non_exhaustive()
     }
@@ -231,6 +220,12 @@ impl<'a> Iterator for SnapshotIter<'a> {
 pub struct Iter<'s> {
     snapshot: Snapshot<'s>,
     slot: u64,
+}
+
+impl<'s> Iter<'s> {
+    pub(super) fn new(snapshot: Snapshot<'s>) -> Self {
+        Self { snapshot, slot: 0 }
+    }
 }
 
 impl Iterator for Iter<'_> {
