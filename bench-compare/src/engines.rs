@@ -21,9 +21,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::data::{Keys, ReadStats, Values, fold, read_loop};
+use crate::results::Res;
 use crate::ycsb::{self, Op};
-
-pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The engines of this build, in report order: the default `--engines` list.
 #[cfg(not(feature = "rocksdb"))]

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Rng;
-use crate::median;
+use crate::results::median;
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Probe {

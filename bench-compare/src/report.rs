@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engines::{self, Res};
+use crate::engines;
 use crate::probe::Probe;
-use crate::{EngineResult, WORKLOADS};
+use crate::results::{EngineResult, Res, WORKLOADS};
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Machine {

@@ -6,7 +6,7 @@
 //! the timed loop does no generation work and every engine sees the same sequence.
 
 use crate::data::{Keys, ReadStats, Rng, Values, fold};
-use crate::engines::Res;
+use crate::results::Res;
 
 /// YCSB's `zipfianconstant`.
 pub const ZIPFIAN_CONSTANT: f64 = 0.99;
