@@ -323,7 +323,7 @@ impl Store {
 
     /// Where the first nonzero byte of the data file past the end of the log is, if there is
     /// one. There should be none (DESIGN.md §2, "zeros past the end"):
-    /// [`verify`](Store::verify) reports one as [`CorruptKind::NonzeroPastEnd`], and a
+    /// [`verify`](Store::verify) reports one as [`CorruptKind::NonzeroPastEnd`](crate::CorruptKind::NonzeroPastEnd), and a
     /// writable open with [`OpenOptions::zero_past_end`] zeroes them (`mapkv recover` does).
     /// Cheap however much space the file reserves: only what the file holds pages for is
     /// read. On a read-only handle after an unclean shutdown, this finds the torn tail that

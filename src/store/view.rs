@@ -31,7 +31,7 @@ fn latest_of_generation(first: &State) -> &State {
     state
 }
 
-/// A read view with plain `&[u8]` results; see [`Store::reader`].
+/// A read view with plain `&[u8]` results; see [`Store::reader`](super::Store::reader).
 pub struct Reader<'s> {
     shared: &'s Shared,
     first: Arc<State>,
@@ -46,7 +46,7 @@ impl<'s> Reader<'s> {
     /// counting. It sees every write that returned before the call.
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get`](super::Store::get).
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
         self.shared.check_poisoned()?;
@@ -64,7 +64,7 @@ impl<'s> Reader<'s> {
     /// key on a store larger than the CPU cache.
     ///
     /// # Errors
-    /// As [`Store::get`]; the first error ends the call.
+    /// As [`Store::get`](super::Store::get); the first error ends the call.
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<&[u8]>>> {
         const BATCH: usize = 16;
         self.shared.check_poisoned()?;
@@ -99,7 +99,7 @@ impl fmt::Debug for Reader<'_> {
     }
 }
 
-/// A consistent read view of the store as of its creation; see [`Store::snapshot`].
+/// A consistent read view of the store as of its creation; see [`Store::snapshot`](super::Store::snapshot).
 ///
 /// It pins the index of its moment and the end of the finished writes then (`visible`).
 /// A key overwritten or deleted since is found through the back-pointer (`prev`) that
@@ -134,7 +134,7 @@ impl Snapshot<'_> {
     /// The value of `key` as of the snapshot, borrowed from it (no copy).
     ///
     /// # Errors
-    /// As [`Store::get`].
+    /// As [`Store::get`](super::Store::get).
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<&[u8]>> {
         self.shared.check_poisoned()?;
         let key = key.as_ref();
@@ -149,7 +149,7 @@ impl Snapshot<'_> {
     }
 
     /// Every key live in the snapshot with its value, once each, borrowed from the
-    /// snapshot, in hash order. See [`Store::iter`].
+    /// snapshot, in hash order. See [`Store::iter`](super::Store::iter).
     pub fn iter(&self) -> SnapshotIter<'_> {
         SnapshotIter { snapshot: self, slot: 0 }
     }
@@ -215,7 +215,7 @@ impl<'a> Iterator for SnapshotIter<'a> {
     }
 }
 
-/// Iterator over the store's live keys and values as of its creation; see [`Store::iter`].
+/// Iterator over the store's live keys and values as of its creation; see [`Store::iter`](super::Store::iter).
 #[derive(Debug)]
 pub struct Iter<'s> {
     snapshot: Snapshot<'s>,
