@@ -136,6 +136,50 @@ impl<'a> Log<'a> {
     fn range(&self, p: u64, end: u64) -> Option<&'a [u8]> {
         self.from(p)?.get(..usize::try_from(end.checked_sub(p)?).ok()?)
     }
+
+    /// The records from `from` (a record boundary) up to `end` (`u64::MAX`: the end of the
+    /// bytes), in log order. The one walk over records: recovery's scans, verify's check,
+    /// resuming and compaction's catch-up all go through it.
+    pub fn walk(self, from: u64, end: u64) -> Walk<'a> {
+        Walk { log: self, p: from, end: end.min(self.end()), done: false }
+    }
+}
+
+/// An iterator over a log's records; see [`Log::walk`]. Each item is a record's offset
+/// and its decoded header with the bytes from it to the walk's end, or, where no header
+/// decodes, the fault, which ends the walk. Checksums are the caller's to check.
+pub struct Walk<'a> {
+    log: Log<'a>,
+    p: u64,
+    end: u64,
+    done: bool,
+}
+
+impl Walk<'_> {
+    /// Where the walk is: the end of the last record it returned (its start until then).
+    pub fn at(&self) -> u64 {
+        self.p
+    }
+}
+
+impl<'a> Iterator for Walk<'a> {
+    type Item = (u64, Result<(Record, &'a [u8]), CorruptKind>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let p = self.p;
+        let rest = self.log.range(p, self.end).filter(|r| !r.is_empty() && !self.done)?;
+        match Record::decode(rest) {
+            Ok(rec) => {
+                self.p = p + rec.total_len();
+                Some((p, Ok((rec, rest))))
+            }
+            Err(kind) => {
+                self.done = true;
+                Some((p, Err(kind)))
+            }
+        }
+    }
 }
 
 /// How far past a zeroed record header the scan looks for data, to tell a lost page from
@@ -204,11 +248,9 @@ fn garbage_end(log: &[u8], from: u64) -> u64 {
 /// Where the records whose headers decode from `from` on end (their checksums unchecked:
 /// an unfinished batch, a record being copied), within `log`.
 fn headers_end(log: &[u8], from: u64) -> u64 {
-    let mut p = from;
-    while let Some(rec) = log.get(p as usize..).and_then(|r| Record::decode(r).ok()) {
-        p = p.saturating_add(rec.total_len()).min(log.len() as u64);
-    }
-    p
+    let mut walk = Log::whole(log).walk(from, u64::MAX);
+    while let Some((_, Ok(_))) = walk.next() {}
+    walk.at()
 }
 
 /// Where the valid part of a log ends, as [`valid_end`] finds it.
@@ -235,18 +277,18 @@ pub(crate) fn valid_end(
 ) -> Result<Tail> {
     let seed = crc_seed(header.store_id);
     let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
-    let (mut p, mut end, mut last, mut batch) = (from, from, last, None);
-    let mut cut = None;
-    while let Some(rest) = log.from(p).filter(|r| !r.is_empty()) {
-        let checked = Record::decode(rest)
-            .and_then(|rec| rec.verify(seed, rest).map(|()| rec))
-            .and_then(|rec| batch_step(&rec, rest, p, &mut batch).map(|()| rec))
+    let (mut end, mut last, mut batch, mut cut) = (from, last, None, None);
+    for (p, decoded) in log.walk(from, u64::MAX) {
+        let checked = decoded
+            .and_then(|(rec, rest)| rec.verify(seed, rest).map(|()| (rec, rest)))
+            .and_then(|(rec, rest)| batch_step(&rec, rest, p, &mut batch).map(|()| rec))
             .map_err(|k| k.at(p));
-        let at = p;
         match checked {
-            Ok(rec) => p += rec.total_len(),
+            Ok(rec) if batch.is_none() => (end, last) = (p + rec.total_len(), p),
+            Ok(_) => {}
             Err(kind) if p < header.committed => return Err(corrupt(p, kind)),
             Err(kind) => {
+                let rest = log.from(p).unwrap_or_default();
                 let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
                 cut = if zeros {
                     // The clean end, unless data follows (a page that never reached disk).
@@ -259,9 +301,6 @@ pub(crate) fn valid_end(
                 };
                 break;
             }
-        }
-        if batch.is_none() {
-            (end, last) = (p, at);
         }
     }
     if let Some((start, records)) = batch {
@@ -289,31 +328,25 @@ pub fn scan(
     let (end, cut) = (tail.end, tail.cut.clone());
     let mut report =
         RecoveryReport { index_rebuilt: true, log_end: end, cut, ..Default::default() };
-    // Below `end` every record decodes (checked above).
-    let at = |p: u64| {
-        let rest = log.range(p, end).filter(|r| !r.is_empty())?;
-        Record::decode(rest).ok().map(|rec| (rec, rest))
-    };
-    // `ahead` runs LOOKAHEAD records in front of `p`, so the index slots of records about
-    // to be applied are already on their way from memory (random inserts dominate a scan).
-    let mut ahead = DATA_START;
+    // Below `end` every record decodes (checked above). `ahead` runs LOOKAHEAD records in
+    // front, so the index slots of records about to be applied are already on their way
+    // from memory (random inserts dominate a scan).
+    let mut ahead = log.walk(DATA_START, end);
     let mut step_ahead = |replay: &mut dyn Replay| {
-        if let Some((rec, rest)) = at(ahead) {
+        if let Some((_, Ok((rec, rest)))) = ahead.next() {
             replay.prefetch(rec.key(rest));
-            ahead += rec.total_len();
         }
     };
     for _ in 0..LOOKAHEAD {
         step_ahead(replay);
     }
-    let mut p = DATA_START;
-    while let Some((rec, rest)) = at(p) {
+    for (p, decoded) in log.walk(DATA_START, end) {
+        let Ok((rec, rest)) = decoded else { break };
         step_ahead(replay);
         if rec.kind != Kind::Commit {
             replay.apply(p, rec.kind, rec.key(rest), log)?;
         }
         report.records_replayed += 1;
-        p += rec.total_len();
     }
     Ok((report, tail))
 }
@@ -325,22 +358,18 @@ pub fn scan(
 pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
     let seed = crc_seed(store_id);
     let (mut records, mut problems, mut batch) = (0, Vec::new(), None);
-    let mut p = DATA_START;
-    while let Some(rest) = log.from(p).filter(|r| !r.is_empty()) {
-        match Record::decode(rest) {
-            Ok(rec) => {
+    for (p, decoded) in log.walk(DATA_START, u64::MAX) {
+        match decoded {
+            Ok((rec, rest)) => {
                 let checked =
                     rec.verify(seed, rest).and_then(|()| batch_step(&rec, rest, p, &mut batch));
                 if let Err(kind) = checked {
                     problems.push((p, kind));
                 }
                 records += u64::from(rec.kind != Kind::Commit);
-                p += rec.total_len();
             }
-            Err(kind) => {
-                problems.push((p, kind.at(p)));
-                break;
-            }
+            // The walk ends here.
+            Err(kind) => problems.push((p, kind.at(p))),
         }
     }
     if let Some((start, records)) = batch {
@@ -688,27 +717,25 @@ fn resume_from(
     };
     // Redo: the writes that finished after the checkpoint (at most the one in flight).
     let mut replayed = 0;
-    let mut p = c.end;
-    while p < tail.end {
-        let (rec, rest) = r.record(p).ok_or("a record past the checkpoint does not read")?;
+    let mut walk = Log::whole(cx.log).walk(c.end, tail.end);
+    for (p, decoded) in &mut walk {
+        let (rec, rest) = decoded.map_err(|_| "a record past the checkpoint does not read")?;
         if rec.kind != Kind::Commit {
             r.redo(p, &rec, rest)?;
         }
         replayed += 1;
-        p += rec.total_len();
+    }
+    if walk.at() < tail.end {
+        return Err("a record past the checkpoint does not read".into());
     }
     // Undo: a batch that never got its commit may have pointed slots at its records.
     if let Some((start, CorruptKind::UnfinishedBatch { .. })) = &tail.cut {
         let start = *start;
-        let mut unfinished = Vec::new();
-        let mut p = start;
-        while let Some((rec, rest)) = r.record(p).filter(|(rec, _)| rec.batch) {
-            if rec.verify(r.seed, rest).is_err() {
-                break;
-            }
-            unfinished.push(p);
-            p += rec.total_len();
-        }
+        let whole = |(rec, rest): &(Record, &[u8])| rec.batch && rec.verify(r.seed, rest).is_ok();
+        let unfinished: Vec<u64> = Log::whole(cx.log)
+            .walk(start, u64::MAX)
+            .map_while(|(p, decoded)| decoded.ok().filter(whole).map(|_| p))
+            .collect();
         for &p in unfinished.iter().rev() {
             r.undo(p)?;
         }

@@ -17,7 +17,7 @@ use crate::index::{DELETED, Slot, Table};
 use crate::os::{self, LogFile, Seam};
 use crate::recovery::{self, IndexCtx, Log, Rebuild, Replay};
 
-use super::shared::{Shared, State, record_at};
+use super::shared::{Shared, State};
 use super::view::Snapshot;
 use super::write::{NewFiles, create_data_file, write_slot};
 
@@ -148,18 +148,14 @@ impl<'a> Copier<'a> {
     /// the record is copied anyway: an extra copy that a later one replaces, never a lost
     /// one.
     pub fn catch_up(&mut self, old: &Old<'_>, (from, to): (u64, u64), stop: &Stop) -> Result<u64> {
-        let (mut p, mut n) = (from, 0);
-        while p < to {
+        let mut n = 0;
+        let corrupt = |offset, kind| Error::Corrupt { file: old.path.to_path_buf(), offset, kind };
+        let mut walk = Log::records(old.state.log.records(to)).walk(from, to);
+        for (p, decoded) in &mut walk {
             if stop.is_set() {
                 return Err(Error::CompactionStopped);
             }
-            let rec = record_at(&old.state.log, p)
-                .ok_or(CorruptKind::LengthPastEnd { end: to, limit: p });
-            let (rec, rest) = rec.and_then(|r| r).map_err(|kind| Error::Corrupt {
-                file: old.path.to_path_buf(),
-                offset: p,
-                kind,
-            })?;
+            let (rec, rest) = decoded.map_err(|kind| corrupt(p, kind))?;
             if rec.kind != Kind::Commit {
                 let key = rec.key(rest);
                 let hash = crate::format::key_hash(key, self.rebuild.ctx.store_id);
@@ -174,7 +170,13 @@ impl<'a> Copier<'a> {
                     n += 1;
                 }
             }
-            p += rec.total_len();
+        }
+        if walk.at() < to {
+            // The view maps less than the writes it was loaded after: damage, not a short copy.
+            return Err(corrupt(
+                walk.at(),
+                CorruptKind::LengthPastEnd { end: to, limit: walk.at() },
+            ));
         }
         Ok(n)
     }
