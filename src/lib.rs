@@ -26,6 +26,7 @@
 
 // Modules from the bottom layer up: each imports only modules above it in this list
 // (DESIGN.md §1 has the table; tests/layering.rs checks it).
+mod apply;
 mod background;
 mod batch;
 mod commit;

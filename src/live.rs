@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::format::{DATA_FILE, INDEX_FILE, LIVE_FILE};
+use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, LIVE_FILE};
 use crate::os::{Ends, IndexMap, Seam, Watermarks};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MAPKVLIV");
@@ -151,6 +151,13 @@ impl Checkpoint {
         let [key, end, last, last_crc, live, used, records, live_bytes] = f;
         Self { tag, key, end, last, last_crc, live, used, records, live_bytes }
     }
+}
+
+/// The record ending the log at `off`, as `Checkpoint::last` holds it: its offset and its
+/// checksum word (0 where there is no record: `off` is 0, or outside the log).
+pub(crate) fn last_record(log: &[u8], off: u64) -> (u64, u64) {
+    let crc = log.get(off as usize..).filter(|_| off >= DATA_START).and_then(|r| r.first_chunk());
+    (off, crc.map_or(0, |b| u64::from(u32::from_le_bytes(*b))))
 }
 
 /// The mapped page.

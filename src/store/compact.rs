@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::apply::{IndexCtx, key_at};
 use crate::background::Stop;
 use crate::error::{Error, Result};
 use crate::format::CorruptKind;
@@ -15,7 +16,7 @@ use crate::format::{
 };
 use crate::index::{DELETED, Slot, Table};
 use crate::os::{self, LogFile, Seam};
-use crate::recovery::{self, IndexCtx, Log, Rebuild, Replay};
+use crate::recovery::{self, Log, Rebuild, Replay};
 
 use super::shared::{Shared, State};
 use super::view::Snapshot;
@@ -134,7 +135,7 @@ impl<'a> Copier<'a> {
         let at = |o: u64| log.get(o as usize..).filter(|_| o >= DATA_START);
         let path = self.rebuild.ctx.path;
         let found = Table::new(self.rebuild.index.words())
-            .get(hash, |slot, word| recovery::key_at(at(word), slot, word, key, path))?;
+            .get(hash, |slot, word| key_at(at(word), slot, word, key, path))?;
         Ok(found.is_some())
     }
 
@@ -224,7 +225,7 @@ impl Old<'_> {
             // The record may lie past the view that the index came with: a newer one maps it.
             let mut v = self.state;
             loop {
-                match recovery::key_at(v.log.tail(off), slot, off, key, self.index_path) {
+                match key_at(v.log.tail(off), slot, off, key, self.index_path) {
                     Err(_) if v.log.outgrown() => match v.next.get() {
                         Some(next) => v = next,
                         None => return Ok(false),

@@ -10,16 +10,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::apply::{Counts, IndexCtx};
 use crate::commit::{Durability, SyncPolicy};
 use crate::error::{Error, Result};
 use crate::follow::{self, Attached, Follower, Start};
 use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, IndexHeader, LogHeader, Record, crc_seed};
 use crate::index::Table;
-use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST};
+use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST, last_record};
 use crate::os::{self, IndexMap, LogFile, Seam};
-use crate::recovery::{
-    self, Counts, IndexCtx, Log, Rebuild, RecoveryReport, ResumeCtx, last_record,
-};
+use crate::recovery::{self, Log, Rebuild, RecoveryReport, ResumeCtx};
 
 use super::compact::remove_leftovers;
 use super::shared::{Shared, State, Writer};

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::apply::{Counts, bad_slot};
 use crate::commit::{Durability, SyncPolicy};
 use crate::error::{Error, Result};
 use crate::follow::{Attached, Follower, attach};
@@ -21,7 +22,7 @@ use crate::format::{
 use crate::index::{DELETED, Table};
 use crate::live::{Checkpoint, Files, Live};
 use crate::os::{IndexMap, LogFile, LogMap, Seam};
-use crate::recovery::{self, Counts, RecoveryReport};
+use crate::recovery::RecoveryReport;
 use crate::stats::Stats;
 
 /// A writer that waits longer than this for the lock makes the others hand it over fairly.
@@ -196,7 +197,7 @@ impl Shared {
             .get()
             .map(|n| &**n)
             .filter(|n| !same_files || n.generation == state.generation)
-            .ok_or_else(|| recovery::bad_slot(&self.index_path, slot, off))
+            .ok_or_else(|| bad_slot(&self.index_path, slot, off))
     }
 
     /// Searches one index for `key`, reading records from `log`, and returns the version a
@@ -210,7 +211,7 @@ impl Shared {
         key: &[u8],
         visible: u64,
     ) -> Result<Lookup<'s>> {
-        let bad = |slot, off| recovery::bad_slot(&self.index_path, slot, off);
+        let bad = |slot, off| bad_slot(&self.index_path, slot, off);
         let mut stale = None;
         let mut found = None;
         let hit = Table::new(index.words()).find(hash, |slot, word| {
@@ -260,7 +261,7 @@ impl Shared {
         visible: u64,
     ) -> Result<Option<(&'s [u8], &'s [u8])>> {
         let mut off = word & !DELETED;
-        let bad = |at| recovery::bad_slot(&self.index_path, slot, at);
+        let bad = |at| bad_slot(&self.index_path, slot, at);
         if (rec.kind == Kind::Delete) != (word & DELETED != 0) || rec.kind == Kind::Commit {
             return Err(bad(off));
         }

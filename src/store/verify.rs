@@ -1,11 +1,12 @@
 //! The full check of a store (`Store::verify`): every record's checksum, the index slot by
 //! slot against one rebuilt from the log, the key count, and zeros past the end of the log.
 
+use crate::apply::IndexCtx;
 use crate::error::{Error, Result};
 use crate::format::{CorruptKind, DATA_FILE, DATA_START, LogHeader, Record};
 use crate::index::{DELETED, Table};
 use crate::os;
-use crate::recovery::{self, IndexCtx, Log, Problem, Rebuild, VerifyReport};
+use crate::recovery::{self, Log, Problem, Rebuild, VerifyReport};
 
 use super::shared::{Shared, Writer};
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::apply::{Change, Counts, IndexCtx, key_at, record_len};
 use crate::batch::Batch;
 use crate::commit::SyncPolicy;
 use crate::error::{Error, Result};
@@ -15,8 +16,8 @@ use crate::format::{
 };
 use crate::index::{self, Table};
 use crate::live::Checkpoint;
+use crate::live::last_record;
 use crate::os::{self, IndexMap, LogFile, Seam};
-use crate::recovery::{self, Change, Counts, IndexCtx, last_record};
 
 use super::shared::{Shared, Writer, check_sizes};
 
@@ -80,9 +81,8 @@ impl Shared {
         let index_path = &self.index_path;
         let locate = |w: &Writer| {
             let log = w.log.map();
-            Table::new(w.index.words()).locate(hash, |slot, off| {
-                recovery::key_at(log.tail(off), slot, off, key, index_path)
-            })
+            Table::new(w.index.words())
+                .locate(hash, |slot, off| key_at(log.tail(off), slot, off, key, index_path))
         };
         let mut change = Change::from_slot(locate(w)?);
         if kind == Kind::Delete && !change.is_some_and(|c| c.was_live) {
@@ -122,8 +122,7 @@ impl Shared {
         );
         w.seam.point("slot stored");
         w.used += u64::from(change.was_vacant);
-        let old_len =
-            if change.was_live { recovery::record_len(w.log.map().tail(change.prev)) } else { 0 };
+        let old_len = if change.was_live { record_len(w.log.map().tail(change.prev)) } else { 0 };
         w.counts.add(kind, len, &change, old_len);
         w.unsynced = w.unsynced.saturating_add(len);
         Ok(Some(change))
