@@ -290,8 +290,8 @@ impl Shared {
         let _one = self.compacting.lock();
         let started = Instant::now();
         let (seam, live_bytes) = {
-            let w = self.writer.lock();
-            (w.seam.clone(), w.counts.live_bytes)
+            let w = self.writer()?;
+            (w.m.seam.clone(), w.m.counts.live_bytes)
         };
         let dir = &self.dir;
         let data_path = dir.join(DATA_FILE);
@@ -350,14 +350,14 @@ impl Shared {
                 copier.flush()?;
             } else {
                 seam.point("compaction takes the writer lock");
-                let guard = self.writer.lock();
-                if guard.end.saturating_sub(from) <= CATCH_UP_LEFT {
+                let guard = self.writer()?;
+                if guard.m.end.saturating_sub(from) <= CATCH_UP_LEFT {
                     break guard;
                 }
             }
             tries += 1;
             if tries == PAUSE_TRIES {
-                let behind = self.writer.lock().end.saturating_sub(from);
+                let behind = self.writer()?.m.end.saturating_sub(from);
                 return Err(Error::CompactionOutrun { behind });
             }
         };
@@ -368,8 +368,8 @@ impl Shared {
         // Under the lock the published view is the writer's: its index is exact.
         let state = self.state.load_full();
         let old = Old { state: &state, path: &data_path, index_path };
-        let pause_log_bytes = w.end - from;
-        caught_up += copier.catch_up(&old, (from, w.end), &Stop::default())?;
+        let pause_log_bytes = w.m.end - from;
+        caught_up += copier.catch_up(&old, (from, w.m.end), &Stop::default())?;
         copier.finish()?;
         if w.index_clean {
             // A crash between the two renames must not find a clean old index.
@@ -381,7 +381,7 @@ impl Shared {
         self.poison_on_err(log.install(&data_path))?;
         let mut index = rebuild.index;
         self.poison_on_err(index.install(&self.index_path))?;
-        let log_before = w.end;
+        let log_before = w.m.end;
         let live = rebuild.live;
         let new = NewFiles {
             log,

@@ -338,8 +338,7 @@ impl Store {
     pub fn nonzero_past_end(&self) -> Result<Option<u64>> {
         self.shared.check_poisoned()?;
         self.shared.follow()?;
-        let w = self.shared.writer.lock();
-        self.shared.nonzero_past(&w)
+        self.shared.nonzero_past(&self.shared.files())
     }
 
     /// The full check: reads every record of the log and verifies its checksum; if they are
@@ -404,7 +403,7 @@ impl Work for Store {
     }
 
     fn garbage_at_least(&self, ratio: f64, min_log: u64) -> bool {
-        let w = self.shared.writer.lock();
+        let w = self.shared.files();
         let log_bytes = w.end.saturating_sub(DATA_START);
         let garbage = log_bytes.saturating_sub(w.counts.live_bytes);
         log_bytes >= min_log && garbage as f64 >= ratio * log_bytes as f64

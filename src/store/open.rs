@@ -21,7 +21,7 @@ use crate::os::{self, IndexMap, LogFile, Seam};
 use crate::recovery::{self, Log, Rebuild, RecoveryReport, ResumeCtx};
 
 use super::compact::remove_leftovers;
-use super::shared::{Shared, State, Writer};
+use super::shared::{Handle, Mapped, Shared, State, Writer};
 use super::write::{create_data_file, write_header};
 
 /// How to open a store, as [`OpenOptions`](super::OpenOptions) sets it (its documentation
@@ -57,7 +57,7 @@ impl Default for Options {
 
 /// What `Store::assemble` makes a handle of.
 pub(super) struct Parts {
-    pub w: Writer,
+    pub handle: Handle,
     pub live_keys: u64,
     /// How far the log is known durable.
     pub durable: u64,
@@ -174,57 +174,71 @@ impl Shared {
         // committed, so the first sync flushes the rest and reports any writeback error
         // it met (DESIGN.md §6).
         let durable = if report.resumed_from.is_some() { header.committed } else { end };
-        let mut w = Writer {
+        let mut m = Mapped {
             log,
             index: Arc::new(index),
             end,
-            unsynced: 0,
             counts,
             header,
-            index_clean: report.was_clean(),
             used,
             generation: 0,
-            _lock: lock,
             files: Files::default(),
             seam: seam.clone(),
-            tag: 0,
-            last,
-            retired: Vec::new(),
         };
-        w.log.publish(end);
-        w.log.make_visible(end);
-        if let Some(pg) = &page {
-            // Followers switch to this session before recovery zeroes anything. The
-            // session's first checkpoint is the state recovery arrived at.
-            w.log.set_mirror(Arc::new(pg.clone()));
-            let ids = (w.log.ino(), w.index.ino());
-            // Tags go on above the one the index carries (and the page's).
-            let table = Table::new(w.index.words());
-            let first = Checkpoint { tag: table.tag(), ..w.as_checkpoint(live) };
-            let set_tag = |tag| table.set_tag(tag);
-            (w.files.key, w.tag) = pg.start_session(header.store_id, ids, first, set_tag);
-            (w.files.data_ino, w.files.index_ino) = ids;
-        }
-        if writable && report.index_rebuilt {
-            // Stale bytes past the cut must never parse later; then record the new end.
-            w.log.zero_tail(end)?;
-            write_header(&mut w, end)?;
-            os::sync_dir(seam, dir)?; // the rebuilt index's name, so a stale one cannot return
-        } else if writable && opts.zero_past_end {
-            // Asked for (DESIGN.md §2): nothing below the end changes, so the index, clean
-            // or resumed, stays right whatever a crash in the middle leaves.
-            w.log.zero_tail(end)?;
-        } else if let Some(to) = garbage_end.filter(|&to| writable && to > end) {
-            // Resumed past a torn write: zero what the killed writer left past the cut and
-            // flush just that (its records below stay unsynced, as they were).
-            w.log.zero_range(end, to)?;
-        }
+        m.log.publish(end);
+        m.log.make_visible(end);
+        let handle = match lock {
+            None => Handle::ReadOnly(m),
+            Some(lock) => {
+                let clean = report.was_clean();
+                let mut w = Writer {
+                    m,
+                    unsynced: 0,
+                    index_clean: clean,
+                    _lock: lock,
+                    tag: 0,
+                    last,
+                    retired: Vec::new(),
+                };
+                if let Some(pg) = &page {
+                    // Followers switch to this session before recovery zeroes anything.
+                    // The session's first checkpoint is the state recovery arrived at.
+                    w.m.log.set_mirror(Arc::new(pg.clone()));
+                    let ids = (w.m.log.ino(), w.m.index.ino());
+                    // Tags go on above the one the index carries (and the page's).
+                    let table = Table::new(w.m.index.words());
+                    let first = Checkpoint { tag: table.tag(), ..w.as_checkpoint(live) };
+                    let set_tag = |tag| table.set_tag(tag);
+                    (w.m.files.key, w.tag) = pg.start_session(header.store_id, ids, first, set_tag);
+                    (w.m.files.data_ino, w.m.files.index_ino) = ids;
+                }
+                if report.index_rebuilt {
+                    // Stale bytes past the cut must never parse later; then record the new
+                    // end.
+                    w.m.log.zero_tail(end)?;
+                    write_header(&mut w, end)?;
+                    // The rebuilt index's name, so a stale one cannot return.
+                    os::sync_dir(seam, dir)?;
+                } else if opts.zero_past_end {
+                    // Asked for (DESIGN.md §2): nothing below the end changes, so the
+                    // index, clean or resumed, stays right whatever a crash in the middle
+                    // leaves.
+                    w.m.log.zero_tail(end)?;
+                } else if let Some(to) = garbage_end.filter(|&to| to > end) {
+                    // Resumed past a torn write: zero what the killed writer left past the
+                    // cut and flush just that (its records below stay unsynced, as they
+                    // were).
+                    w.m.log.zero_range(end, to)?;
+                }
+                Handle::Writer(w)
+            }
+        };
         if created {
             // A new store: its first index was built, not recovered.
             report = RecoveryReport { log_end: end, ..RecoveryReport::default() };
         }
         let parts = Parts {
-            w,
+            handle,
             live_keys: live,
             durable,
             report,
@@ -259,21 +273,22 @@ impl Shared {
 
     /// The shared state over an opened writer state (writers and read-only handles alike).
     fn assemble(dir: &Path, opts: &Options, p: Parts) -> Self {
+        let m = p.handle.mapped();
         let state = Arc::new(State {
-            log: Arc::clone(p.w.log.map()),
-            index: Arc::clone(&p.w.index),
+            log: Arc::clone(m.log.map()),
+            index: Arc::clone(&m.index),
             next: OnceLock::new(),
             generation: 0,
         });
-        let (store_id, durable) = (p.w.header.store_id, p.durable);
+        let (store_id, durable) = (m.header.store_id, p.durable);
         if let Some(live) = &p.live {
-            live.set_durable(durable, p.w.header.committed);
+            live.set_durable(durable, m.header.committed);
         }
         Shared {
             dir: dir.to_path_buf(),
             index_path: dir.join(INDEX_FILE),
             state: ArcSwap::new(state),
-            writer: Mutex::new(p.w),
+            handle: Mutex::new(p.handle),
             durability: Durability::new(durable),
             policy: opts.sync_policy,
             compacting: Mutex::new(()),
@@ -305,26 +320,22 @@ impl Shared {
             return Err(Error::Locked { path: dir.to_path_buf(), read_only: true });
         };
         let follow = Follower::attached_at(live, a.seq, log.map().len());
-        let w = Writer {
+        let m = Mapped {
             log,
             index: Arc::new(index),
             end: a.visible,
-            unsynced: 0,
             counts: Counts::default(),
             header,
-            index_clean: false,
             used: 0,
             generation: 0,
-            _lock: None,
             files: a.files,
             seam: Seam::default(),
-            tag: 0,
-            last: (0, 0),
-            retired: Vec::new(),
         };
         let report = RecoveryReport { log_end: a.visible, ..RecoveryReport::default() };
         let durable = a.visible;
-        let parts = Parts { w, live_keys: 0, durable, report, live: None, follow: Some(follow) };
+        let handle = Handle::ReadOnly(m);
+        let parts =
+            Parts { handle, live_keys: 0, durable, report, live: None, follow: Some(follow) };
         Ok(Self::assemble(dir, opts, parts))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::apply::{Counts, bad_slot};
 use crate::commit::{Durability, SyncPolicy};
@@ -49,38 +49,70 @@ enum Lookup<'s> {
     Stale(u64, u64),
 }
 
-/// Everything only the writer touches.
-pub(super) struct Writer {
+/// The files a handle reads through and what it knows of them: every handle has these,
+/// a writer's ([`Writer::m`]) and a read-only handle's alike.
+pub(super) struct Mapped {
     pub(super) log: LogFile,
     pub(super) index: Arc<IndexMap>,
-    /// End of the log (the published length).
+    /// End of the log: the published length (a follower's: the writer's visible end when
+    /// it attached).
     pub(super) end: u64,
-    /// Bytes appended since the last sync started (for [`SyncPolicy::EveryBytes`]).
-    pub(super) unsynced: u64,
     /// Records and live bytes of the log.
     pub(super) counts: Counts,
-    /// The newest header slot written: its `seq` and `committed`.
+    /// The newest header slot written (a writer's) or read: its `seq` and `committed`.
     pub(super) header: LogHeader,
-    /// The index file header currently says "clean".
-    pub(super) index_clean: bool,
     /// Occupied index slots (live and deleted keys).
     pub(super) used: u64,
-    /// Files in use since open: compaction adds one.
+    /// Files in use since open: compaction (or, for a follower, moving to new files) adds
+    /// one.
     pub(super) generation: u64,
-    /// A writer's exclusive lock on the store, held while open (read-only handles take
-    /// none).
-    pub(super) _lock: Option<std::fs::File>,
     /// The files announced on the live page (writer) or followed (read-only handle).
     pub(super) files: Files,
     pub(super) seam: Seam,
-    /// The tag of the newest checkpoint written to the live page (writers).
+}
+
+/// A writer's state: its files, and what only a writer has.
+pub(super) struct Writer {
+    pub(super) m: Mapped,
+    /// Bytes appended since the last sync started (for [`SyncPolicy::EveryBytes`]).
+    pub(super) unsynced: u64,
+    /// The index file header currently says "clean".
+    pub(super) index_clean: bool,
+    /// The writer's exclusive lock on the store, held while open.
+    pub(super) _lock: std::fs::File,
+    /// The tag of the newest checkpoint written to the live page.
     pub(super) tag: u64,
     /// The record ending at the visible end, and its checksum word (`Checkpoint::last`).
     pub(super) last: (u64, u64),
     /// Views and mappings that growth replaced while the lock was held, unmapped once it is
-    /// released ([`Store::unlock_writer`]): unmapping a large file takes milliseconds, which
-    /// every writer would wait for.
+    /// released ([`Shared::unlock_writer`]): unmapping a large file takes milliseconds,
+    /// which every writer would wait for.
     pub(super) retired: Vec<Box<dyn Send>>,
+}
+
+/// What is behind a handle's lock: a writer's state, or a read-only handle's files (a
+/// follower's are the writer's, mapped read-only; one alone has the store as it found it).
+pub(super) enum Handle {
+    Writer(Writer),
+    ReadOnly(Mapped),
+}
+
+impl Handle {
+    /// The files, whoever holds them.
+    pub(super) fn mapped(&self) -> &Mapped {
+        match self {
+            Handle::Writer(w) => &w.m,
+            Handle::ReadOnly(m) => m,
+        }
+    }
+
+    /// The files, to change them (a follower catching up).
+    pub(super) fn mapped_mut(&mut self) -> &mut Mapped {
+        match self {
+            Handle::Writer(w) => &mut w.m,
+            Handle::ReadOnly(m) => m,
+        }
+    }
 }
 
 impl Writer {
@@ -89,14 +121,14 @@ impl Writer {
     pub(super) fn as_checkpoint(&self, live: u64) -> Checkpoint {
         Checkpoint {
             tag: self.tag,
-            key: self.files.key,
-            end: self.log.visible(),
+            key: self.m.files.key,
+            end: self.m.log.visible(),
             last: self.last.0,
             last_crc: self.last.1,
             live,
-            used: self.used,
-            records: self.counts.records,
-            live_bytes: self.counts.live_bytes,
+            used: self.m.used,
+            records: self.m.counts.records,
+            live_bytes: self.m.counts.live_bytes,
         }
     }
 }
@@ -107,7 +139,8 @@ pub(super) struct Shared {
     pub(super) dir: PathBuf,
     pub(super) index_path: PathBuf,
     pub(super) state: ArcSwap<State>,
-    pub(super) writer: Mutex<Writer>,
+    /// The handle's files, and a writer's state: the writer lock.
+    pub(super) handle: Mutex<Handle>,
     /// How far the log is durable, and whose turn it is to flush (group commit). A turn
     /// is taken before `writer` when both are needed.
     pub(super) durability: Durability,
@@ -302,28 +335,55 @@ impl Shared {
     /// while one does, writers release the lock fairly ([`unlock_writer`]): with more
     /// writer threads than cores, the unfair hand-over let one wait tens of milliseconds
     /// while the others took the lock again and again.
-    pub(super) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
-        if let Some(guard) = self.writer.try_lock_for(STARVING) {
-            return guard;
-        }
-        self.starving.fetch_add(1, Ordering::Relaxed);
-        let guard = self.writer.lock();
-        self.starving.fetch_sub(1, Ordering::Relaxed);
-        guard
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] on a read-only handle, which has no writer's state.
+    pub(super) fn lock_writer(&self) -> Result<MappedMutexGuard<'_, Writer>> {
+        let guard = match self.handle.try_lock_for(STARVING) {
+            Some(guard) => guard,
+            None => {
+                self.starving.fetch_add(1, Ordering::Relaxed);
+                let guard = self.handle.lock();
+                self.starving.fetch_sub(1, Ordering::Relaxed);
+                guard
+            }
+        };
+        Self::writer_of(guard)
+    }
+
+    /// The writer lock, taken plainly (syncs, compaction, the clean close).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] on a read-only handle.
+    pub(super) fn writer(&self) -> Result<MappedMutexGuard<'_, Writer>> {
+        Self::writer_of(self.handle.lock())
+    }
+
+    /// The handle's files, under the same lock (every handle has them).
+    pub(super) fn files(&self) -> MappedMutexGuard<'_, Mapped> {
+        MutexGuard::map(self.handle.lock(), Handle::mapped_mut)
+    }
+
+    fn writer_of(guard: MutexGuard<'_, Handle>) -> Result<MappedMutexGuard<'_, Writer>> {
+        MutexGuard::try_map(guard, |h| match h {
+            Handle::Writer(w) => Some(w),
+            Handle::ReadOnly(_) => None,
+        })
+        .map_err(|_| Error::ReadOnly)
     }
 
     /// Releases the writer lock after a write, then unmaps what growth retired under it.
     /// Fairly while a compaction waits for its pause or a writer has starved
-    /// ([`lock_writer`](Store::lock_writer)): the waiter gets the lock next, instead of
+    /// ([`lock_writer`](Shared::lock_writer)): the waiter gets the lock next, instead of
     /// waiting while writers take it again and again (DESIGN.md §4, "Reaching the lock").
     /// Otherwise not, since a fair hand-over costs a context switch per write when writers
     /// outnumber the cores.
     #[inline]
-    pub(super) fn unlock_writer(&self, mut guard: MutexGuard<'_, Writer>) {
+    pub(super) fn unlock_writer(&self, mut guard: MappedMutexGuard<'_, Writer>) {
         let retired = std::mem::take(&mut guard.retired);
         let starving = self.starving.load(Ordering::Relaxed) != 0;
         if starving || self.pause_wanted.load(Ordering::Relaxed) {
-            MutexGuard::unlock_fair(guard);
+            MappedMutexGuard::unlock_fair(guard);
         } else {
             drop(guard);
         }
@@ -332,7 +392,7 @@ impl Shared {
 
     /// Publishes a view of the writer's files; returns the view it replaced (the last hold
     /// on its mappings, unless readers have it: drop it outside the writer lock).
-    pub(super) fn publish_state(&self, w: &Writer) -> Arc<State> {
+    pub(super) fn publish_state(&self, w: &Mapped) -> Arc<State> {
         let next = Arc::new(State {
             log: Arc::clone(w.log.map()),
             index: Arc::clone(&w.index),
@@ -366,7 +426,7 @@ impl Shared {
     /// as the writer's own growth is.
     #[cold]
     fn catch_up(&self, f: &Follower) -> Result<()> {
-        let mut guard = self.writer.lock();
+        let mut guard = self.files();
         let w = &mut *guard;
         if !f.behind() {
             return Ok(()); // another thread did it
@@ -422,7 +482,7 @@ impl Shared {
     pub(super) fn stats(&self) -> Stats {
         let _ = self.follow();
         let durable = self.durability.end();
-        let w = self.writer.lock();
+        let w = self.files();
         // A follower shows the writer's figures, from the live page.
         let page = self.follow.as_ref().filter(|f| f.attached()).map(|f| f.live.figures());
         let (end, records, live_bytes, used, durable, committed) = match page {

@@ -8,11 +8,11 @@ use crate::index::{DELETED, Table};
 use crate::os;
 use crate::recovery::{self, Log, Problem, Rebuild, VerifyReport};
 
-use super::shared::{Shared, Writer};
+use super::shared::{Mapped, Shared};
 
 impl Shared {
     /// As [`nonzero_past_end`](Store::nonzero_past_end), under the writer lock.
-    pub(super) fn nonzero_past(&self, w: &Writer) -> Result<Option<u64>> {
+    pub(super) fn nonzero_past(&self, w: &Mapped) -> Result<Option<u64>> {
         if self.follow.as_ref().is_some_and(|f| f.attached()) {
             return Ok(None); // the writer's, past its published end
         }
@@ -36,7 +36,7 @@ impl Shared {
         let mut tries = 0;
         let (w, end, following) = loop {
             self.follow()?;
-            let w = self.writer.lock();
+            let w = self.files();
             let following = self.follow.as_ref().is_some_and(|f| f.attached());
             let end = if following { w.log.map().visible() } else { w.end };
             if end <= w.log.map().len() {

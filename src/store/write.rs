@@ -19,7 +19,7 @@ use crate::live::Checkpoint;
 use crate::live::last_record;
 use crate::os::{self, IndexMap, LogFile, Seam};
 
-use super::shared::{Shared, Writer, check_sizes};
+use super::shared::{Mapped, Shared, Writer, check_sizes};
 
 /// First size of the data file, and the smallest growth step.
 const MIN_GROWTH: u64 = 1 << 20;
@@ -48,17 +48,17 @@ impl Shared {
     pub(super) fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         check_sizes(key, value)?;
         self.check_writable()?;
-        let mut guard = self.lock_writer();
+        let mut guard = self.lock_writer()?;
         let w = &mut *guard;
         self.check_poisoned()?;
-        let off = w.end;
+        let off = w.m.end;
         let Some(change) = self.append(w, (kind, false), key, value, self.hash(key))? else {
             return Ok(false);
         };
-        let end = w.end;
-        w.log.make_visible(end);
-        w.seam.point("write visible");
-        w.last = last_record(w.log.bytes(), off);
+        let end = w.m.end;
+        w.m.log.make_visible(end);
+        w.m.seam.point("write visible");
+        w.last = last_record(w.m.log.bytes(), off);
         // Only the writer changes the count, so load-then-store does not race.
         self.live_keys.store(change.live_after(kind, self.len()), Ordering::Relaxed);
         self.checkpoint(w);
@@ -80,8 +80,8 @@ impl Shared {
     ) -> Result<Option<Change>> {
         let index_path = &self.index_path;
         let locate = |w: &Writer| {
-            let log = w.log.map();
-            Table::new(w.index.words())
+            let log = w.m.log.map();
+            Table::new(w.m.index.words())
                 .locate(hash, |slot, off| key_at(log.tail(off), slot, off, key, index_path))
         };
         let mut change = Change::from_slot(locate(w)?);
@@ -92,61 +92,62 @@ impl Shared {
             // Before the first change, durably mark the index as not to be trusted.
             self.mark_index(w, 0)?;
         }
-        if change.is_none_or(|c| c.was_vacant && index::needs_growth(w.used, self.capacity(w))) {
+        if change.is_none_or(|c| c.was_vacant && index::needs_growth(w.m.used, self.capacity(&w.m)))
+        {
             self.grow_index(w, 0)?;
             change = Change::from_slot(locate(w)?);
         }
-        let change = change.ok_or_else(|| self.index_full(w.used))?;
+        let change = change.ok_or_else(|| self.index_full(w.m.used))?;
         let len = Record::len_for(key.len(), value.len());
-        let off = w.end;
+        let off = w.m.end;
         let end = off.saturating_add(len);
-        if end > w.log.map().len() {
+        if end > w.m.log.map().len() {
             self.grow_log(w, end)?;
         }
         let seed = self.seed;
-        w.log.write_at(
+        w.m.log.write_at(
             off,
             |dst| Record::encode_into(seed, (kind, batch), change.prev, key, value, dst),
             len as usize,
         );
-        w.end = end;
-        w.log.publish(end);
-        w.seam.point("record published");
+        w.m.end = end;
+        w.m.log.publish(end);
+        w.m.seam.point("record published");
         // Far behind the last sync (a bulk load without syncs): let the log be written
         // back as it goes rather than hit the kernel's dirty limit (DESIGN.md §5).
-        w.log.set_writeback(w.unsynced >= WRITEBACK_AFTER);
-        Table::new(w.index.words()).set(
+        w.m.log.set_writeback(w.unsynced >= WRITEBACK_AFTER);
+        Table::new(w.m.index.words()).set(
             change.slot,
             hash,
             index::word_for(off, kind == Kind::Delete),
         );
-        w.seam.point("slot stored");
-        w.used += u64::from(change.was_vacant);
-        let old_len = if change.was_live { record_len(w.log.map().tail(change.prev)) } else { 0 };
-        w.counts.add(kind, len, &change, old_len);
+        w.m.seam.point("slot stored");
+        w.m.used += u64::from(change.was_vacant);
+        let old_len = if change.was_live { record_len(w.m.log.map().tail(change.prev)) } else { 0 };
+        w.m.counts.add(kind, len, &change, old_len);
         w.unsynced = w.unsynced.saturating_add(len);
         Ok(Some(change))
     }
 
-    pub(super) fn capacity(&self, w: &Writer) -> u64 {
+    pub(super) fn capacity(&self, w: &Mapped) -> u64 {
         Table::new(w.index.words()).capacity()
     }
 
     pub(super) fn grow_log(&self, w: &mut Writer, min_end: u64) -> Result<()> {
-        let len = w.log.map().len();
+        let len = w.m.log.map().len();
         let step = len.clamp(MIN_GROWTH, MAX_GROWTH);
         let wanted = min_end.max(len.saturating_add(step)).div_ceil(PAGE) * PAGE;
-        let mut reserved = w.log.reserve(wanted);
+        let mut reserved = w.m.log.reserve(wanted);
         if is_enospc(&reserved) {
             // No room for the geometric step: take just what this write needs.
-            reserved = w.log.reserve(min_end.div_ceil(PAGE) * PAGE);
+            reserved = w.m.log.reserve(min_end.div_ceil(PAGE) * PAGE);
         }
         reserved?;
         // No fdatasync of the new size here, under the writer lock (it would wait for
         // every dirty page of the file): the next sync's msync makes it durable with the
         // records that need it (DESIGN.md §5, "Growth of the data file").
-        let replaced = w.log.remap()?;
-        let old = self.publish_state(w);
+        let replaced = w.m.log.remap()?;
+        let old = self.publish_state(&w.m);
         w.retired.push(Box::new((replaced, old)));
         Ok(())
     }
@@ -158,16 +159,16 @@ impl Shared {
             path: &self.index_path,
             writable: true,
             store_id: self.store_id,
-            seam: &w.seam,
+            seam: &w.m.seam,
         };
-        let (new, live) = ctx.create(Some(&w.index), keys)?;
-        w.index = Arc::new(new);
+        let (new, live) = ctx.create(Some(&w.m.index), keys)?;
+        w.m.index = Arc::new(new);
         // Counts from the slots themselves: this also heals counts read off a damaged header.
-        w.used = live;
+        w.m.used = live;
         self.live_keys.store(live, Ordering::Relaxed);
         // The new file is marked dirty from birth.
         w.index_clean = false;
-        let old = self.publish_state(w);
+        let old = self.publish_state(&w.m);
         w.retired.push(Box::new(old));
         self.announce(w);
         Ok(())
@@ -185,15 +186,15 @@ impl Shared {
     pub(super) fn mark_index(&self, w: &mut Writer, clean_len: u64) -> Result<()> {
         let h = IndexHeader {
             store_id: self.store_id,
-            capacity: self.capacity(w),
+            capacity: self.capacity(&w.m),
             clean_len,
             live: self.len(),
-            used: w.used,
-            live_bytes: w.counts.live_bytes,
-            records: w.counts.records,
+            used: w.m.used,
+            live_bytes: w.m.counts.live_bytes,
+            records: w.m.counts.records,
         };
-        Table::new(w.index.words()).write_header(&h);
-        self.poison_on_err(w.index.flush(0, PAGE))?;
+        Table::new(w.m.index.words()).write_header(&h);
+        self.poison_on_err(w.m.index.flush(0, PAGE))?;
         w.index_clean = clean_len != 0;
         Ok(())
     }
@@ -204,19 +205,19 @@ impl Shared {
             return Ok(());
         }
         let turn = self.durability.exclusive();
-        let mut guard = self.writer.lock();
+        let mut guard = self.writer()?;
         let w = &mut *guard;
         if w.index_clean {
             return Ok(());
         }
         // Records durable, then the header naming them, then the index, then its mark.
-        let end = w.end;
-        self.poison_on_err(w.log.flush(0, end))?;
+        let end = w.m.end;
+        self.poison_on_err(w.m.log.flush(0, end))?;
         turn.finish(end);
         put_header(w, end);
-        self.poison_on_err(w.log.flush(0, PAGE * 2))?;
-        self.poison_on_err(w.index.flush(0, u64::MAX))?;
-        self.poison_on_err(os::sync_dir(&w.seam, &self.dir))?;
+        self.poison_on_err(w.m.log.flush(0, PAGE * 2))?;
+        self.poison_on_err(w.m.index.flush(0, u64::MAX))?;
+        self.poison_on_err(os::sync_dir(&w.m.seam, &self.dir))?;
         self.mark_index(w, end)?;
         if let Some(live) = &self.live {
             live.end_session();
@@ -230,16 +231,16 @@ impl Shared {
     /// index).
     pub(super) fn announce(&self, w: &mut Writer) {
         if let Some(live) = &self.live {
-            w.files.data_ino = w.log.ino();
-            w.files.index_ino = w.index.ino();
-            let marks = (w.log.published(), w.log.visible());
+            w.m.files.data_ino = w.m.log.ino();
+            w.m.files.index_ino = w.m.index.ino();
+            let marks = (w.m.log.published(), w.m.log.visible());
             // Inside a batch (never, since a batch makes room first) the counts are not a
             // finished write's: keep the last checkpoint, whose tag a grown index carries.
-            let between = w.end == marks.1;
+            let between = w.m.end == marks.1;
             let tag = if between { w.tag + 1 } else { w.tag };
             let c = Checkpoint { tag, ..w.as_checkpoint(self.len()) };
-            let table = Table::new(w.index.words());
-            live.announce(w.files, marks, &c, between, || table.set_tag(tag));
+            let table = Table::new(w.m.index.words());
+            live.announce(w.m.files, marks, &c, between, || table.set_tag(tag));
             w.tag = tag;
         }
     }
@@ -252,8 +253,8 @@ impl Shared {
         if let Some(live) = &self.live {
             w.tag += 1;
             live.checkpoint(&w.as_checkpoint(self.len()));
-            w.seam.point("checkpoint written");
-            Table::new(w.index.words()).set_tag(w.tag);
+            w.m.seam.point("checkpoint written");
+            Table::new(w.m.index.words()).set_tag(w.tag);
         }
     }
 
@@ -266,7 +267,7 @@ impl Shared {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut guard = self.lock_writer();
+        let mut guard = self.lock_writer()?;
         let w = &mut *guard;
         self.check_poisoned()?;
         let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();
@@ -276,19 +277,19 @@ impl Shared {
         if w.index_clean {
             self.mark_index(w, 0)?;
         }
-        if index::needs_growth(w.used.saturating_add(ops), self.capacity(w)) {
+        if index::needs_growth(w.m.used.saturating_add(ops), self.capacity(&w.m)) {
             self.grow_index(w, ops)?;
         }
         let commit_len = Record::len_for(0, 8);
         let bytes = batch.ops().map(|(_, k, v)| Record::len_for(k.len(), v.len())).sum::<u64>();
-        let end = w.end.saturating_add(bytes).saturating_add(commit_len);
-        if end > w.log.map().len() {
+        let end = w.m.end.saturating_add(bytes).saturating_add(commit_len);
+        if end > w.m.log.map().len() {
             self.grow_log(w, end)?;
         }
-        let (start, mut records, mut live) = (w.end, 0u64, self.len());
+        let (start, mut records, mut live) = (w.m.end, 0u64, self.len());
         for (i, (kind, key, value)) in batch.ops().enumerate() {
             if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
-                w.index.prefetch(Table::new(w.index.words()).home_word(ahead));
+                w.m.index.prefetch(Table::new(w.m.index.words()).home_word(ahead));
             }
             let appended = self.append(w, (kind, true), key, value, hashes[i]);
             let appended = if records > 0 { self.poison_on_err(appended)? } else { appended? };
@@ -299,19 +300,19 @@ impl Shared {
         }
         if records > 0 {
             let seed = self.seed;
-            let off = w.end;
+            let off = w.m.end;
             let count = records.to_le_bytes();
             let fill = |dst: &mut [u8]| {
                 Record::encode_into(seed, (Kind::Commit, false), start, &[], &count, dst)
             };
-            w.log.write_at(off, fill, commit_len as usize);
-            w.end = off + commit_len;
+            w.m.log.write_at(off, fill, commit_len as usize);
+            w.m.end = off + commit_len;
             w.unsynced = w.unsynced.saturating_add(commit_len);
-            w.log.publish(w.end);
-            w.seam.point("commit published");
-            w.log.make_visible(w.end);
-            w.seam.point("batch visible");
-            w.last = last_record(w.log.bytes(), off);
+            w.m.log.publish(w.m.end);
+            w.m.seam.point("commit published");
+            w.m.log.make_visible(w.m.end);
+            w.m.seam.point("batch visible");
+            w.last = last_record(w.m.log.bytes(), off);
             self.live_keys.store(live, Ordering::Relaxed);
             self.checkpoint(w);
         }
@@ -326,21 +327,21 @@ impl Shared {
         if self.read_only {
             return Ok(());
         }
-        let target = self.writer.lock().end;
+        let target = self.writer()?.m.end;
         // Syncs queue here; when our turn comes, an earlier flush may have covered us.
         let Some(turn) = self.durability.turn(target) else {
             return Ok(()); // a flush that ran meanwhile covered our writes
         };
         self.check_poisoned()?;
         let (log, end) = {
-            let mut w = self.writer.lock();
+            let mut w = self.writer()?;
             // The header may only claim what is already durable: the previous sync's end.
             // So it rides in the same flush as the new records (DESIGN.md, "Durability").
-            if w.header.committed != turn.durable {
+            if w.m.header.committed != turn.durable {
                 put_header(&mut w, turn.durable);
             }
             w.unsynced = 0;
-            (w.log.flusher(), w.end)
+            (w.m.log.flusher(), w.m.end)
         };
         // Writers go on appending past `end` while the flush runs.
         self.poison_on_err(log.flush(0, end))?;
@@ -365,18 +366,19 @@ impl Shared {
     /// (a whole-file munmap is milliseconds for a large log).
     pub(super) fn take_over(&self, w: &mut Writer, new: NewFiles) -> Box<dyn Send> {
         let old_files = (
-            std::mem::replace(&mut w.log, new.log),
-            std::mem::replace(&mut w.index, Arc::new(new.index)),
+            std::mem::replace(&mut w.m.log, new.log),
+            std::mem::replace(&mut w.m.index, Arc::new(new.index)),
         );
-        (w.end, w.header, w.counts) = (new.end, new.header, new.counts);
-        (w.used, w.index_clean, w.generation, w.unsynced) = (new.used, false, w.generation + 1, 0);
-        w.last = last_record(w.log.bytes(), new.last);
+        (w.m.end, w.m.header, w.m.counts) = (new.end, new.header, new.counts);
+        (w.m.used, w.index_clean, w.m.generation, w.unsynced) =
+            (new.used, false, w.m.generation + 1, 0);
+        w.last = last_record(w.m.log.bytes(), new.last);
         self.live_keys.store(new.live, Ordering::Relaxed);
-        let old_view = self.publish_state(w);
+        let old_view = self.publish_state(&w.m);
         if let Some(live) = &self.live {
             // Followers move to the new files; the old ones are whole and final for them.
-            w.files.key = w.files.key.wrapping_add(1).max(1);
-            w.log.set_mirror(Arc::new(live.clone()));
+            w.m.files.key = w.m.files.key.wrapping_add(1).max(1);
+            w.m.log.set_mirror(Arc::new(live.clone()));
             self.announce(w);
         }
         Box::new((old_files, old_view))
@@ -389,9 +391,10 @@ fn is_enospc<T>(r: &Result<T>) -> bool {
 
 /// Writes the next header slot claiming `committed`, without flushing it.
 pub(super) fn put_header(w: &mut Writer, committed: u64) {
-    let h = LogHeader { store_id: w.header.store_id, seq: w.header.seq.wrapping_add(1), committed };
-    write_slot(&mut w.log, &h);
-    w.header = h;
+    let h =
+        LogHeader { store_id: w.m.header.store_id, seq: w.m.header.seq.wrapping_add(1), committed };
+    write_slot(&mut w.m.log, &h);
+    w.m.header = h;
 }
 
 /// Writes `h` into its header slot (by `seq`, alternating), without flushing it.
@@ -404,7 +407,7 @@ pub(super) fn write_slot(log: &mut LogFile, h: &LogHeader) {
 /// Writes and flushes a header claiming `committed` (recovery; no store to poison yet).
 pub(super) fn write_header(w: &mut Writer, committed: u64) -> Result<()> {
     put_header(w, committed);
-    w.log.flush(0, 2 * PAGE)
+    w.m.log.flush(0, 2 * PAGE)
 }
 
 /// Creates an empty data file at `path` for store `store_id`: both header slots written,
