@@ -281,7 +281,7 @@ pub(super) fn remove_leftovers(dir: &Path) {
     }
 }
 
-/// Compaction's swap: it needs the writer.
+/// Compaction: the copy, the catch-up rounds, and the swap under the writer lock.
 impl Shared {
     /// [`Store::compact`](super::Store::compact), stopping with [`Error::CompactionStopped`]
     /// (and nothing changed) once `stop` is set.
