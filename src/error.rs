@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::format::{CorruptKind, INDEX_FILE};
+use crate::format::{CorruptKind, DATA_FILE, INDEX_FILE};
 
 /// `Result` with [`Error`] as its error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -104,10 +104,11 @@ impl fmt::Display for Error {
                 write!(f, "{} is damaged at byte {offset}: {kind}; ", file.display())?;
                 let index = file.file_name().is_some_and(|n| n == INDEX_FILE);
                 match kind {
-                    CorruptKind::BadIndexSlot { .. } => f.write_str(
-                        "either the index or data.mkv is damaged: Store::verify tells which (if \
-                         only the index, open with OpenOptions::rebuild_index or run `mapkv \
-                         recover --rebuild-index`)",
+                    CorruptKind::BadIndexSlot { .. } => write!(
+                        f,
+                        "either the index or {DATA_FILE} is damaged: Store::verify tells which \
+                         (if only the index, open with OpenOptions::rebuild_index or run \
+                         `mapkv recover --rebuild-index`)",
                     ),
                     CorruptKind::NonzeroPastEnd { .. } => {
                         f.write_str("the records below it are not affected")
