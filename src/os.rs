@@ -44,7 +44,7 @@ compile_error!("mapkv maps whole files and needs a 64-bit address space");
 /// # Errors
 /// [`Error::NotFound`] if `dir` does not exist, [`Error::Locked`] if another handle holds
 /// it, [`Error::Io`] otherwise.
-pub fn lock_dir(dir: &Path) -> Result<File> {
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
     let file = open_dir(dir)?;
     let contended = fs2::lock_contended_error().raw_os_error();
     // A process being spawned by any thread of this one holds a copy of every descriptor,
@@ -53,7 +53,7 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
     // briefly before saying `Locked`. A real holder is still reported within milliseconds.
     for attempt in 0..LOCK_ATTEMPTS {
         match FileExt::try_lock_exclusive(&file) {
-            Ok(()) => return Ok(file),
+            Ok(()) => return Ok(DirLock(file)),
             Err(e) if e.raw_os_error() == contended && attempt + 1 < LOCK_ATTEMPTS => {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
@@ -62,6 +62,19 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
         }
     }
     Err(Error::Locked { path: dir.to_path_buf(), read_only: false })
+}
+
+/// A writer's exclusive lock on a store directory. Dropping it unlocks explicitly before
+/// closing: a process that any thread of this one is spawning holds a copy of every
+/// descriptor until its exec, and a lock released only by closing ours would stay held
+/// through that copy, so a reader or writer opening just after the close could find it
+/// taken (an unlock ends the lock for every copy).
+pub struct DirLock(File);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.0);
+    }
 }
 
 /// Whether a writer holds the store's lock now. Takes a shared lock and drops it at once;

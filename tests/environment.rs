@@ -1404,3 +1404,43 @@ fn a_retried_open_redoes_the_failed_parent_fsync() {
         watch.seen()
     );
 }
+
+/// A process being spawned holds a copy of every descriptor of this one until its exec,
+/// the writer's lock among them. A closed writer must still leave the store free at once:
+/// the lock is released for every copy, so the next writer opens (no `Locked`) and a
+/// read-only handle reads alone instead of following a writer that is gone (what made
+/// `mapkv recover` refuse, saying a writer was running, right after a close).
+#[test]
+fn a_closed_writer_frees_the_store_while_another_thread_spawns_a_process() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let writer = Store::open(&path).expect("writer");
+    writer.put(b"k", b"v").expect("put");
+    let (forked_tx, forked_rx) = std::sync::mpsc::channel();
+    let spawner = thread::spawn(move || {
+        let mut cmd = Command::new("true");
+        // SAFETY: the closure runs in the child between fork and exec and only sleeps (no
+        // allocation, no locks): long enough for the parent to close the writer meanwhile.
+        unsafe {
+            cmd.pre_exec(|| {
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(())
+            });
+        }
+        forked_tx.send(()).expect("send");
+        cmd.status().expect("spawn true")
+    });
+    forked_rx.recv().expect("about to fork");
+    thread::sleep(Duration::from_millis(100)); // the child has forked and holds the copies
+    writer.close().expect("close");
+    let started = Instant::now();
+    let reader = OpenOptions::new().read_only(true).open(&path).expect("read-only open");
+    assert!(!reader.stats().following, "a read-only handle followed a writer that is gone");
+    drop(reader);
+    let next = Store::open(&path).expect("the next writer opens while the child lives");
+    assert!(started.elapsed() < Duration::from_millis(300), "the child was still in its sleep");
+    assert_eq!(next.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
+    drop(next);
+    assert!(spawner.join().expect("join").success());
+}

@@ -21,7 +21,7 @@ use crate::format::{
 };
 use crate::index::{DELETED, Table};
 use crate::live::{Checkpoint, Files, Live};
-use crate::os::{IndexMap, LogFile, LogMap, Seam};
+use crate::os::{DirLock, IndexMap, LogFile, LogMap, Seam};
 use crate::recovery::RecoveryReport;
 use crate::stats::Stats;
 
@@ -79,7 +79,7 @@ pub(super) struct Writer {
     /// The index file header currently says "clean".
     pub(super) index_clean: bool,
     /// The writer's exclusive lock on the store, held while open.
-    pub(super) _lock: std::fs::File,
+    pub(super) _lock: DirLock,
     /// The tag of the newest checkpoint written to the live page.
     pub(super) tag: u64,
     /// The record ending at the visible end, and its checksum word (`Checkpoint::last`).
