@@ -406,17 +406,59 @@ impl LogMap {
             start >= base + self.data_start as usize && start + bytes.len() <= base + len,
             "value outside the mapped log"
         );
-        Value { ptr: NonNull::from(bytes).cast(), len: bytes.len(), _map: Arc::clone(self) }
+        let map: Arc<dyn Send + Sync> = Arc::<Self>::clone(self);
+        Value { ptr: NonNull::from(bytes).cast(), len: bytes.len(), _map: map }
     }
 }
 
-/// A value borrowed straight from the data file's mapping: no copy. It derefs to `[u8]`,
-/// starts on an 8-byte boundary, and stays valid and unchanged while held, whatever the
-/// store does meanwhile (overwrites, deletes, growth, or dropping the store).
+/// A value borrowed straight from the data file's mapping: no copy. It derefs to `[u8]`
+/// and stays valid and unchanged while held, whatever the store does meanwhile
+/// (overwrites, deletes, growth, compaction, or dropping the store).
+///
+/// It compares equal to byte slices, arrays and vectors holding the same bytes, clones
+/// cheaply (a reference count, not the bytes), and debug-prints as an escaped byte string.
+///
+/// **Alignment, a guarantee of the format:** every value starts on an 8-byte boundary in
+/// memory (records and values are 8-aligned in the file, and the mapping is page-aligned),
+/// so a value holding plain-old-data can be read in place as `&[u64]`, `&[f64]` or a
+/// zero-copy archive (bytemuck, zerocopy, rkyv) without copying it to an aligned buffer:
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = mapkv::Store::open(dir.path())?;
+/// let samples: [f64; 4] = [1.5, -2.0, 3.25, 0.0];
+/// store.put("samples", bytemuck::cast_slice(&samples))?;
+///
+/// let value = store.get("samples")?.expect("present");
+/// let read: &[f64] = bytemuck::cast_slice(&value); // in place: no copy, no realignment
+/// assert_eq!(read, &samples);
+/// assert_eq!(value, bytemuck::cast_slice::<f64, u8>(&samples));
+/// # Ok::<(), mapkv::Error>(())
+/// ```
+///
+/// An rkyv archive is validated and read where it lies:
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store = mapkv::Store::open(dir.path())?;
+/// #[derive(rkyv::Archive, rkyv::Serialize)]
+/// struct User { id: u64, name: String }
+///
+/// let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&User { id: 7, name: "Ada".into() })
+///     .expect("serialised");
+/// store.put("user:7", &bytes)?;
+/// let value = store.get("user:7")?.expect("present");
+/// let user = rkyv::access::<ArchivedUser, rkyv::rancor::Error>(&value).expect("valid");
+/// assert_eq!((user.id.to_native(), user.name.as_str()), (7, "Ada"));
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 pub struct Value {
     ptr: NonNull<u8>,
     len: usize,
-    _map: Arc<LogMap>,
+    /// The mapping, kept alive. Type-erased: nothing reads it, and hiding `LogMap`'s atomic
+    /// watermarks keeps clippy's `mutable_key_type` quiet for users who key a map by
+    /// `Value` (its `Hash` and `Eq` see only the immutable bytes).
+    _map: Arc<dyn Send + Sync>,
 }
 
 impl Deref for Value {
@@ -437,14 +479,86 @@ impl AsRef<[u8]> for Value {
     }
 }
 
-impl std::fmt::Debug for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Value").field(&&**self).finish()
+impl std::borrow::Borrow<[u8]> for Value {
+    fn borrow(&self) -> &[u8] {
+        self
     }
 }
 
-// SAFETY: a `Value` is an immutable view of memory kept alive by an `Arc` (itself Send and
-// Sync because `LogMap` is); sharing or sending it shares only reads of immutable bytes.
+/// Another hold on the same bytes: a reference count, no copy.
+impl Clone for Value {
+    fn clone(&self) -> Self {
+        Self { ptr: self.ptr, len: self.len, _map: Arc::clone(&self._map) }
+    }
+}
+
+/// `b"..."`, with bytes outside printable ASCII escaped (`\n`, `\xff`).
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("b\"")?;
+        for &b in self.iter() {
+            std::fmt::Display::fmt(&b.escape_ascii(), f)?;
+        }
+        f.write_str("\"")
+    }
+}
+
+/// By the bytes, as `[u8]` compares (so `Hash` and `Ord` agree with `Borrow<[u8]>`).
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Value {}
+
+impl std::hash::Hash for Value {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+/// Equality with the bytes of `[u8]`, `&[u8]`, `[u8; N]`, `&[u8; N]`, `Vec<u8>` and `str`,
+/// both ways round.
+macro_rules! value_eq {
+    ($($t:ty $(, const $n:ident)?);* $(;)?) => {$(
+        impl<$(const $n: usize)?> PartialEq<$t> for Value {
+            fn eq(&self, other: &$t) -> bool {
+                &**self == AsRef::<[u8]>::as_ref(other)
+            }
+        }
+        impl<$(const $n: usize)?> PartialEq<Value> for $t {
+            fn eq(&self, other: &Value) -> bool {
+                AsRef::<[u8]>::as_ref(self) == &**other
+            }
+        }
+    )*};
+}
+
+value_eq! {
+    [u8];
+    &[u8];
+    [u8; N], const N;
+    &[u8; N], const N;
+    Vec<u8>;
+    str;
+    &str;
+}
+
+// SAFETY: a `Value` is an immutable view of memory kept alive by an `Arc` of a `Send + Sync`
+// owner (the `LogMap`); sharing or sending it shares only reads of immutable bytes.
 unsafe impl Send for Value {}
 // SAFETY: as above.
 unsafe impl Sync for Value {}

@@ -1,6 +1,7 @@
 //! The `mapkv` command-line inspector, run as a real binary: every subcommand, exit codes,
 //! damaged and torn stores through `verify` and `recover`, and `dump | load` round trips of
 //! binary keys and values.
+#![cfg(feature = "cli")] // the binary exists only with the `cli` feature
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions as FsOpen};
