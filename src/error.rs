@@ -49,10 +49,21 @@ pub enum Error {
         /// Whether the refused open asked for read-only access.
         read_only: bool,
     },
-    /// `OpenOptions::create(false)` and there is no store at `path`.
+    /// There is no store at `path`, and the open may not create one (`create(false)`, or a
+    /// read-only open, which never creates anything).
     NotFound {
         /// The store directory.
         path: PathBuf,
+        /// Whether the open was read-only.
+        read_only: bool,
+    },
+    /// A writable open refused to create a store in `path`: the directory holds other
+    /// files and no store (`entry` is one of them). Nothing was written.
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// A file in it that is not one of a store's.
+        entry: PathBuf,
     },
     /// A write was attempted through a handle opened with `read_only(true)`.
     ReadOnly,
@@ -140,10 +151,23 @@ impl fmt::Display for Error {
                  closed it",
                 path.display()
             ),
-            Self::NotFound { path } => write!(
+            Self::NotFound { path, read_only: false } => write!(
                 f,
-                "no mapkv store at {}; open with create(true) to make one",
+                "no mapkv store at {}; open with create(true) (the default) to make one",
                 path.display()
+            ),
+            Self::NotFound { path, read_only: true } => write!(
+                f,
+                "no mapkv store at {} (a read-only open never creates one); check the path, \
+                 or open it for writing once to create the store",
+                path.display()
+            ),
+            Self::NotAStore { path, entry } => write!(
+                f,
+                "{} is not a mapkv store and not empty (it holds {}, and no {DATA_FILE}): \
+                 refusing to create a store among other files; use a new or empty directory",
+                path.display(),
+                entry.display()
             ),
             Self::ReadOnly => f.write_str("this store handle is read-only; reopen it writable"),
             Self::Poisoned { cause } => write!(
@@ -207,7 +231,12 @@ impl Error {
             Self::Locked { path, read_only } => {
                 Self::Locked { path: path.clone(), read_only: *read_only }
             }
-            Self::NotFound { path } => Self::NotFound { path: path.clone() },
+            Self::NotFound { path, read_only } => {
+                Self::NotFound { path: path.clone(), read_only: *read_only }
+            }
+            Self::NotAStore { path, entry } => {
+                Self::NotAStore { path: path.clone(), entry: entry.clone() }
+            }
             Self::ReadOnly => Self::ReadOnly,
             Self::Poisoned { cause } => Self::Poisoned { cause: Arc::clone(cause) },
             Self::CompactionOutrun { behind } => Self::CompactionOutrun { behind: *behind },

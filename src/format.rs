@@ -464,6 +464,13 @@ pub const INDEX_COMPACT: &str = "index.mkv.compact";
 /// Added to a file's name while it is built, before it is renamed into place.
 pub const TMP_SUFFIX: &str = ".tmp";
 
+/// Whether a file named `name` is one a store keeps in its directory (or one of them being
+/// built, under its temporary name).
+pub fn is_store_file(name: &str) -> bool {
+    let name = name.strip_suffix(TMP_SUFFIX).unwrap_or(name);
+    [DATA_FILE, INDEX_FILE, LIVE_FILE, DATA_COMPACT, INDEX_COMPACT].contains(&name)
+}
+
 // ---- index file -------------------------------------------------------------------------
 
 /// Magic of the index file.

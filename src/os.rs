@@ -45,7 +45,7 @@ compile_error!("mapkv maps whole files and needs a 64-bit address space");
 /// [`Error::NotFound`] if `dir` does not exist, [`Error::Locked`] if another handle holds
 /// it, [`Error::Io`] otherwise.
 pub fn lock_dir(dir: &Path) -> Result<DirLock> {
-    let file = open_dir(dir)?;
+    let file = open_dir(dir, false)?;
     let contended = fs2::lock_contended_error().raw_os_error();
     // A process being spawned by any thread of this one holds a copy of every descriptor,
     // and with it the lock, between its fork and its exec (close-on-exec cannot help
@@ -83,7 +83,7 @@ impl Drop for DirLock {
 /// # Errors
 /// [`Error::NotFound`] if `dir` does not exist, [`Error::Io`] otherwise.
 pub fn writer_alive(dir: &Path) -> Result<bool> {
-    let file = open_dir(dir)?;
+    let file = open_dir(dir, true)?;
     match FileExt::try_lock_shared(&file) {
         Ok(()) => {
             let _ = FileExt::unlock(&file);
@@ -94,9 +94,10 @@ pub fn writer_alive(dir: &Path) -> Result<bool> {
     }
 }
 
-fn open_dir(dir: &Path) -> Result<File> {
+/// The directory, for a lock; [`Error::NotFound`] (`read_only` as the open is) if missing.
+fn open_dir(dir: &Path, read_only: bool) -> Result<File> {
     File::open(dir).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+        io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf(), read_only },
         _ => Error::io("open", dir, e),
     })
 }

@@ -244,3 +244,39 @@ fn errors_explain_themselves() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_read_only_open_of_a_missing_store_gives_advice_that_fits_it() {
+    let (_d, path) = fresh();
+    let err = OpenOptions::new().read_only(true).open(&path).expect_err("nothing there");
+    assert!(matches!(err, Error::NotFound { read_only: true, .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("read-only open never creates one"), "{msg}");
+    assert!(!msg.contains("create(true)"), "advice a read-only open cannot follow: {msg}");
+    std::fs::create_dir_all(&path).expect("mkdir");
+    let err = OpenOptions::new().read_only(true).open(&path).expect_err("empty directory");
+    assert!(matches!(err, Error::NotFound { read_only: true, .. }), "{err}");
+    let err = OpenOptions::new().create(false).open(&path).expect_err("create(false)");
+    assert!(matches!(err, Error::NotFound { read_only: false, .. }), "{err}");
+    assert!(err.to_string().contains("create(true)"), "{err}");
+}
+
+#[test]
+fn open_refuses_to_make_a_store_among_other_files() {
+    let (_d, path) = fresh();
+    std::fs::create_dir_all(&path).expect("mkdir");
+    std::fs::write(path.join("notes.txt"), b"my notes").expect("write");
+    let err = Store::open(&path).expect_err("a directory of other files");
+    assert!(matches!(&err, Error::NotAStore { entry, .. } if entry.as_os_str() == "notes.txt"));
+    assert!(err.to_string().contains("use a new or empty directory"), "{err}");
+    let mut names: Vec<_> =
+        std::fs::read_dir(&path).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["notes.txt"], "the refused open wrote nothing");
+    // An empty directory, or one with only what an interrupted creation left, is fine.
+    std::fs::remove_file(path.join("notes.txt")).expect("rm");
+    std::fs::write(path.join("data.mkv.tmp"), b"half made").expect("write");
+    std::fs::write(path.join("live.mkv"), b"").expect("write");
+    let store = Store::open(&path).expect("leftovers of a creation");
+    store.put(b"k", b"v").expect("put");
+}

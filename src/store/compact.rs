@@ -28,9 +28,10 @@ use super::write::{NewFiles, create_data_file, write_slot};
 pub struct CompactStats {
     /// Live keys in the new files.
     pub live_keys: u64,
-    /// Bytes of log before (its valid length) and after.
+    /// Bytes of log (records, the file's header pages not counted, as in
+    /// [`Stats::log_bytes`](crate::Stats::log_bytes)) just before the swap.
     pub log_before: u64,
-    /// Bytes of log after compaction.
+    /// Bytes of log after compaction (as `log_before`).
     pub log_after: u64,
     /// Records copied after the snapshot (before and during the pause): the newest record
     /// of each key written meanwhile, and the tombstones that still shadow a copied put.
@@ -381,7 +382,7 @@ impl Shared {
         self.poison_on_err(log.install(&data_path))?;
         let mut index = rebuild.index;
         self.poison_on_err(index.install(&self.index_path))?;
-        let log_before = w.m.end;
+        let log_before = w.m.end - DATA_START;
         let live = rebuild.live;
         let new = NewFiles {
             log,
@@ -409,7 +410,7 @@ impl Shared {
         Ok(CompactStats {
             live_keys: live,
             log_before,
-            log_after: end,
+            log_after: end - DATA_START,
             caught_up,
             duration: started.elapsed(),
             pause,

@@ -14,7 +14,9 @@ use crate::apply::{Counts, IndexCtx};
 use crate::commit::{Durability, SyncPolicy};
 use crate::error::{Error, Result};
 use crate::follow::{self, Attached, Follower, Start};
-use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, IndexHeader, LogHeader, Record, crc_seed};
+use crate::format::{
+    DATA_FILE, DATA_START, INDEX_FILE, IndexHeader, LogHeader, Record, crc_seed, is_store_file,
+};
 use crate::index::Table;
 use crate::live::{Checkpoint, Files, Live, UNKNOWN_LAST, last_record};
 use crate::os::{self, IndexMap, LogFile, Seam};
@@ -93,6 +95,9 @@ impl Shared {
             remove_leftovers(dir);
         }
         let created = writable && opts.create && !data_path.exists();
+        if created && let Some(entry) = foreign_file(dir)? {
+            return Err(Error::NotAStore { path: dir.to_path_buf(), entry });
+        }
         if created {
             // The directory's own name must be durable before anything synced inside it
             // (done here, not when creating the directory, so a retried open redoes it).
@@ -104,7 +109,9 @@ impl Shared {
         let file =
             std::fs::OpenOptions::new().read(true).write(writable).open(&data_path).map_err(
                 |e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound { path: dir.to_path_buf() },
+                    std::io::ErrorKind::NotFound => {
+                        Error::NotFound { path: dir.to_path_buf(), read_only: opts.read_only }
+                    }
                     _ => Error::io("open", &data_path, e),
                 },
             )?;
@@ -338,4 +345,17 @@ impl Shared {
             Parts { handle, live_keys: 0, durable, report, live: None, follow: Some(follow) };
         Ok(Self::assemble(dir, opts, parts))
     }
+}
+
+/// A file in `dir` that is not one of a store's, if there is one: a store is created only
+/// in an empty directory (or one holding what an interrupted creation left).
+fn foreign_file(dir: &Path) -> Result<Option<std::path::PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let name = entry.map_err(|e| Error::io("list", dir, e))?.file_name();
+        if !name.to_str().is_some_and(is_store_file) {
+            return Ok(Some(name.into()));
+        }
+    }
+    Ok(None)
 }
