@@ -143,6 +143,12 @@ impl Snapshot<'_> {
         Ok(found.map(|(_, bytes)| bytes))
     }
 
+    /// The log's records below the snapshot's visible end, as its first view maps them
+    /// (whole writes and batches; immutable while the snapshot lives).
+    pub(super) fn records(&self) -> &[u8] {
+        self.first.log.records(self.visible)
+    }
+
     /// End of the finished writes the snapshot sees.
     pub(super) fn visible(&self) -> u64 {
         self.visible

@@ -1,0 +1,175 @@
+//! Guards hot backup (`Store::copy_to`): a copy taken while a writer keeps writing, in this
+//! process and from another one (through a read-only handle that follows it), verifies
+//! sound and holds exactly one moment's contents, compacted or not.
+//!
+//! The writer follows a fixed history: write `i` sets key `i % KEYS` to `value(i)` and then
+//! `last` to `i`, in one batch. So a copy whose `last` is `n` must hold, for every key, the
+//! value of the newest write `<= n` to it, and nothing else: any other mix is a torn copy.
+//! The child process is this test binary run again (`--exact backup_child`), as in
+//! `tests/follow.rs`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mapkv::{Batch, OpenOptions, Store};
+
+const KEYS: u64 = 2_000;
+const DIR_ENV: &str = "MAPKV_BACKUP_CHILD_DIR";
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k:05}").into_bytes()
+}
+
+fn value(i: u64) -> Vec<u8> {
+    // Sizes vary, so the log grows and the copy crosses growth steps.
+    format!("value-{i}-{}", "x".repeat((i % 300) as usize)).into_bytes()
+}
+
+/// Write `i` of the history, as one batch.
+fn write(store: &Store, i: u64) {
+    let mut b = Batch::new();
+    b.put(key(i % KEYS), value(i)).put("last", i.to_le_bytes());
+    store.write(b).expect("write");
+}
+
+/// What a copy taken after write `n` must hold.
+fn expected(n: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for i in n.saturating_sub(KEYS - 1)..=n {
+        m.insert(key(i % KEYS), value(i));
+    }
+    m.insert(b"last".to_vec(), n.to_le_bytes().to_vec());
+    m
+}
+
+/// Opens the copy at `dir`, checks it is sound and holds exactly the contents after some
+/// write `n`, and returns `n`.
+fn check_copy(dir: &Path) -> u64 {
+    let copy = OpenOptions::new().create(false).open(dir).expect("the copy opens");
+    assert!(copy.recovery().was_clean(), "the copy was closed cleanly");
+    let report = copy.verify().expect("verify");
+    assert!(report.problems.is_empty(), "the copy is damaged: {:?}", report.problems);
+    let all: BTreeMap<Vec<u8>, Vec<u8>> = copy
+        .iter()
+        .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .expect("iterate");
+    let last = all.get(&b"last"[..]).expect("the copy holds `last`");
+    let n = u64::from_le_bytes(last.as_slice().try_into().expect("8 bytes"));
+    assert!(all == expected(n), "the copy is not the contents after write {n}: a torn copy");
+    n
+}
+
+#[test]
+fn a_copy_taken_under_a_writer_in_this_process_is_one_moment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(tmp.path().join("db")).expect("open"));
+    for i in 0..KEYS * 3 {
+        write(&store, i);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = KEYS * 3;
+            while !stop.load(Ordering::Relaxed) {
+                write(&store, i);
+                i += 1;
+            }
+            i
+        })
+    };
+    let mut seen = Vec::new();
+    for (round, compact) in [false, true, false, true].into_iter().enumerate() {
+        let dest = tmp.path().join(format!("copy-{round}"));
+        let stats = store.copy_to(&dest, compact).expect("copy");
+        let n = check_copy(&dest);
+        assert_eq!(stats.live_keys, KEYS + 1);
+        if compact {
+            // Compacted: one record a key; the only garbage is the batches' commit records.
+            assert_eq!(stats.records, KEYS + 1);
+            assert!(stats.garbage_bytes <= 64, "{} bytes of garbage", stats.garbage_bytes);
+        } else {
+            assert!(stats.garbage_bytes > 0, "a plain copy keeps the history");
+        }
+        seen.push(n);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "copies went back in time: {seen:?}");
+    assert!(seen[0] >= KEYS * 3 - 1 && seen[3] < written, "{seen:?} within the history");
+}
+
+#[test]
+fn a_copy_refuses_a_destination_that_holds_anything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(tmp.path().join("db")).expect("open");
+    store.put("k", "v").expect("put");
+    let dest = tmp.path().join("taken");
+    std::fs::create_dir(&dest).expect("mkdir");
+    std::fs::write(dest.join("precious.txt"), "keep me").expect("write");
+    let err = store.copy_to(&dest, false).expect_err("not empty");
+    assert!(err.to_string().contains("new or empty directory"), "{err}");
+    assert_eq!(std::fs::read(dest.join("precious.txt")).expect("kept"), b"keep me");
+    // Into the store's own directory: refused the same way.
+    assert!(store.copy_to(tmp.path().join("db"), true).is_err());
+    // An empty directory is fine.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    store.copy_to(&empty, false).expect("copy into an empty directory");
+    let copy = Store::open(&empty).expect("open the copy");
+    assert_eq!(copy.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+}
+
+/// The child: writes the history flat out until killed, saying when the first
+/// `KEYS * 3` writes are in.
+#[test]
+fn backup_child() {
+    let Ok(dir) = std::env::var(DIR_ENV) else { return };
+    let store = Store::open(&dir).expect("child open");
+    let mut i = 0;
+    loop {
+        write(&store, i);
+        if i == KEYS * 3 {
+            println!("backup-child: ready");
+        }
+        i += 1;
+    }
+}
+
+#[test]
+fn a_copy_from_a_reader_in_another_process_than_the_writer_is_one_moment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = tmp.path().join("db");
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut child = Command::new(exe)
+        .args(["--exact", "backup_child", "--nocapture", "--test-threads=1"])
+        .env(DIR_ENV, &db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the writer");
+    let ready = common::read_marked_lines(&mut child, "backup-child: ");
+    let stderr = common::read_stderr(&mut child);
+    if ready.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        panic!("the writer never got ready: {}", stderr.join().unwrap_or_default());
+    }
+    let reader = OpenOptions::new().read_only(true).open(&db).expect("read-only open");
+    assert!(reader.stats().following, "the reader follows the live writer");
+    let mut seen = Vec::new();
+    for (round, compact) in [false, true].into_iter().enumerate() {
+        let dest = tmp.path().join(format!("copy-{round}"));
+        reader.copy_to(&dest, compact).expect("copy beside a writer in another process");
+        seen.push(check_copy(&dest));
+    }
+    child.kill().expect("kill the writer");
+    let _ = child.wait();
+    assert!(seen[0] >= KEYS * 3 && seen[0] <= seen[1], "{seen:?}");
+}
