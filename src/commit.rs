@@ -8,8 +8,17 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 /// When writes become durable (survive power loss) without an explicit
-/// [`Store::sync`](crate::Store::sync). Whatever the policy, a write that returned survives the process being
-/// killed, and `sync()` is always available.
+/// [`Store::sync`](crate::Store::sync). Whatever the policy, a write that returned survives
+/// the process being killed, and `sync()` is always available.
+///
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// use mapkv::{OpenOptions, SyncPolicy};
+/// // Durable once 1 MiB has been written since the last sync (and at every sync()).
+/// let store = OpenOptions::new().sync_policy(SyncPolicy::EveryBytes(1 << 20)).open(tmp.path())?;
+/// store.put("k", "v")?;
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SyncPolicy {

@@ -10,7 +10,22 @@ use crate::format::{CorruptKind, DATA_FILE, INDEX_FILE};
 /// `Result` with [`Error`] as its error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in mapkv.
+/// Everything that can go wrong in mapkv. Its `Display` says what happened and what to do;
+/// match on the variants to act on them.
+///
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// use mapkv::{Error, Store};
+/// let first = Store::open(tmp.path())?;
+/// match Store::open(tmp.path()) {
+///     Err(Error::Locked { read_only: false, .. }) => {} // one writer at a time
+///     other => panic!("expected Locked, got {other:?}"),
+/// }
+/// let err = Store::open(tmp.path()).unwrap_err();
+/// assert!(err.to_string().contains("open for writing by another handle"));
+/// # drop(first);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -42,7 +57,8 @@ pub enum Error {
         supported: u32,
     },
     /// Another handle (in this or another process) writes the store: one writer at a time.
-    /// For a read-only open: a writer holds it that cannot be followed (DESIGN.md §4).
+    /// For a read-only open: a writer holds it that cannot be followed
+    /// ([DESIGN.md §4](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#readers-in-other-processes)).
     Locked {
         /// The store directory.
         path: PathBuf,

@@ -19,7 +19,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! DESIGN.md in the repository documents the formats, the protocols and why they are safe.
+//! [DESIGN.md](https://github.com/mapkv/mapkv/blob/main/DESIGN.md) in the repository documents the formats, the protocols and why they
+//! are safe.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(clippy::missing_safety_doc)]

@@ -27,7 +27,8 @@ pub struct RecoveryReport {
     pub reason: Option<String>,
     /// After a process crash in this boot: the index was trusted as the dead writer left
     /// it up to this offset of the log (its last checkpoint), and only the records from
-    /// there on were replayed (DESIGN.md §6). `None` after a clean close or a rebuild.
+    /// there on were replayed ([DESIGN.md §6](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#resuming-after-a-process-crash)). `None`
+    /// after a clean close or a rebuild.
     pub resumed_from: Option<u64>,
     /// Records read from the log while rebuilding or resuming.
     pub records_replayed: u64,

@@ -26,7 +26,8 @@ pub struct Stats {
     /// End of the log that is durable (survives power loss).
     pub durable_end: u64,
     /// The committed length in the data file's header: recovery treats damage below it as
-    /// corruption, not a torn tail. It lags `durable_end` by one sync (DESIGN.md §5).
+    /// corruption, not a torn tail. It lags `durable_end` by one sync
+    /// ([DESIGN.md §5](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#5-durability-protocol)).
     pub committed: u64,
     /// Whether open had to rebuild the index (the store was not closed cleanly, or its
     /// index was missing or damaged).

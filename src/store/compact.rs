@@ -41,7 +41,7 @@ pub struct CompactStats {
     /// How long writers waited: the last catch-up and the swap.
     pub pause: Duration,
     /// Bytes of the old log that the last catch-up, during the pause, went through: at
-    /// most 256 KiB whatever the writers do (DESIGN.md §4, "Compaction").
+    /// most 256 KiB whatever the writers do ([DESIGN.md §4, "Compaction"](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#compaction)).
     pub pause_log_bytes: u64,
 }
 

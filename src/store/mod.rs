@@ -50,21 +50,50 @@ impl Default for OpenOptions {
 
 impl OpenOptions {
     /// Writable, created if missing, checksums verified at recovery only.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// use mapkv::{OpenOptions, SyncPolicy};
+    /// let store = OpenOptions::new()
+    ///     .sync_policy(SyncPolicy::EveryWrite) // every put durable when it returns
+    ///     .open(tmp.path().join("db"))?;
+    /// store.put("k", "v")?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self(Options::default())
     }
 
     /// Open for reading only; never writes any file and takes no lock. While a writer (in
     /// any process) has the store open, the handle follows it: each read sees every write
-    /// that returned before it, across growth and compaction (DESIGN.md §4). With no
+    /// that returned before it, across growth and compaction
+    /// ([DESIGN.md §4](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#readers-in-other-processes)). With no
     /// writer, it reads the store as it is, rebuilding the index in memory after an
     /// unclean shutdown, and follows a writer that opens the store later.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// use mapkv::{OpenOptions, Store};
+    /// let writer = Store::open(tmp.path())?;
+    /// writer.put("k", "v")?;
+    /// let reader = OpenOptions::new().read_only(true).open(tmp.path())?; // beside the writer
+    /// assert_eq!(reader.get("k")?.as_deref(), Some(&b"v"[..]));
+    /// assert!(matches!(reader.put("k", "w"), Err(mapkv::Error::ReadOnly)));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn read_only(&mut self, yes: bool) -> &mut Self {
         self.0.read_only = yes;
         self
     }
 
     /// Create the directory and store if missing (ignored when read-only).
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let missing = mapkv::OpenOptions::new().create(false).open(tmp.path().join("nothing"));
+    /// assert!(matches!(missing, Err(mapkv::Error::NotFound { .. })));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn create(&mut self, yes: bool) -> &mut Self {
         self.0.create = yes;
         self
@@ -72,6 +101,14 @@ impl OpenOptions {
 
     /// Check every value's CRC-32 before serving it. Without it, record headers and keys are
     /// still validated, so damaged bytes give an error, never a panic or a wild read.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::OpenOptions::new().verify_checksums(true).open(tmp.path())?;
+    /// store.put("k", "v")?;
+    /// assert_eq!(store.get("k")?.as_deref(), Some(&b"v"[..])); // its CRC-32 was checked
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn verify_checksums(&mut self, yes: bool) -> &mut Self {
         self.0.verify_checksums = yes;
         self
@@ -79,6 +116,18 @@ impl OpenOptions {
 
     /// When writes become durable without calling [`sync`](Store::sync); see
     /// [`SyncPolicy`]. Default: [`SyncPolicy::Manual`].
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// use std::time::Duration;
+    /// use mapkv::{OpenOptions, SyncPolicy};
+    /// // A background thread syncs every 100 ms: a power cut loses at most ~100 ms of writes.
+    /// let store = OpenOptions::new()
+    ///     .sync_policy(SyncPolicy::Interval(Duration::from_millis(100)))
+    ///     .open(tmp.path())?;
+    /// store.put("k", "v")?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn sync_policy(&mut self, policy: SyncPolicy) -> &mut Self {
         self.0.sync_policy = policy;
         self
@@ -87,6 +136,14 @@ impl OpenOptions {
     /// Compact automatically, in a background thread, once garbage (overwritten and
     /// deleted records) is at least `ratio` of a log of at least 1 MiB; `None` (the
     /// default) never does.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// // Compact in the background once half the log (of at least 1 MiB) is garbage.
+    /// let store = mapkv::OpenOptions::new().auto_compact(Some(0.5)).open(tmp.path())?;
+    /// store.put("k", "v")?;
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn auto_compact(&mut self, ratio: Option<f64>) -> &mut Self {
         self.0.auto_compact = ratio;
         self
@@ -104,6 +161,15 @@ impl OpenOptions {
     /// an index damaged after a clean close (`verify` reports `IndexDisagrees`). A writer
     /// replaces `index.mkv`; a read-only handle rebuilds in memory. Ignored by a read-only
     /// handle that follows a live writer.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// mapkv::Store::open(tmp.path())?.put("k", "v")?;
+    /// let store = mapkv::OpenOptions::new().rebuild_index(true).open(tmp.path())?;
+    /// assert!(store.recovery().index_rebuilt);
+    /// assert_eq!(store.get("k")?.as_deref(), Some(&b"v"[..]));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn rebuild_index(&mut self, yes: bool) -> &mut Self {
         self.0.rebuild_index = yes;
         self
@@ -114,6 +180,14 @@ impl OpenOptions {
     /// [`NonzeroPastEnd`](crate::CorruptKind::NonzeroPastEnd); `mapkv recover` does this).
     /// The log and the index are not touched, so a clean index stays trusted. Ignored by
     /// read-only handles.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// mapkv::Store::open(tmp.path())?.put("k", "v")?;
+    /// let store = mapkv::OpenOptions::new().zero_past_end(true).open(tmp.path())?;
+    /// assert_eq!(store.nonzero_past_end()?, None);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn zero_past_end(&mut self, yes: bool) -> &mut Self {
         self.0.zero_past_end = yes;
         self
@@ -134,6 +208,13 @@ impl OpenOptions {
     /// read-only handle, if a writer holds it that cannot be followed (an older mapkv, or
     /// one still opening the store after 2 s); [`Error::NotFound`] without `create`; [`Error::Corrupt`] or
     /// [`Error::UnsupportedVersion`] for files it cannot read; [`Error::Io`].
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::OpenOptions::new().create(true).open(tmp.path().join("db"))?;
+    /// assert!(store.is_empty());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn open(&self, dir: impl AsRef<Path>) -> Result<Store> {
         Store::open_with(dir.as_ref(), &self.0)
     }
@@ -145,6 +226,20 @@ impl OpenOptions {
 /// ([`put`](Store::put), [`delete`](Store::delete)) are serialised by an internal mutex.
 /// A write that returned survives the process being killed; it survives power loss once a
 /// later [`sync`](Store::sync) has returned.
+///
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// use std::sync::Arc;
+/// let store = Arc::new(mapkv::Store::open(tmp.path())?);
+/// let writer = {
+///     let store = Arc::clone(&store);
+///     std::thread::spawn(move || store.put("k", "v"))
+/// };
+/// writer.join().unwrap()?;
+/// assert_eq!(store.get("k")?.as_deref(), Some(&b"v"[..])); // readers never lock
+/// store.sync()?; // durable from here on
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 pub struct Store {
     shared: Arc<Shared>,
     /// Runs timed syncs and automatic compaction, when the options ask for them. Only the
@@ -168,6 +263,17 @@ impl Store {
     ///
     /// # Errors
     /// As [`OpenOptions::open`].
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path().join("db"))?; // made if missing
+    /// store.put("k", "v")?;
+    /// drop(store);
+    /// let again = mapkv::Store::open(tmp.path().join("db"))?;
+    /// assert!(again.recovery().was_clean()); // a clean open read two headers, nothing else
+    /// assert_eq!(again.get("k")?.as_deref(), Some(&b"v"[..]));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         OpenOptions::new().open(dir)
     }
@@ -195,6 +301,18 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Corrupt`] if the bytes found are damaged; [`Error::Poisoned`].
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "old")?;
+    /// let held = store.get("k")?.expect("present");
+    /// store.put("k", "new")?;
+    /// assert_eq!(held, "old"); // what was borrowed does not change
+    /// assert_eq!(store.get("k")?.expect("present"), "new");
+    /// assert!(store.get("absent")?.is_none());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
         let s = &*self.shared;
@@ -210,6 +328,19 @@ impl Store {
     /// the reader, with no reference counting per read. It sees every write that returned
     /// before each `get`, follows growth, and keeps every mapping it lent from alive until
     /// it is dropped, so hold one per batch of work rather than forever.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("a", "1")?;
+    /// let reader = store.reader();
+    /// let mut total = 0;
+    /// for key in ["a", "b"] {
+    ///     total += reader.get(key)?.map_or(0, |v| v.len()); // &[u8], no reference count
+    /// }
+    /// assert_eq!(total, 1);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn reader(&self) -> Reader<'_> {
         let _ = self.shared.follow(); // an error here shows at the reader's first get
         Reader::new(&self.shared, self.shared.state.load_full())
@@ -219,6 +350,18 @@ impl Store {
     /// [`iter`](Snapshot::iter) never see later writes, and values borrowed from it stay
     /// valid while it lives. It costs nothing to take; while it lives, the mappings and
     /// index it pinned stay alive (old files included), so hold it for a unit of work.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "before")?;
+    /// let snap = store.snapshot();
+    /// store.put("k", "after")?;
+    /// store.delete("k")?;
+    /// assert_eq!(snap.get("k")?, Some(&b"before"[..])); // as of the snapshot
+    /// assert!(store.get("k")?.is_none());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot::take(&self.shared)
     }
@@ -228,6 +371,24 @@ impl Store {
     /// reference to the mapping ([`Value`]), so they outlive the iterator. The index is a
     /// hash table, so selecting by prefix is a scan: `store.iter()` filtered by
     /// `k.starts_with(prefix)`.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// for (k, v) in [("app:1", "a"), ("app:2", "b"), ("other", "c")] {
+    ///     store.put(k, v)?;
+    /// }
+    /// let mut apps = Vec::new();
+    /// for item in store.iter() {
+    ///     let (key, value) = item?;
+    ///     if key.starts_with(b"app:") {
+    ///         apps.push((key.to_vec(), value.to_vec()));
+    ///     }
+    /// }
+    /// apps.sort();
+    /// assert_eq!(apps, [(b"app:1".to_vec(), b"a".to_vec()), (b"app:2".to_vec(), b"b".to_vec())]);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn iter(&self) -> Iter<'_> {
         Iter::new(self.snapshot())
     }
@@ -239,6 +400,18 @@ impl Store {
     /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`], [`Error::ReadOnly`],
     /// [`Error::Poisoned`], [`Error::Io`] (a full disk when the file must grow; nothing is
     /// written then), [`Error::Corrupt`] if the index points at damaged bytes.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put(b"user:1", b"Ada")?; // bytes
+    /// store.put("user:2", "Grace")?; // or anything AsRef<[u8]>
+    /// store.put("user:1", "Ada L.")?; // overwrites
+    /// assert_eq!(store.len(), 2);
+    /// let too_long = vec![0u8; mapkv::MAX_KEY_LEN + 1];
+    /// assert!(matches!(store.put(&too_long, "v"), Err(mapkv::Error::KeyTooLarge { .. })));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.shared.write_one(Kind::Put, key, value).map(|_| ())
@@ -248,13 +421,24 @@ impl Store {
     ///
     /// # Errors
     /// As [`put`](Store::put).
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "v")?;
+    /// assert!(store.delete("k")?);
+    /// assert!(!store.delete("k")?); // already gone: nothing written
+    /// assert!(store.get("k")?.is_none());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         self.shared.write_one(Kind::Delete, key.as_ref(), &[])
     }
 
     /// Applies every operation of `batch`, in order, atomically: readers see all of it or
     /// none of it, and after a crash recovery keeps all of it or none of it (the batch ends
-    /// with a commit record; DESIGN.md, "Batches"). Durable after the next
+    /// with a commit record; [DESIGN.md, "Batches"](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#batches-and-the-visible-mark)).
+    /// Durable after the next
     /// [`sync`](Store::sync), like a put. Index slots are prefetched ahead of the writes, so
     /// a large batch loads faster than the same puts one by one.
     ///
@@ -262,6 +446,17 @@ impl Store {
     /// As [`put`](Store::put); size limits and a full disk are found before anything is
     /// written. An error in the middle of the batch (damaged index) poisons the handle;
     /// reopening recovers to the state before the batch.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("from", "100")?;
+    /// let mut transfer = mapkv::Batch::new();
+    /// transfer.put("from", "60").put("to", "40");
+    /// store.write(transfer)?; // both or neither, for readers and after a crash
+    /// assert_eq!(store.get("to")?.as_deref(), Some(&b"40"[..]));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn write(&self, batch: Batch) -> Result<()> {
         self.shared.write_batch(batch)
     }
@@ -273,6 +468,15 @@ impl Store {
     /// # Errors
     /// [`Error::Poisoned`] if this or an earlier flush failed: the failure is never retried
     /// and reported as success. Read-only handles return `Ok` at once.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "v")?; // survives the process being killed
+    /// store.sync()?;        // ...and now power loss
+    /// assert_eq!(store.stats().durable_end, store.stats().log_end);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn sync(&self) -> Result<()> {
         self.shared.sync()
     }
@@ -292,6 +496,19 @@ impl Store {
     /// # Errors
     /// [`Error::ReadOnly`], [`Error::CompactionOutrun`], [`Error::Io`] (a full disk: the old
     /// store stays as it was), [`Error::Poisoned`] if the swap itself failed.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// for i in 0..100u32 {
+    ///     store.put("counter", i.to_le_bytes())?; // 99 overwritten records
+    /// }
+    /// let done = store.compact()?;
+    /// assert!(done.log_after < done.log_before);
+    /// assert_eq!(store.stats().garbage_bytes, 0);
+    /// assert_eq!(store.get("counter")?.as_deref(), Some(&99u32.to_le_bytes()[..]));
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn compact(&self) -> Result<CompactStats> {
         self.shared.compact_until(&Stop::default())
     }
@@ -326,6 +543,16 @@ impl Store {
     }
 
     /// Number of live keys.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// assert!(store.is_empty());
+    /// store.put("a", "1")?;
+    /// store.put("a", "2")?;
+    /// assert_eq!(store.len(), 1); // live keys, not records
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn len(&self) -> u64 {
         self.shared.len()
     }
@@ -347,12 +574,24 @@ impl Store {
 
     /// What open did: whether it rebuilt the index, how many records it replayed, and
     /// where it cut a torn tail.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// mapkv::Store::open(tmp.path())?.put("k", "v")?; // dropped: closed cleanly
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// let report = store.recovery();
+    /// assert!(report.was_clean() && !report.index_rebuilt && report.records_replayed == 0);
+    /// // After a crash: whether the index was resumed or rebuilt, records replayed, any cut.
+    /// println!("{report:?}");
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn recovery(&self) -> &RecoveryReport {
         &self.shared.recovery
     }
 
     /// Where the first nonzero byte of the data file past the end of the log is, if there is
-    /// one. There should be none (DESIGN.md §2, "zeros past the end"):
+    /// one. There should be none
+    /// ([DESIGN.md §2, "zeros past the end"](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#invariant-zeros-past-the-end)):
     /// [`verify`](Store::verify) reports one as [`CorruptKind::NonzeroPastEnd`](crate::CorruptKind::NonzeroPastEnd), and a
     /// writable open with [`OpenOptions::zero_past_end`] zeroes them (`mapkv recover` does).
     /// Cheap however much space the file reserves: only what the file holds pages for is
@@ -383,12 +622,33 @@ impl Store {
     /// # Errors
     /// [`Error::Poisoned`], or [`Error::Io`] if the check itself cannot run. Damage is not
     /// an error here: it is listed in the report.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "v")?;
+    /// let report = store.verify()?;
+    /// assert!(report.problems.is_empty(), "{:?}", report.problems);
+    /// assert_eq!(report.live_keys, 1);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn verify(&self) -> Result<VerifyReport> {
         self.shared.verify()
     }
 
     /// The store's figures now: keys, records, garbage, file sizes, index load, how much
     /// is durable. Takes the writer lock briefly (never waits for a flush).
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "v1")?;
+    /// store.put("k", "v2")?;
+    /// let s = store.stats();
+    /// assert_eq!((s.live_keys, s.records), (1, 2));
+    /// assert!(s.garbage_ratio > 0.0); // the first record is garbage now
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.shared.stats()
     }
@@ -399,6 +659,15 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] or [`Error::Poisoned`] if the final flushes fail; the store is then
     /// recovered from the log at the next open.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("k", "v")?;
+    /// store.close()?; // errors reported, unlike a drop
+    /// assert!(mapkv::Store::open(tmp.path())?.recovery().was_clean());
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn close(mut self) -> Result<()> {
         drop(self.background.take());
         self.shared.shutdown()

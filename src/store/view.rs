@@ -32,6 +32,18 @@ fn latest_of_generation(first: &State) -> &State {
 }
 
 /// A read view with plain `&[u8]` results; see [`Store::reader`](super::Store::reader).
+///
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let store = mapkv::Store::open(tmp.path())?;
+/// store.put("k", "v")?;
+/// let reader = store.reader();
+/// let v: &[u8] = reader.get("k")?.expect("present");
+/// store.put("k", "w")?; // the reader sees later writes at its next get...
+/// assert_eq!(reader.get("k")?, Some(&b"w"[..]));
+/// assert_eq!(v, b"v"); // ...and what it lent stays as it was
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 pub struct Reader<'s> {
     shared: &'s Shared,
     first: Arc<State>,
@@ -65,6 +77,17 @@ impl<'s> Reader<'s> {
     ///
     /// # Errors
     /// As [`Store::get`](super::Store::get); the first error ends the call.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("a", "1")?;
+    /// store.put("c", "3")?;
+    /// let reader = store.reader();
+    /// let found = reader.get_many(&["a", "b", "c"])?;
+    /// assert_eq!(found, [Some(&b"1"[..]), None, Some(&b"3"[..])]);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<&[u8]>>> {
         const BATCH: usize = 16;
         self.shared.check_poisoned()?;
@@ -103,7 +126,26 @@ impl fmt::Debug for Reader<'_> {
 ///
 /// It pins the index of its moment and the end of the finished writes then (`visible`).
 /// A key overwritten or deleted since is found through the back-pointer (`prev`) that
-/// every record carries to the key's previous record (DESIGN.md, "Snapshots").
+/// every record carries to the key's previous record
+/// ([DESIGN.md, "Snapshots"](https://github.com/mapkv/mapkv/blob/main/DESIGN.md#snapshots-and-iteration)).
+///
+/// ```
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let store = mapkv::Store::open(tmp.path())?;
+/// store.put("balance:a", "10")?;
+/// store.put("balance:b", "20")?;
+/// let snap = store.snapshot();
+/// let mut moved = mapkv::Batch::new();
+/// moved.put("balance:a", "0").put("balance:b", "30");
+/// store.write(moved)?;
+/// // The snapshot still sees the total of its moment.
+/// let total: u32 = ["balance:a", "balance:b"]
+///     .iter()
+///     .map(|k| std::str::from_utf8(snap.get(k).unwrap().unwrap()).unwrap().parse::<u32>().unwrap())
+///     .sum();
+/// assert_eq!(total, 30);
+/// # Ok::<(), mapkv::Error>(())
+/// ```
 pub struct Snapshot<'s> {
     shared: &'s Shared,
     first: Arc<State>,
@@ -156,6 +198,17 @@ impl Snapshot<'_> {
 
     /// Every key live in the snapshot with its value, once each, borrowed from the
     /// snapshot, in hash order. See [`Store::iter`](super::Store::iter).
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let store = mapkv::Store::open(tmp.path())?;
+    /// store.put("a", "1")?;
+    /// let snap = store.snapshot();
+    /// store.put("b", "2")?; // not in the snapshot
+    /// let keys: Vec<&[u8]> = snap.iter().map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+    /// assert_eq!(keys, [&b"a"[..]]);
+    /// # Ok::<(), mapkv::Error>(())
+    /// ```
     pub fn iter(&self) -> SnapshotIter<'_> {
         SnapshotIter { snapshot: self, slot: 0 }
     }
