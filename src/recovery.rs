@@ -355,17 +355,22 @@ pub fn scan(
 
 /// Checks every record of `log` (all of which must be valid): returns the number of
 /// records and each damaged one's offset and fault. A record whose checksum fails but whose
-/// header holds is skipped over, so one bad value does not hide the rest; a header that
-/// does not decode ends the walk.
+/// header holds is skipped over, so one bad value does not hide the rest: it keeps its
+/// place in its batch, and a commit out of place ends the batch it closes, so that one
+/// damaged record is not followed by a misplaced commit at the end of every later batch.
+/// A header that does not decode ends the walk.
 pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
     let seed = crc_seed(store_id);
     let (mut records, mut problems, mut batch) = (0, Vec::new(), None);
     for (p, decoded) in log.walk(DATA_START, u64::MAX) {
         match decoded {
             Ok((rec, rest)) => {
-                let checked =
-                    rec.verify(seed, rest).and_then(|()| batch_step(&rec, rest, p, &mut batch));
-                if let Err(kind) = checked {
+                let checked = rec.verify(seed, rest);
+                let placed = batch_step(&rec, rest, p, &mut batch);
+                if placed.is_err() && rec.kind == Kind::Commit {
+                    batch = None;
+                }
+                if let Err(kind) = checked.and(placed) {
                     problems.push((p, kind));
                 }
                 records += u64::from(rec.kind != Kind::Commit);
@@ -900,6 +905,44 @@ mod tests {
         let end = DATA_START + Record::len_for(1, 1);
         let err = scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect_err("short log");
         assert!(matches!(err, Error::Corrupt { offset, .. } if offset == end), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_value_in_a_batch_is_one_problem_not_a_misplaced_commit_per_batch() {
+        let (mut log, _) = batch_log(3, Some(3));
+        let end = DATA_START + 3 * Record::len_for(2, 1) + Record::len_for(0, 8);
+        // A second batch of the same shape after the first.
+        let second = log[DATA_START as usize..end as usize].to_vec();
+        log.truncate(end as usize);
+        log.extend_from_slice(&second);
+        let second_at = end as usize;
+        let one = Record::len_for(2, 1);
+        // The commit names its batch's start: rewrite the second one's.
+        let commit = second_at + 3 * one as usize;
+        let mut rec = vec![0; Record::len_for(0, 8) as usize];
+        let batch = (Kind::Commit, false);
+        Record::encode_into(crc_seed(9), batch, end, b"", &3u64.to_le_bytes(), &mut rec);
+        log[commit..commit + rec.len()].copy_from_slice(&rec);
+        assert_eq!(check_log(Log::whole(&log), 9), (6, vec![]));
+        let value = DATA_START + one + 24 + 8; // the second record's value
+        log[value as usize] ^= 1;
+        let (records, problems) = check_log(Log::whole(&log), 9);
+        assert_eq!(records, 6);
+        assert!(
+            matches!(&problems[..], [(p, CorruptKind::ChecksumMismatch { .. })] if *p == DATA_START + one),
+            "{problems:?}"
+        );
+        log[value as usize] ^= 1;
+        // A damaged count in the first commit: one problem, and the commit still ends its
+        // batch, so the second batch is whole.
+        let first_commit = DATA_START + 3 * one;
+        log[first_commit as usize + 24] ^= 1;
+        let (records, problems) = check_log(Log::whole(&log), 9);
+        assert_eq!(records, 6);
+        assert!(
+            matches!(&problems[..], [(p, CorruptKind::ChecksumMismatch { .. })] if *p == first_commit),
+            "{problems:?}"
+        );
     }
 
     #[test]
