@@ -1146,3 +1146,90 @@ fn rec_of(at: u64) -> u64 {
     let b = (at - DATA_START) / batch;
     DATA_START + b * batch + (at - DATA_START - b * batch) / REC * REC
 }
+
+// ---- interrupting load ------------------------------------------------------------------
+
+#[test]
+fn ctrl_c_stops_load_at_a_clean_point_and_says_where_to_resume() {
+    use std::io::Write as _;
+    use std::process::{Command as Process, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let (_d, path) = fresh();
+    let line = |i: u64| format!("{{\"key\":\"k{i:09}\",\"value\":\"value {i}\"}}\n");
+    let mut child = Process::new(env!("CARGO_BIN_EXE_mapkv"))
+        .args(["load", "--batch-size", "1000"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mapkv load");
+    // Feed lines until the load stops reading (the pipe breaks).
+    let written = Arc::new(AtomicU64::new(0));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = {
+        let written = Arc::clone(&written);
+        std::thread::spawn(move || {
+            for i in 0..100_000_000u64 {
+                if stdin.write_all(line(i).as_bytes()).is_err() {
+                    return;
+                }
+                written.store(i + 1, Ordering::Relaxed);
+            }
+        })
+    };
+    // The pipe, the reader's buffer and its queue hold fewer than 10,000 lines, so once
+    // 50,000 are written, tens of batches of 1,000 are in the store.
+    let start = Instant::now();
+    while written.load(Ordering::Relaxed) < 50_000 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the load does not read");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    let sent = Process::new("kill").args(["-INT", &pid]).status().expect("run kill");
+    assert!(sent.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "the load did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    feeder.join().expect("feeder");
+    let out = child.wait_with_output().expect("output");
+    let err = text(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // "interrupted: loaded N pairs into DIR, from lines 1 to L of stdin, and closed it
+    // cleanly (durable)" and "to resume, load stdin from line L+1 (byte B) on".
+    let number_after = |what: &str| -> u64 {
+        let at = err.find(what).unwrap_or_else(|| panic!("no {what:?} in {err}")) + what.len();
+        err[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().expect("number")
+    };
+    let loaded = number_after("mapkv: interrupted: loaded ");
+    let last_line = number_after(" from lines 1 to ");
+    assert!(err.contains(&format!("{loaded} pairs into {}", path.display())), "{err}");
+    assert!(err.contains("of stdin, and closed it cleanly"), "{err}");
+    assert_eq!(loaded, last_line, "every line is a pair: {err}");
+    assert!(loaded >= 40_000 && loaded <= written.load(Ordering::Relaxed), "{err}");
+    let bytes: u64 = (0..loaded).map(|i| line(i).len() as u64).sum();
+    let resume = format!("load stdin from line {} (byte {bytes}) on", loaded + 1);
+    assert!(err.contains(&resume), "{err}");
+
+    // The store is sound, closed cleanly, and holds exactly the pairs of those lines.
+    mapkv().arg("verify").arg(&path).assert().success().stdout(predicate::str::contains(format!(
+        "checked {}: {loaded} records, {loaded} live keys",
+        path.display()
+    )));
+    let store = OpenOptions::new().read_only(true).open(&path).expect("open");
+    assert!(store.recovery().was_clean(), "{:?}", store.recovery());
+    assert_eq!(store.len(), loaded);
+    let value = |i: u64| store.get(format!("k{i:09}")).expect("get").map(|v| v.to_vec());
+    assert_eq!(value(0), Some(b"value 0".to_vec()));
+    assert_eq!(value(loaded - 1), Some(format!("value {}", loaded - 1).into_bytes()));
+    assert_eq!(value(loaded), None, "a line past the reported one was loaded");
+}
