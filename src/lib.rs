@@ -46,7 +46,7 @@ pub use commit::SyncPolicy;
 pub use error::{Error, Result};
 pub use format::{CorruptKind, MAX_KEY_LEN, MAX_VALUE_LEN, VERSION as FORMAT_VERSION};
 pub use os::Value;
-pub use recovery::{Problem, RecoveryReport, VerifyReport};
+pub use recovery::{Problem, RecoveryReport, Salvage, VerifyReport, salvage};
 pub use stats::Stats;
 pub use store::{CompactStats, Iter, OpenOptions, Reader, Snapshot, SnapshotIter, Store};
 

@@ -1359,8 +1359,9 @@ pub(crate) fn random_id() -> u64 {
 /// The newest valid header slot, from `head` (the file's first bytes) of a file of `len` bytes.
 ///
 /// # Errors
-/// [`Error::Corrupt`] if neither slot is valid, [`Error::UnsupportedVersion`] for a valid
-/// header of another version.
+/// [`Error::Corrupt`] if neither slot is valid (at byte 0), or if the file is shorter than
+/// the log its header vouches for (at the file's end, where the missing bytes start);
+/// [`Error::UnsupportedVersion`] for a valid header of another version.
 pub fn header_of(head: &[u8], len: u64, path: &Path) -> Result<LogHeader> {
     let corrupt = |offset, kind| Error::Corrupt { file: path.to_path_buf(), offset, kind };
     let bytes = head;
@@ -1384,8 +1385,9 @@ pub fn header_of(head: &[u8], len: u64, path: &Path) -> Result<LogHeader> {
         }
     }
     match best {
+        // Cut short: the damage is where the file ends.
         Some(h) if h.committed > len => {
-            Err(corrupt(0, CorruptKind::LengthPastEnd { end: h.committed, limit: len }))
+            Err(corrupt(len, CorruptKind::LengthPastEnd { end: h.committed, limit: len }))
         }
         Some(h) => Ok(h),
         None if errors.iter().all(|(_, k)| *k == CorruptKind::BadMagic) => {

@@ -9,12 +9,13 @@ use crate::apply::{Change, Counts, IndexCtx, key_at, record_len};
 use crate::error::{Error, Result};
 use crate::format::CorruptKind;
 use crate::format::{
-    DATA_START, DecodeError, IndexHeader, Kind, LogHeader, RECORD_ALIGN, Record, crc_seed,
+    DATA_FILE, DATA_START, DecodeError, INDEX_FILE, IndexHeader, Kind, LOG_MAGIC, LogHeader,
+    RECORD_ALIGN, Record, crc_seed,
 };
 use crate::index::{self, DELETED, Slot, Table, VACATED};
 use crate::live::last_record;
 use crate::live::{Checkpoint, Live, UNKNOWN_LAST};
-use crate::os::IndexMap;
+use crate::os::{IndexMap, LogFile, Seam};
 
 /// What open found and did; see [`Store::recovery`](crate::Store::recovery).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -356,17 +357,22 @@ pub fn scan(
 
 /// Checks every record of `log` (all of which must be valid): returns the number of
 /// records and each damaged one's offset and fault. A record whose checksum fails but whose
-/// header holds is skipped over, so one bad value does not hide the rest; a header that
-/// does not decode ends the walk.
+/// header holds is skipped over, so one bad value does not hide the rest: it keeps its
+/// place in its batch, and a commit out of place ends the batch it closes, so that one
+/// damaged record is not followed by a misplaced commit at the end of every later batch.
+/// A header that does not decode ends the walk.
 pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
     let seed = crc_seed(store_id);
     let (mut records, mut problems, mut batch) = (0, Vec::new(), None);
     for (p, decoded) in log.walk(DATA_START, u64::MAX) {
         match decoded {
             Ok((rec, rest)) => {
-                let checked =
-                    rec.verify(seed, rest).and_then(|()| batch_step(&rec, rest, p, &mut batch));
-                if let Err(kind) = checked {
+                let checked = rec.verify(seed, rest);
+                let placed = batch_step(&rec, rest, p, &mut batch);
+                if placed.is_err() && rec.kind == Kind::Commit {
+                    batch = None;
+                }
+                if let Err(kind) = checked.and(placed) {
                     problems.push((p, kind));
                 }
                 records += u64::from(rec.kind != Kind::Commit);
@@ -417,6 +423,307 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} at byte {}: {}", self.file.display(), self.offset, self.kind)
+    }
+}
+
+/// What [`salvage`] could read of a store's data file, without opening the store.
+#[non_exhaustive]
+pub struct Salvage {
+    /// The data file.
+    pub file: PathBuf,
+    /// The length of the log its header vouches for (every record below it was durable
+    /// and valid once), if a header copy is valid.
+    pub committed: Option<u64>,
+    /// Where the records read end: past the last record found whose header decodes.
+    pub log_end: u64,
+    /// Records (puts and deletes) read before the first damage that count: each outside a
+    /// batch, or in a batch whose commit record is there.
+    pub before: u64,
+    /// Records that count found past the first damage: found again after it by their
+    /// headers and checksums.
+    pub after: u64,
+    /// Records left out because their batch lost its commit record (or its start) to the
+    /// damage: a batch counts whole or not at all.
+    pub dropped: u64,
+    /// What is damaged, in offset order: damaged records, zeros where records should be,
+    /// a log that ends before its committed length, both header copies (at byte 0), and,
+    /// as `UnfinishedBatch` at its start, each batch the damage broke.
+    pub damage: Vec<Problem>,
+    log: LogFile,
+    /// Where each key's last record read is, if it is a put, in log order.
+    live: Vec<u64>,
+}
+
+impl fmt::Debug for Salvage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Salvage")
+            .field("file", &self.file)
+            .field("committed", &self.committed)
+            .field("log_end", &self.log_end)
+            .field("before", &self.before)
+            .field("after", &self.after)
+            .field("dropped", &self.dropped)
+            .field("damage", &self.damage)
+            .field("pairs", &self.live.len())
+            .finish()
+    }
+}
+
+impl Salvage {
+    /// The last value read of each key (keys whose last record read is a delete are left
+    /// out), in the order of those records in the log. A key whose last record was lost to
+    /// the damage has its value before it, if one was read.
+    pub fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let bytes = self.log.bytes();
+        self.live.iter().filter_map(move |&at| {
+            let rest = bytes.get(at as usize..)?;
+            let rec = Record::decode(rest).ok()?;
+            Some((rec.key(rest), rec.value(rest)))
+        })
+    }
+
+    /// How many pairs [`pairs`](Self::pairs) gives.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether no pair was read.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+/// Reads what can be read of the data file of the store in `dir`, which may be damaged so
+/// that the store does not open (cut short, overwritten in the middle, its header pages
+/// lost): every record whose header and checksum hold, from the first on, and past each
+/// damaged stretch, the records found again by their headers and checksums. Changes
+/// nothing. Batches count whole or not at all, as in recovery. Record checksums are
+/// seeded with the store id: from the data file's header, or, if both copies are lost,
+/// from the index file's.
+///
+/// # Errors
+/// [`Error::Corrupt`] with [`CorruptKind::BadMagic`] or [`CorruptKind::TooShort`] at byte
+/// 0 if the file is not a mapkv data file at all (no header copy has mapkv's magic number
+/// and no record starts where the first one would), and with
+/// [`CorruptKind::NoValidHeader`] if both header copies are damaged and the index does not
+/// name the store id either; [`Error::UnsupportedVersion`] for a header of another
+/// version; [`Error::Locked`] while a writer has the store open; [`Error::NotFound`] without
+/// a data file; [`Error::Io`].
+pub fn salvage(dir: &Path) -> Result<Salvage> {
+    let file = dir.join(DATA_FILE);
+    let opened = std::fs::File::open(&file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound { path: dir.to_path_buf(), read_only: true }
+        }
+        _ => Error::io("open", &file, e),
+    })?;
+    if crate::os::writer_alive(dir)? {
+        // Its writer writes past what it has published: nothing to read alone.
+        return Err(Error::Locked { path: dir.to_path_buf(), read_only: true });
+    }
+    let log = LogFile::new(opened, &file, false, DATA_START, &Seam::default())?;
+    let bytes = log.bytes();
+    let corrupt = |kind| Error::Corrupt { file: file.clone(), offset: 0, kind };
+    // The header, whatever length it claims (the file may be cut short).
+    let (header, header_fault) = match crate::os::header_of(bytes, u64::MAX, &file) {
+        Ok(h) => (Some(h), None),
+        Err(Error::Corrupt { kind, .. }) => (None, Some(kind)),
+        Err(e) => return Err(e),
+    };
+    let store_id = header.map(|h| h.store_id).or_else(|| index_store_id(dir));
+    let first = bytes.get(DATA_START as usize..).and_then(|rest| {
+        let rec = Record::decode(rest).ok()?;
+        let seed = store_id.map(crc_seed);
+        seed.is_none_or(|seed| rec.verify(seed, rest).is_ok()).then_some(())
+    });
+    let damage = match header_fault {
+        None => Vec::new(),
+        Some(kind @ (CorruptKind::BadMagic | CorruptKind::TooShort { .. }))
+            if first.is_none() && !bytes.starts_with(&LOG_MAGIC) =>
+        {
+            return Err(corrupt(kind)); // never a mapkv data file
+        }
+        Some(kind @ CorruptKind::TooShort { .. }) => vec![kind],
+        Some(_) if store_id.is_none() => return Err(corrupt(CorruptKind::NoValidHeader)),
+        Some(_) => vec![CorruptKind::NoValidHeader],
+    };
+    let seed = crc_seed(store_id.unwrap_or_default());
+    let committed = header.map_or(DATA_START, |h| h.committed);
+    let mut s = Salvager {
+        log: Log::whole(bytes),
+        seed,
+        committed,
+        damage: damage.into_iter().map(|kind| (0, kind)).collect(),
+        damaged: false,
+        batch: None,
+        pending: Vec::new(),
+        latest: std::collections::HashMap::new(),
+        counts: [0; 3],
+    };
+    let log_end = s.read();
+    let mut live: Vec<u64> =
+        s.latest.values().filter(|(_, kind)| *kind == Kind::Put).map(|&(at, _)| at).collect();
+    live.sort_unstable();
+    let mut damage: Vec<Problem> = s
+        .damage
+        .into_iter()
+        .map(|(offset, kind)| Problem { file: file.clone(), offset, kind })
+        .collect();
+    damage.sort_by_key(|p| p.offset);
+    let [before, after, dropped] = s.counts;
+    let committed = header.map(|h| h.committed);
+    Ok(Salvage { file, committed, log_end, before, after, dropped, damage, log, live })
+}
+
+/// The store id the index file's header names, if it is whole.
+fn index_store_id(dir: &Path) -> Option<u64> {
+    let index = IndexMap::open(&dir.join(INDEX_FILE), false, &Seam::default()).ok()??;
+    let header = Table::new(index.words()).header_bytes();
+    IndexHeader::decode(&header, index.len()).ok().map(|h| h.store_id)
+}
+
+/// The walk of [`salvage`].
+struct Salvager<'a> {
+    log: Log<'a>,
+    seed: u32,
+    committed: u64,
+    damage: Vec<(u64, CorruptKind)>,
+    /// Whether damage was met: records counted from then on are `after`.
+    damaged: bool,
+    batch: OpenBatch,
+    /// The records of the open batch: where each is, its kind and its key.
+    pending: Vec<(u64, Kind, &'a [u8])>,
+    /// Each key's last record that counts, and its kind.
+    latest: std::collections::HashMap<&'a [u8], (u64, Kind)>,
+    /// Records counted before the damage, after it, and dropped with their batch.
+    counts: [u64; 3],
+}
+
+impl<'a> Salvager<'a> {
+    /// Reads the log from its start; returns where the records read end.
+    fn read(&mut self) -> u64 {
+        let mut from = DATA_START;
+        loop {
+            let mut walk = self.log.walk(from, u64::MAX);
+            let stop = loop {
+                let Some((p, decoded)) = walk.next() else { break None };
+                let checked = decoded
+                    .and_then(|(rec, rest)| rec.verify(self.seed, rest).map(|()| (rec, rest)));
+                match checked {
+                    Ok((rec, rest)) => self.take(p, &rec, rest),
+                    Err(kind) => break Some((p, kind.at(p))),
+                }
+            };
+            let Some((p, kind)) = stop else {
+                // The file ends where a record would start.
+                let end = walk.at().min(self.log.end());
+                self.break_batch(true);
+                if end < self.committed {
+                    let kind = CorruptKind::LengthPastEnd { end: self.committed, limit: end };
+                    self.damage.push((end, kind));
+                }
+                return end;
+            };
+            let rest = self.log.from(p).unwrap_or_default();
+            let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
+            let data_at = crate::format::first_nonzero(rest).map(|d| p + d as u64);
+            self.break_batch(true);
+            let next = match data_at {
+                // Only zeros from here on: the end of the log.
+                None => {
+                    if p < self.committed {
+                        let kind = CorruptKind::LengthPastEnd { end: self.committed, limit: p };
+                        self.damage.push((p, kind));
+                    }
+                    return p;
+                }
+                Some(data_at) if zeros => {
+                    self.damage.push((p, CorruptKind::ZeroGap { data_at }));
+                    self.refind(data_at / RECORD_ALIGN * RECORD_ALIGN)
+                }
+                Some(_) => {
+                    let len = self.log.end();
+                    let kind = match kind {
+                        // The file is cut short inside this record: what is missing is the
+                        // rest of the log its header vouches for.
+                        CorruptKind::LengthPastEnd { limit, .. }
+                            if limit == len && self.committed > len =>
+                        {
+                            CorruptKind::LengthPastEnd { end: self.committed, limit }
+                        }
+                        kind => kind,
+                    };
+                    self.damage.push((p, kind));
+                    self.refind(p + RECORD_ALIGN)
+                }
+            };
+            self.damaged = true;
+            match next {
+                Some(at) => from = at,
+                None => return p,
+            }
+        }
+    }
+
+    /// Takes the sound record at `p`: counts it, or holds it until its batch's commit.
+    fn take(&mut self, p: u64, rec: &Record, rest: &'a [u8]) {
+        let key = rec.key(rest);
+        match batch_step(rec, rest, p, &mut self.batch) {
+            Ok(()) if self.batch.is_some() => self.pending.push((p, rec.kind, key)),
+            Ok(()) if rec.kind == Kind::Commit => {
+                for (at, kind, key) in std::mem::take(&mut self.pending) {
+                    self.count(at, kind, key);
+                }
+            }
+            Ok(()) => self.count(p, rec.kind, key),
+            Err(kind) => {
+                // Out of place: a commit naming a batch start the damage took (what is
+                // open is the rest of that batch, found again past the damage, and the
+                // commit is the one report), or a record inside a batch that never got
+                // its commit. The record itself is sound.
+                self.damage.push((p, kind));
+                self.break_batch(rec.kind != Kind::Commit);
+                if rec.batch {
+                    self.batch = Some((p, 1));
+                    self.pending.push((p, rec.kind, key));
+                } else if rec.kind != Kind::Commit {
+                    self.count(p, rec.kind, key);
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, at: u64, kind: Kind, key: &'a [u8]) {
+        self.latest.insert(key, (at, kind));
+        self.counts[usize::from(self.damaged)] += 1;
+    }
+
+    /// Drops the open batch, if any, and if `report`, reports it at its start.
+    fn break_batch(&mut self, report: bool) {
+        if let Some((start, records)) = self.batch.take() {
+            if report {
+                self.damage.push((start, CorruptKind::UnfinishedBatch { records }));
+            }
+            self.counts[2] += records;
+            self.pending.clear();
+        }
+    }
+
+    /// The first offset at or past `from` where a record starts whose header decodes and
+    /// whose checksum holds.
+    fn refind(&self, from: u64) -> Option<u64> {
+        let mut q = from.next_multiple_of(RECORD_ALIGN);
+        while let Some(rest) = self.log.from(q).filter(|r| !r.is_empty()) {
+            // A record's kind byte is nonzero, and within its first 8 bytes: skip zeros.
+            let d = crate::format::first_nonzero(rest)? as u64;
+            q += d / RECORD_ALIGN * RECORD_ALIGN;
+            let rest = self.log.from(q).unwrap_or_default();
+            if Record::decode(rest).is_ok_and(|rec| rec.verify(self.seed, rest).is_ok()) {
+                return Some(q);
+            }
+            q += RECORD_ALIGN;
+        }
+        None
     }
 }
 
@@ -901,6 +1208,85 @@ mod tests {
         let end = DATA_START + Record::len_for(1, 1);
         let err = scan(Log::whole(&log), &h, Path::new("d"), &mut Count(0)).expect_err("short log");
         assert!(matches!(err, Error::Corrupt { offset, .. } if offset == end), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_value_in_a_batch_is_one_problem_not_a_misplaced_commit_per_batch() {
+        let (mut log, _) = batch_log(3, Some(3));
+        let end = DATA_START + 3 * Record::len_for(2, 1) + Record::len_for(0, 8);
+        // A second batch of the same shape after the first.
+        let second = log[DATA_START as usize..end as usize].to_vec();
+        log.truncate(end as usize);
+        log.extend_from_slice(&second);
+        let second_at = end as usize;
+        let one = Record::len_for(2, 1);
+        // The commit names its batch's start: rewrite the second one's.
+        let commit = second_at + 3 * one as usize;
+        let mut rec = vec![0; Record::len_for(0, 8) as usize];
+        let batch = (Kind::Commit, false);
+        Record::encode_into(crc_seed(9), batch, end, b"", &3u64.to_le_bytes(), &mut rec);
+        log[commit..commit + rec.len()].copy_from_slice(&rec);
+        assert_eq!(check_log(Log::whole(&log), 9), (6, vec![]));
+        let value = DATA_START + one + 24 + 8; // the second record's value
+        log[value as usize] ^= 1;
+        let (records, problems) = check_log(Log::whole(&log), 9);
+        assert_eq!(records, 6);
+        assert!(
+            matches!(&problems[..], [(p, CorruptKind::ChecksumMismatch { .. })] if *p == DATA_START + one),
+            "{problems:?}"
+        );
+        log[value as usize] ^= 1;
+        // A damaged count in the first commit: one problem, and the commit still ends its
+        // batch, so the second batch is whole.
+        let first_commit = DATA_START + 3 * one;
+        log[first_commit as usize + 24] ^= 1;
+        let (records, problems) = check_log(Log::whole(&log), 9);
+        assert_eq!(records, 6);
+        assert!(
+            matches!(&problems[..], [(p, CorruptKind::ChecksumMismatch { .. })] if *p == first_commit),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn salvage_finds_records_again_past_damage_and_drops_the_batch_it_broke() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, h) = batch_log(3, Some(3));
+        let one = Record::len_for(2, 1);
+        let commit = DATA_START + 3 * one;
+        // Then a put on its own.
+        let at = (commit + Record::len_for(0, 8)) as usize;
+        Record::encode_into(
+            crc_seed(9),
+            (Kind::Put, false),
+            0,
+            b"z",
+            b"last",
+            &mut log[at..at + 40],
+        );
+        let mut slot = [0; HEADER_LEN];
+        LogHeader { committed: at as u64 + 40, ..h }.encode_into(&mut slot);
+        log[..HEADER_LEN].copy_from_slice(&slot);
+        // The batch's first record is overwritten: the rest of the batch is found again,
+        // but its commit names a start that is gone, so none of it counts.
+        log[DATA_START as usize..(DATA_START + one) as usize].fill(0x5a);
+        std::fs::write(dir.path().join(DATA_FILE), &log).expect("write");
+        let s = salvage(dir.path()).expect("salvage");
+        let damage: Vec<_> = s.damage.iter().map(|p| (p.offset, p.kind.clone())).collect();
+        assert_eq!(
+            damage,
+            [(DATA_START, CorruptKind::BadRecord { kind: 0x5a }), (commit, CorruptKind::BadBatch)]
+        );
+        assert_eq!((s.before, s.after, s.dropped), (0, 1, 2));
+        assert_eq!(s.pairs().collect::<Vec<_>>(), [(&b"z"[..], &b"last"[..])]);
+
+        // A file that never was a store.
+        std::fs::write(dir.path().join(DATA_FILE), vec![b'x'; 20_000]).expect("write");
+        let err = salvage(dir.path()).expect_err("not a store");
+        assert!(
+            matches!(err, Error::Corrupt { offset: 0, kind: CorruptKind::BadMagic, .. }),
+            "{err}"
+        );
     }
 
     #[test]

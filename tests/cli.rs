@@ -798,3 +798,439 @@ fn compact_gives_back_garbage_and_keeps_every_pair() {
     assert!(after["log_bytes"].as_u64() < before["log_bytes"].as_u64());
     assert_eq!(contents(&path), expected);
 }
+
+// ---- salvaging damaged data files -------------------------------------------------------
+
+/// A commit record: 24 header + 8 value (the batch's record count).
+const COMMIT: u64 = 32;
+
+/// A cleanly closed store of `batches` atomic batches of `per` keys each, keys in order.
+fn batched_store(batches: u32, per: u32) -> (TempDir, PathBuf) {
+    let (d, path) = fresh();
+    let store = Store::open(&path).expect("create");
+    for b in 0..batches {
+        let mut batch = mapkv::Batch::new();
+        for i in b * per..(b + 1) * per {
+            batch.put(key(i), val(i));
+        }
+        store.write(batch).expect("write");
+    }
+    store.close().expect("clean close");
+    (d, path)
+}
+
+/// Where batch `b` starts in a [`batched_store`] of `per` keys a batch.
+fn batch_at(b: u32, per: u32) -> u64 {
+    DATA_START + u64::from(b) * (u64::from(per) * REC + COMMIT)
+}
+
+/// The pairs of `dump --hex` output, in order.
+fn dumped(stdout: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let hex = |v: &Json| {
+        let s = v.as_str().expect("hex string");
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    text(stdout)
+        .lines()
+        .map(|l| {
+            let v: Json = serde_json::from_str(l).expect("a JSON line");
+            (hex(&v["key_hex"]), hex(&v["value_hex"]))
+        })
+        .collect()
+}
+
+/// The pairs of keys `keys`, as a dump of a store filled in order gives them.
+fn pairs_of(keys: impl IntoIterator<Item = u32>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    keys.into_iter().map(|i| (key(i).to_vec(), val(i).to_vec())).collect()
+}
+
+fn stderr_of(out: &assert_cmd::assert::Assert) -> String {
+    text(&out.get_output().stderr)
+}
+
+/// Every file of a store directory, by name, to check that nothing changed.
+fn files_of(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(path)
+        .expect("read dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).expect("read"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_data_file_cut_short_is_salvaged_up_to_the_record_cut() {
+    let per = 4;
+    // Cut inside the third record of batch 3, and exactly where batch 3 starts.
+    for (cut, damage, kept, dropped) in [
+        (batch_at(3, per) + 2 * REC + 12, batch_at(3, per) + 2 * REC, 12, 2),
+        (batch_at(3, per), batch_at(3, per), 12, 0),
+    ] {
+        let (_d, path) = batched_store(5, per);
+        let data = path.join("data.mkv");
+        let committed = batch_at(5, per);
+        FsOpen::new().write(true).open(&data).expect("open").set_len(cut).expect("truncate");
+        let before = files_of(&path);
+        let what = format!("{} is damaged at byte {damage}", data.display());
+        let fault = format!("length reaches byte {committed}, past the end at {cut}");
+        let mut intact =
+            format!("the {kept} records before the damage at byte {damage} are intact");
+        if dropped > 0 {
+            intact += &format!(" ({dropped} records of batches the damage broke are not");
+        }
+
+        // Without the flag: the real offset, what is intact, and the way to salvage it.
+        let out = mapkv().args(["dump", "--hex"]).arg(&path).assert().code(1);
+        let err = stderr_of(&out);
+        for want in [&what, &fault, &intact, "dump --skip-damaged"] {
+            assert!(err.contains(want), "dump (cut at {cut}): no {want:?} in {err}");
+        }
+        assert!(out.get_output().stdout.is_empty());
+
+        let out = mapkv().args(["dump", "--hex", "--skip-damaged"]).arg(&path).assert().code(1);
+        assert_eq!(dumped(&out.get_output().stdout), pairs_of(0..kept), "cut at {cut}");
+        let err = stderr_of(&out);
+        let line = format!("mapkv: {} at byte {damage}: {fault}", data.display());
+        assert!(err.contains(&line), "dump --skip-damaged (cut at {cut}): {err}");
+        assert!(err.contains(&intact), "dump --skip-damaged (cut at {cut}): {err}");
+        assert!(err.contains(&format!("dumped the {kept} pairs they hold")), "{err}");
+        if dropped > 0 {
+            let knock_on = format!(
+                "mapkv:   knock-on: {} at byte {}: a batch of {dropped} records without its commit",
+                data.display(),
+                batch_at(3, per)
+            );
+            assert!(err.contains(&knock_on), "{err}");
+        }
+
+        for dry_run in [true, false] {
+            let mut cmd = mapkv();
+            cmd.arg("recover").arg(&path);
+            if dry_run {
+                cmd.arg("--dry-run");
+            }
+            let err = stderr_of(&cmd.assert().code(1));
+            let intact = intact.replacen("the", "The", 1);
+            for want in [&what, &fault, "changed nothing", &intact, "dump --skip-damaged"] {
+                assert!(err.contains(want), "recover (cut at {cut}): no {want:?} in {err}");
+            }
+        }
+
+        let out = mapkv().arg("verify").arg(&path).assert().code(1);
+        let stdout = text(&out.get_output().stdout);
+        let head = format!("{} records intact before the damage, 0 past it", kept);
+        assert!(stdout.contains(&head), "verify (cut at {cut}): {stdout}");
+        assert!(stdout.contains(&format!("{} at byte {damage}: {fault}", data.display())));
+        let verdict = if dropped > 0 {
+            "damaged: 1 problem (and 1 knock-on)"
+        } else {
+            "damaged: 1 problem\n"
+        };
+        assert!(stdout.contains(verdict), "verify (cut at {cut}): {stdout}");
+        let v = json_of(mapkv().args(["verify", "--json"]).arg(&path));
+        assert_eq!(v["problems"][0]["offset"], damage, "{v}");
+        assert_eq!(v["problems"][0]["kind"], "LengthPastEnd", "{v}");
+        assert_eq!(v["intact"]["records_before_damage"], kept, "{v}");
+        assert_eq!(v["intact"]["records_in_broken_batches"], dropped, "{v}");
+        if dropped > 0 {
+            assert_eq!(v["problems"][1]["offset"], batch_at(3, per), "{v}");
+            assert_eq!(v["problems"][1]["knock_on_of"], 0, "{v}");
+        }
+        assert!(files_of(&path) == before, "cut at {cut}: salvaging changed the store");
+    }
+}
+
+#[test]
+fn garbage_in_the_middle_is_skipped_and_the_records_past_it_are_found_again() {
+    let (_d, path) = clean_store(20);
+    let data = path.join("data.mkv");
+    patch(&data, rec(8), &[0xA5; 2 * REC as usize]); // keys 8 and 9 overwritten
+    let survivors: Vec<u32> = (0..20).filter(|i| !(8..10).contains(i)).collect();
+
+    // The index is intact: the store opens, and the pairs whose records are gone are
+    // skipped, each named by where its record should be.
+    let out = mapkv().args(["dump", "--hex"]).arg(&path).assert().code(1);
+    let err = stderr_of(&out);
+    assert!(err.contains("cannot read a pair") && err.contains("--skip-damaged"), "{err}");
+    assert!(
+        [rec(8), rec(9)].iter().any(|r| err.contains(&format!("byte {r} of the data"))),
+        "{err}"
+    );
+    let out = mapkv().args(["dump", "--hex", "--skip-damaged"]).arg(&path).assert().code(1);
+    let mut got = dumped(&out.get_output().stdout);
+    got.sort();
+    let mut want = pairs_of(survivors.iter().copied());
+    want.sort();
+    assert_eq!(got, want);
+    let err = stderr_of(&out);
+    for r in [rec(8), rec(9)] {
+        assert!(err.contains(&format!("points at byte {r} of the data file")), "{err}");
+    }
+    assert!(err.contains("2 damaged pairs skipped; the other 18 were dumped"), "{err}");
+
+    // Without the index the store must be rebuilt from the log and does not open: the
+    // data file is read record by record, past the damage too.
+    fs::remove_file(path.join("index.mkv")).expect("remove index");
+    let before = files_of(&path);
+    let intact = format!(
+        "the 8 records before the damage at byte {} are intact, and 10 more past it",
+        rec(8)
+    );
+    let out = mapkv().args(["dump", "--hex", "--skip-damaged"]).arg(&path).assert().code(1);
+    assert_eq!(dumped(&out.get_output().stdout), pairs_of(survivors.iter().copied()));
+    let err = stderr_of(&out);
+    let line =
+        format!("mapkv: {} at byte {}: invalid record kind or flags 0xa5", data.display(), rec(8));
+    assert!(err.contains(&line) && err.contains(&intact), "{err}");
+    let err = stderr_of(&mapkv().arg("recover").arg(&path).assert().code(1));
+    let what = format!("{} is damaged at byte {}", data.display(), rec(8));
+    assert!(err.contains(&what) && err.contains("changed nothing"), "{err}");
+    assert!(err.contains(&intact.replacen("the", "The", 1)), "{err}");
+    let out = mapkv().arg("verify").arg(&path).assert().code(1);
+    let stdout = text(&out.get_output().stdout);
+    assert!(stdout.contains("8 records intact before the damage, 10 past it"), "{stdout}");
+    assert!(stdout.contains(&format!("{} at byte {}", data.display(), rec(8))), "{stdout}");
+    assert!(files_of(&path) == before, "salvaging changed the store");
+}
+
+#[test]
+fn lost_header_pages_are_damage_and_the_log_is_salvaged() {
+    let (_d, path) = clean_store(10);
+    let data = path.join("data.mkv");
+    patch(&data, 0, &[0; DATA_START as usize]);
+    let before = files_of(&path);
+    let what = format!("{} is damaged at byte 0: both header copies are damaged", data.display());
+
+    let err = stderr_of(&mapkv().arg("dump").arg(&path).assert().code(1));
+    assert!(err.contains(&what) && err.contains("10 records of its log are intact"), "{err}");
+    let out = mapkv().args(["dump", "--hex", "--skip-damaged"]).arg(&path).assert().code(1);
+    assert_eq!(dumped(&out.get_output().stdout), pairs_of(0..10));
+    let err = stderr_of(&mapkv().arg("recover").arg(&path).assert().code(1));
+    for want in [&what[..], "A lost header cannot be rebuilt", "changed nothing", "10 records"] {
+        assert!(err.contains(want), "recover: no {want:?} in {err}");
+    }
+    let out = mapkv().arg("verify").arg(&path).assert().code(1);
+    let stdout = text(&out.get_output().stdout);
+    assert!(stdout.contains("10 records intact before the damage"), "{stdout}");
+    assert!(files_of(&path) == before, "salvaging changed the store");
+
+    // The store id that seeds the checksums comes from the index: without it, nothing can
+    // be checked, and nothing is dumped.
+    fs::remove_file(path.join("index.mkv")).expect("remove index");
+    let out = mapkv().args(["dump", "--skip-damaged"]).arg(&path).assert().code(1);
+    assert!(out.get_output().stdout.is_empty());
+    let err = stderr_of(&out);
+    assert!(err.contains("no record's checksum can be checked"), "{err}");
+}
+
+#[test]
+fn a_data_file_that_was_never_a_store_is_named_so_and_left_alone() {
+    // Deterministic bytes that are no mapkv file, as a binary would be.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let binary: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut cases = vec![
+        ("text", "hello, this is not a store\n".repeat(1000).into_bytes(), "magic number"),
+        ("binary", binary, "magic number"),
+        ("short", b"hi\n".to_vec(), "file is 3 bytes, shorter than the 8192-byte header"),
+        ("empty", Vec::new(), "file is 0 bytes"),
+    ];
+    if let Ok(ls) = fs::read("/bin/ls") {
+        cases.push(("/bin/ls", ls, "magic number"));
+    }
+    for (what, bytes, why) in cases {
+        let (_d, path) = clean_store(5);
+        let data = path.join("data.mkv");
+        fs::write(&data, &bytes).expect("replace data.mkv");
+        let before = files_of(&path);
+        let not = format!("{} is not a mapkv data file (", data.display());
+        for args in [
+            &["dump"][..],
+            &["dump", "--skip-damaged"],
+            &["recover"],
+            &["recover", "--dry-run"],
+            &["stats"],
+        ] {
+            let out = mapkv().args(args).arg(&path).assert().code(1);
+            assert!(out.get_output().stdout.is_empty(), "{what}: {args:?}");
+            let err = stderr_of(&out);
+            assert!(err.contains(&not) && err.contains(why), "{what}: {args:?}: {err}");
+            if args[0] == "recover" {
+                assert!(err.contains("recover changed nothing"), "{what}: {err}");
+            }
+        }
+        let out = mapkv().arg("verify").arg(&path).assert().code(1);
+        let stdout = text(&out.get_output().stdout);
+        let head = format!("{} does not open: {not}", path.display());
+        assert!(stdout.contains(&head), "{what}: {stdout}");
+        assert!(files_of(&path) == before, "{what}: a command changed the store");
+    }
+}
+
+#[test]
+fn verify_lists_problems_by_offset_with_knock_ons_under_their_root() {
+    let per = 4;
+    let (_d, path) = batched_store(6, per);
+    let data = path.join("data.mkv");
+    // A damaged value in batch 1: one problem, not a misplaced commit at every batch after.
+    let value = batch_at(1, per) + 2 * REC + 32;
+    patch(&data, value, b"\x00");
+    // A damaged record header in batch 4: the walk ends inside the batch, which is then
+    // left without its commit (a knock-on).
+    let header = batch_at(4, per) + REC;
+    patch(&data, header + 4, b"\x7f");
+    let out = mapkv().arg("verify").arg(&path).assert().code(1);
+    let stdout = text(&out.get_output().stdout);
+    let d = data.display();
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("data.mkv at byte")).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!("{d} at byte {}: checksum mismatch", rec_of(value))),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{d} at byte {header}: invalid record kind")),
+        "{stdout}"
+    );
+    let knock_on = format!("  knock-on: {d} at byte {}: a batch of 1 records", batch_at(4, per));
+    assert!(lines[2].starts_with(&knock_on), "{stdout}");
+    assert!(stdout.ends_with("damaged: 2 problems (and 1 knock-on)\n"), "{stdout}");
+    let v = json_of(mapkv().args(["verify", "--json"]).arg(&path));
+    let offsets: Vec<u64> = v["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [rec_of(value), header, batch_at(4, per)], "{v}");
+    let roots: Vec<&Json> =
+        v["problems"].as_array().expect("problems").iter().map(|p| &p["knock_on_of"]).collect();
+    assert_eq!(roots, [&Json::Null, &Json::Null, &Json::from(1)], "{v}");
+
+    // One damaged index slot is two disagreements at that slot: one problem, one knock-on.
+    let (_d, path) = clean_store(10);
+    let index = path.join("index.mkv");
+    let bytes = fs::read(&index).expect("read index");
+    let slot = (4096..bytes.len())
+        .step_by(16)
+        .find(|&at| bytes[at + 8..at + 16] == rec(3).to_le_bytes())
+        .expect("key 3's slot");
+    patch(&index, slot as u64 + 8, &rec(4).to_le_bytes());
+    let out = mapkv().arg("verify").arg(&path).assert().code(1);
+    let stdout = text(&out.get_output().stdout);
+    let i = index.display();
+    let root = format!(
+        "{i} at byte {slot}: index and log disagree about the latest record of the key at byte {}",
+        rec(3)
+    );
+    let knock_on = format!(
+        "  knock-on: {i} at byte {slot}: index and log disagree about the latest record of the key at byte {}",
+        rec(4)
+    );
+    assert!(stdout.contains(&format!("{root}\n{knock_on}\n")), "{stdout}");
+    assert!(stdout.contains("damaged: 1 problem (and 1 knock-on)"), "{stdout}");
+}
+
+/// The start of the record holding byte `at` of a [`batched_store`] of 4 keys a batch.
+fn rec_of(at: u64) -> u64 {
+    let batch = REC * 4 + COMMIT;
+    let b = (at - DATA_START) / batch;
+    DATA_START + b * batch + (at - DATA_START - b * batch) / REC * REC
+}
+
+// ---- interrupting load ------------------------------------------------------------------
+
+#[test]
+fn ctrl_c_stops_load_at_a_clean_point_and_says_where_to_resume() {
+    use std::io::Write as _;
+    use std::process::{Command as Process, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let (_d, path) = fresh();
+    let line = |i: u64| format!("{{\"key\":\"k{i:09}\",\"value\":\"value {i}\"}}\n");
+    let mut child = Process::new(env!("CARGO_BIN_EXE_mapkv"))
+        .args(["load", "--batch-size", "1000"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mapkv load");
+    // Feed lines until the load stops reading (the pipe breaks).
+    let written = Arc::new(AtomicU64::new(0));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = {
+        let written = Arc::clone(&written);
+        std::thread::spawn(move || {
+            for i in 0..100_000_000u64 {
+                if stdin.write_all(line(i).as_bytes()).is_err() {
+                    return;
+                }
+                written.store(i + 1, Ordering::Relaxed);
+            }
+        })
+    };
+    // The pipe, the reader's buffer and its queue hold fewer than 10,000 lines, so once
+    // 50,000 are written, tens of batches of 1,000 are in the store.
+    let start = Instant::now();
+    while written.load(Ordering::Relaxed) < 50_000 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the load does not read");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    let sent = Process::new("kill").args(["-INT", &pid]).status().expect("run kill");
+    assert!(sent.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "the load did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    feeder.join().expect("feeder");
+    let out = child.wait_with_output().expect("output");
+    let err = text(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // "interrupted: loaded N pairs into DIR, from lines 1 to L of stdin, and closed it
+    // cleanly (durable)" and "to resume, load stdin from line L+1 (byte B) on".
+    let number_after = |what: &str| -> u64 {
+        let at = err.find(what).unwrap_or_else(|| panic!("no {what:?} in {err}")) + what.len();
+        err[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().expect("number")
+    };
+    let loaded = number_after("mapkv: interrupted: loaded ");
+    let last_line = number_after(" from lines 1 to ");
+    assert!(err.contains(&format!("{loaded} pairs into {}", path.display())), "{err}");
+    assert!(err.contains("of stdin, and closed it cleanly"), "{err}");
+    assert_eq!(loaded, last_line, "every line is a pair: {err}");
+    assert!(loaded >= 40_000 && loaded <= written.load(Ordering::Relaxed), "{err}");
+    let bytes: u64 = (0..loaded).map(|i| line(i).len() as u64).sum();
+    let resume = format!("load stdin from line {} (byte {bytes}) on", loaded + 1);
+    assert!(err.contains(&resume), "{err}");
+
+    // The store is sound, closed cleanly, and holds exactly the pairs of those lines.
+    mapkv().arg("verify").arg(&path).assert().success().stdout(predicate::str::contains(format!(
+        "checked {}: {loaded} records, {loaded} live keys",
+        path.display()
+    )));
+    let store = OpenOptions::new().read_only(true).open(&path).expect("open");
+    assert!(store.recovery().was_clean(), "{:?}", store.recovery());
+    assert_eq!(store.len(), loaded);
+    let value = |i: u64| store.get(format!("k{i:09}")).expect("get").map(|v| v.to_vec());
+    assert_eq!(value(0), Some(b"value 0".to_vec()));
+    assert_eq!(value(loaded - 1), Some(format!("value {}", loaded - 1).into_bytes()));
+    assert_eq!(value(loaded), None, "a line past the reported one was loaded");
+}

@@ -222,12 +222,13 @@ fn a_data_file_cut_below_the_committed_length_is_refused() {
     let end = rec(20);
     assert_eq!(committed(&data(&path)), end);
     let good = fs::read(data(&path)).expect("read");
-    // Headers intact, but the log they vouch for is (partly) gone.
+    // Headers intact, but the log they vouch for is (partly) gone: the damage is reported
+    // where the file ends.
     for len in [DATA_START, DATA_START + 8, rec(7) + 13, end - 8] {
         fs::write(data(&path), &good[..len as usize]).expect("write");
         for read_only in [false, true] {
             let (file, offset, kind) = corrupt(open_with(&path, read_only));
-            assert_eq!((file, offset), (data(&path), 0), "len {len}");
+            assert_eq!((file, offset), (data(&path), len), "len {len}");
             assert_eq!(kind, CorruptKind::LengthPastEnd { end, limit: len }, "len {len}");
         }
     }

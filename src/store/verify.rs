@@ -4,7 +4,7 @@
 use crate::apply::IndexCtx;
 use crate::error::{Error, Result};
 use crate::format::{CorruptKind, DATA_FILE, DATA_START, LogHeader, Record};
-use crate::index::{DELETED, Table};
+use crate::index::{DELETED, Slot, Table};
 use crate::os;
 use crate::recovery::{self, Log, Problem, Rebuild, VerifyReport};
 
@@ -101,7 +101,13 @@ impl Shared {
         let later = |word: u64| following && word & !DELETED >= end;
         for (_, hash, word) in truth.occupied().filter(|(_, _, w)| w & DELETED == 0) {
             if disk.find(hash, |_, w| Ok(w == word || later(w)))?.is_none() {
-                report.problems.push(mismatch(0, word));
+                // Reported at the slot holding the key's hash (naming another record),
+                // where the slot check below finds the same slot; 0 if none does.
+                let offset = match disk.locate(hash, |_, _| Ok(true))? {
+                    Slot::Occupied { i, .. } => Table::slot_offset(i),
+                    Slot::Vacant { .. } | Slot::Full => 0,
+                };
+                report.problems.push(mismatch(offset, word));
             }
         }
         // ...and the index holds no live slot the log does not.

@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use mapkv::{Batch, MAX_KEY_LEN, MAX_VALUE_LEN};
@@ -19,6 +21,10 @@ use crate::{Failure, Progress, decode_hex, describe, open_write};
 /// or "value_hex"; blank lines are skipped. Pairs are written in atomic batches and the
 /// store is closed cleanly (durable) at the end. A malformed line stops the load with exit
 /// 1: nothing of its batch is written, and the message says which pairs before it were.
+///
+/// Ctrl-C (SIGINT) stops the load after the line being read: the pairs of the lines before
+/// it are written, the store is closed cleanly, and the message says how many pairs were
+/// loaded and from which line (and byte) of the input to resume; exit status 130.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The store directory
@@ -31,8 +37,34 @@ pub struct Args {
     batch_size: u64,
 }
 
+/// Exit status after Ctrl-C (128 + SIGINT, as a shell reports a process it ended).
+const INTERRUPTED: u8 = 130;
+
+/// Lines the input thread hands over at a time.
+const CHUNK_LINES: usize = 256;
+
+/// What the input thread hands over.
+enum Input {
+    /// The next lines, each with its newline (if it had one).
+    Lines(Vec<Vec<u8>>),
+    /// The end of the input.
+    End,
+    /// Reading failed (after the lines handed over before).
+    Failed(io::Error),
+    /// Ctrl-C.
+    Interrupted,
+}
+
+/// Why the load stopped before the end of the input.
+enum Stop {
+    /// A line could not be read or parsed: what to say.
+    Failed(String),
+    /// Ctrl-C.
+    Interrupted,
+}
+
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
-    let (input, name, len): (Box<dyn Read>, String, Option<u64>) = match &args.file {
+    let (input, name, len): (Box<dyn Read + Send>, String, Option<u64>) = match &args.file {
         Some(path) => {
             let f = File::open(path)
                 .map_err(|e| Failure::Failed(format!("cannot read {}: {e}", path.display())))?;
@@ -43,7 +75,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             if io::stdin().is_terminal() {
                 eprintln!("mapkv: reading JSON lines from the terminal; end with Ctrl-D");
             }
-            (Box::new(io::stdin().lock()), "stdin".to_string(), None)
+            (Box::new(io::stdin()), "stdin".to_string(), None)
         }
     };
     let dir = args.dir.display();
@@ -52,34 +84,51 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         Some(len) => Progress::new("loading", Some(len), "bytes"),
         None => Progress::new("loading", None, "pairs"),
     };
-    let mut input = BufReader::with_capacity(1 << 16, input);
-    let (mut loaded, mut line_no, mut batch_from) = (0u64, 0u64, 1u64);
+    let lines = read_lines(input);
+    // Lines read (`line_no`), pairs written, the first line of the batch being built, and
+    // the input's bytes up to the end of line `line_no`.
+    let (mut loaded, mut line_no, mut batch_from, mut offset) = (0u64, 0u64, 1u64, 0u64);
     let mut batch = Batch::new();
-    let mut line = Vec::new();
-    let failed = loop {
-        line.clear();
-        let read = match input.read_until(b'\n', &mut line) {
-            Ok(0) => break None,
-            Ok(n) => n,
-            Err(e) => break Some(format!("{name}: reading line {} failed: {e}", line_no + 1)),
+    let stop = 'read: loop {
+        let chunk = match lines.recv() {
+            Ok(Input::Lines(chunk)) => chunk,
+            Ok(Input::Failed(e)) => {
+                break Some(Stop::Failed(format!(
+                    "{name}: reading line {} failed: {e}",
+                    line_no + 1
+                )));
+            }
+            Ok(Input::End) => break None,
+            Ok(Input::Interrupted) => break Some(Stop::Interrupted),
+            // The input thread is gone (it cannot be: it ends after `End` or `Failed`).
+            Err(mpsc::RecvError) => break None,
         };
-        line_no += 1;
-        if !line.trim_ascii().is_empty() {
-            match parse(&line) {
-                Ok((key, value)) => batch.put(key, value),
-                Err(what) => break Some(format!("{name}:{line_no}: {what}")),
-            };
-        }
-        progress.inc(if len.is_some() { read as u64 } else { 1 });
-        if batch.len() as u64 >= args.batch_size {
-            let n = batch.len() as u64;
-            store
-                .write(std::mem::take(&mut batch))
-                .map_err(|e| write_failed(&e, batch_from, loaded, &args.dir))?;
-            (loaded, batch_from) = (loaded + n, line_no + 1);
+        for line in chunk {
+            if INTERRUPT.load(Ordering::Relaxed) {
+                break 'read Some(Stop::Interrupted);
+            }
+            line_no += 1;
+            if !line.trim_ascii().is_empty() {
+                match parse(&line) {
+                    Ok((key, value)) => batch.put(key, value),
+                    Err(what) => {
+                        break 'read Some(Stop::Failed(format!("{name}:{line_no}: {what}")));
+                    }
+                };
+            }
+            offset += line.len() as u64;
+            progress.inc(if len.is_some() { line.len() as u64 } else { 1 });
+            if batch.len() as u64 >= args.batch_size {
+                let n = batch.len() as u64;
+                store
+                    .write(std::mem::take(&mut batch))
+                    .map_err(|e| write_failed(&e, batch_from, loaded, &args.dir))?;
+                (loaded, batch_from) = (loaded + n, line_no + 1);
+            }
         }
     };
-    if failed.is_none() {
+    // After the end of the input or Ctrl-C, the lines read so far are all whole: write them.
+    if !matches!(stop, Some(Stop::Failed(_))) {
         let n = batch.len() as u64;
         store
             .write(std::mem::take(&mut batch))
@@ -88,16 +137,85 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     }
     store.close()?;
     drop(progress);
-    match failed {
+    match stop {
         None => {
             println!("loaded {loaded} pairs into {dir}");
             Ok(ExitCode::SUCCESS)
         }
-        Some(what) => Err(Failure::Failed(format!(
+        Some(Stop::Interrupted) if line_no == 0 => {
+            eprintln!("mapkv: interrupted before the first line of {name}: nothing was loaded");
+            Ok(ExitCode::from(INTERRUPTED))
+        }
+        Some(Stop::Interrupted) => {
+            let next = line_no + 1;
+            let resume = match &args.file {
+                Some(_) => format!("`tail -n +{next} {name} | mapkv load {dir}`"),
+                None => format!("`tail -n +{next} INPUT | mapkv load {dir}`"),
+            };
+            eprintln!(
+                "mapkv: interrupted: loaded {loaded} pairs into {dir}, from lines 1 to {line_no} \
+                 of {name}, and closed it cleanly (durable)\nto resume, load {name} from line \
+                 {next} (byte {offset}) on: {resume}"
+            );
+            Ok(ExitCode::from(INTERRUPTED))
+        }
+        Some(Stop::Failed(what)) => Err(Failure::Failed(format!(
             "{what}\nnothing from line {batch_from} on was written; the {loaded} pairs before \
              it are in {dir} (durable)"
         ))),
     }
+}
+
+/// Set by Ctrl-C: the load stops at the next line.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+/// Reads `input` line by line on a thread of its own, handing the lines over in chunks,
+/// so that Ctrl-C stops the load even while the input has nothing to read.
+fn read_lines(input: Box<dyn Read + Send>) -> mpsc::Receiver<Input> {
+    let (tx, rx) = mpsc::sync_channel(16);
+    let on_interrupt = tx.clone();
+    // Without the handler (it cannot be installed), Ctrl-C ends the process at once, as
+    // before: the store is then recovered when it is next opened.
+    let _ = ctrlc::set_handler(move || {
+        INTERRUPT.store(true, Ordering::Relaxed);
+        let _ = on_interrupt.try_send(Input::Interrupted); // if full, the flag is enough
+    });
+    std::thread::spawn(move || {
+        let mut input = BufReader::with_capacity(1 << 16, input);
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK_LINES);
+            let mut failed = None;
+            let mut done = false;
+            // Up to a chunk, and no more than is there without waiting: lines that trickle
+            // in are loaded as they come.
+            while chunk.len() < CHUNK_LINES && (chunk.is_empty() || !input.buffer().is_empty()) {
+                let mut line = Vec::new();
+                match input.read_until(b'\n', &mut line) {
+                    Ok(0) => {
+                        done = true;
+                        break;
+                    }
+                    Ok(_) => chunk.push(line),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !chunk.is_empty() && tx.send(Input::Lines(chunk)).is_err() {
+                return; // the load stopped
+            }
+            if let Some(e) = failed {
+                let _ = tx.send(Input::Failed(e));
+                return;
+            }
+            if done {
+                let _ = tx.send(Input::End);
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// What to say when writing a batch failed.

@@ -31,7 +31,7 @@ use std::time::Duration;
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mapkv::{Error, OpenOptions, Store};
+use mapkv::{CorruptKind, Error, OpenOptions, Problem, Salvage, Store};
 
 /// Inspect, check, repair, dump and load mapkv stores.
 ///
@@ -197,8 +197,8 @@ pub fn writable(rebuild_index: bool) -> OpenOptions {
 }
 
 /// What to tell the user when a store does not open.
-pub fn open_failure(dir: &Path, e: Error) -> Failure {
-    let dir = dir.display();
+pub fn open_failure(path: &Path, e: Error) -> Failure {
+    let dir = path.display();
     Failure::Failed(match e {
         Error::NotFound { .. } => format!("no mapkv store at {dir} (no data.mkv there)"),
         Error::Locked { read_only: true, .. } => format!(
@@ -210,8 +210,88 @@ pub fn open_failure(dir: &Path, e: Error) -> Failure {
              read-only commands (stats, get, keys, dump, verify) work beside it; retry this \
              one when that process has closed the store"
         ),
+        e @ Error::Corrupt { .. } => damaged_store(path, &e),
         e => format!("cannot open store {dir}: {}", describe(&e)),
     })
+}
+
+// ---- damaged stores ---------------------------------------------------------------------
+
+/// Reads, record by record, what can be read of the data file of the store in `dir`, which
+/// did not open (`mapkv::salvage`; nothing changes), or says why nothing can be.
+pub fn salvage(dir: &Path) -> Result<Salvage, Failure> {
+    mapkv::salvage(dir).map_err(|e| {
+        Failure::Failed(match e {
+            Error::Corrupt { file, kind: CorruptKind::BadMagic, .. } => format!(
+                "{} is not a mapkv data file (neither header copy has mapkv's magic number, \
+                 and no mapkv record is where the first one would be)",
+                file.display()
+            ),
+            Error::Corrupt { file, kind: kind @ CorruptKind::TooShort { .. }, .. } => {
+                format!("{} is not a mapkv data file ({kind})", file.display())
+            }
+            Error::Corrupt { file, kind: CorruptKind::NoValidHeader, .. } => format!(
+                "both header copies of {} are damaged and the index does not name the store's \
+                 id either, so no record's checksum can be checked: nothing can be salvaged",
+                file.display()
+            ),
+            // Not `open_failure`, which salvages to describe damage.
+            e @ Error::Corrupt { .. } => format!("cannot read {}: {}", dir.display(), describe(&e)),
+            e => open_failure(dir, e).to_string(),
+        })
+    })
+}
+
+/// The damage at the root of `problems` (the first that is not a knock-on of another).
+pub fn first_damage(problems: &[Problem]) -> Option<&Problem> {
+    verify::list(problems).into_iter().find(|l| l.knock_on_of.is_none()).map(|l| l.problem)
+}
+
+/// `p` as a sentence: "FILE is damaged at byte N: what".
+pub fn damaged_at(p: &Problem) -> String {
+    format!("{} is damaged at byte {}: {}", p.file.display(), p.offset, p.kind)
+}
+
+/// What of the log `s` holds intact, said of `first`, the damage at its root.
+pub fn intact(s: &Salvage, first: &Problem) -> String {
+    // Offset 0: the header (or the whole file), not a record.
+    let mut m = if first.offset == 0 {
+        format!("{} records of its log are intact", s.before + s.after)
+    } else {
+        let at = first.offset;
+        format!("the {} records before the damage at byte {at} are intact", s.before)
+    };
+    if first.offset != 0 && s.after > 0 {
+        let _ = write!(m, ", and {} more past it", s.after);
+    }
+    if s.dropped > 0 {
+        let _ = write!(
+            m,
+            " ({} records of batches the damage broke are not: a batch counts whole or not at \
+             all)",
+            s.dropped
+        );
+    }
+    m
+}
+
+/// What to say when the store in `dir` does not open because it is damaged (`e`): the
+/// damage at the root, as reading the data file record by record finds it (not only the
+/// first fault that open met), what is still intact, and how to save it.
+pub fn damaged_store(dir: &Path, e: &Error) -> String {
+    let d = dir.display();
+    match salvage(dir) {
+        Ok(s) => match first_damage(&s.damage) {
+            Some(first) => format!(
+                "cannot open store {d}: {}\n{}: `mapkv dump --skip-damaged {d}` dumps their \
+                 pairs (`mapkv verify {d}` lists every problem)",
+                damaged_at(first),
+                intact(&s, first)
+            ),
+            None => format!("cannot open store {d}: {}", describe(e)),
+        },
+        Err(not) => format!("cannot open store {d}: {not}"),
+    }
 }
 
 // ---- keys and values --------------------------------------------------------------------

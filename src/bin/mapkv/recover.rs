@@ -7,9 +7,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mapkv::{Error, RecoveryReport};
+use mapkv::{Error, Problem, RecoveryReport};
 
-use crate::{FAILED, Failure, open_failure, read_only, writable};
+use crate::{
+    FAILED, Failure, damaged_at, describe, first_damage, intact, open_failure, read_only, salvage,
+    writable,
+};
 
 /// Cut a torn tail and rebuild the index after a crash, reporting what was cut
 ///
@@ -21,8 +24,10 @@ use crate::{FAILED, Failure, open_failure, read_only, writable};
 /// it out read-only, reports it, then does it. It also zeroes nonzero bytes past the end of
 /// the log, even in a store closed cleanly (`mapkv verify` reports them; the data file must
 /// hold only zeros there). It never discards committed data: damage below the committed
-/// length stops it with exit 1 and nothing changed (see `mapkv verify`). While a writer has
-/// the store open it refuses (exit 1) and changes nothing: stop the writer first.
+/// length stops it with exit 1 and nothing changed, saying where the damage is and how many
+/// records before it are intact (`mapkv dump --skip-damaged` saves them; `mapkv verify`
+/// lists every problem); so does a data file that is not a mapkv data file at all. While a
+/// writer has the store open it refuses (exit 1) and changes nothing: stop the writer first.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The store directory
@@ -52,15 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             )));
         }
         Ok(store) => (store.recovery().clone(), store.nonzero_past_end()?),
-        Err(e @ Error::Corrupt { .. }) => {
-            eprintln!(
-                "mapkv: {e}\nThis damage lies below the committed length (bytes that were \
-                 durable and valid once), so recover will not cut it and changed nothing. \
-                 `mapkv verify {}` shows the problem.",
-                dir.display()
-            );
-            return Ok(ExitCode::from(FAILED));
-        }
+        Err(e @ Error::Corrupt { .. }) => return refuse_damage(dir, &e),
         Err(e) => return Err(open_failure(dir, e)),
     };
     if preview.was_clean() && past.is_none() {
@@ -98,6 +95,43 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let discard = Discard { tail: tail.filter(|_| same_cut), ..discard };
     print(dir, &report, &discard, false);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says what damage stops recovery (the damage at the root, as reading the data file
+/// record by record finds it) and what is still intact, or that the file was never a
+/// mapkv data file; changes nothing.
+fn refuse_damage(dir: &Path, e: &Error) -> Result<ExitCode, Failure> {
+    let d = dir.display();
+    let s = salvage(dir).map_err(|f| Failure::Failed(format!("{f}; recover changed nothing")))?;
+    let from_open = match e {
+        Error::Corrupt { file, offset, kind } => {
+            Some(Problem { file: file.clone(), offset: *offset, kind: kind.clone() })
+        }
+        _ => None,
+    };
+    let Some(first) = first_damage(&s.damage).or(from_open.as_ref()) else {
+        return Err(Failure::Failed(describe(e)));
+    };
+    let why = if first.offset == 0 {
+        "A lost header cannot be rebuilt, so recover changed nothing"
+    } else {
+        "This damage lies below the committed length (bytes that were durable and valid \
+         once), so recover will not cut it and changed nothing"
+    };
+    eprintln!(
+        "mapkv: {}\n{why}. {}: `mapkv dump --skip-damaged {d} > pairs.jsonl` saves their pairs, \
+         and `mapkv load NEW_DIR pairs.jsonl` makes a sound store of them. `mapkv verify {d}` \
+         lists every problem.",
+        damaged_at(first),
+        upper_first(&intact(&s, first)),
+    );
+    Ok(ExitCode::from(FAILED))
+}
+
+/// `s` with its first letter in upper case.
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// What recovery discards and zeroes.
