@@ -173,3 +173,53 @@ fn a_copy_from_a_reader_in_another_process_than_the_writer_is_one_moment() {
     let _ = child.wait();
     assert!(seen[0] >= KEYS * 3 && seen[0] <= seen[1], "{seen:?}");
 }
+
+/// `mapkv copy`, a process of its own, beside a writer in this one.
+#[cfg(feature = "cli")]
+#[test]
+fn mapkv_copy_beside_a_live_writer_copies_one_moment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = tmp.path().join("db");
+    let store = Arc::new(Store::open(&db).expect("open"));
+    for i in 0..KEYS * 3 {
+        write(&store, i);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = KEYS * 3;
+            while !stop.load(Ordering::Relaxed) {
+                write(&store, i);
+                i += 1;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    for (round, compact) in [false, true].into_iter().enumerate() {
+        let dest = tmp.path().join(format!("copy-{round}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapkv"));
+        cmd.arg("copy").arg(&db).arg(&dest);
+        if compact {
+            cmd.arg("--compact");
+        }
+        let out = cmd.output().expect("run mapkv copy");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("{} live keys", KEYS + 1)), "{stdout}");
+        seen.push(check_copy(&dest));
+    }
+    // Into a directory that holds something: refused, exit 1, nothing touched.
+    let out = Command::new(env!("CARGO_BIN_EXE_mapkv"))
+        .arg("copy")
+        .arg(&db)
+        .arg(tmp.path().join("copy-0"))
+        .output()
+        .expect("run mapkv copy");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("new or empty directory"));
+    check_copy(&tmp.path().join("copy-0"));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(seen[0] >= KEYS * 3 - 1 && seen[0] <= seen[1], "{seen:?}");
+}

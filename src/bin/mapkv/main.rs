@@ -8,6 +8,7 @@
 //! hex/base64).
 
 mod compact;
+mod copy;
 mod delete;
 mod dump;
 mod get;
@@ -81,6 +82,7 @@ enum Command {
     Load(load::Args),
     Verify(verify::Args),
     Compact(compact::Args),
+    Copy(copy::Args),
     Recover(recover::Args),
 }
 
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Load(a) => load::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Compact(a) => compact::run(a),
+        Command::Copy(a) => copy::run(a),
         Command::Recover(a) => recover::run(a),
     };
     match result {
