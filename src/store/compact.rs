@@ -101,7 +101,7 @@ impl<'a> Copier<'a> {
     /// with `finish`'s flush, before the file can become the store.
     fn grow(log: &mut LogFile, len: u64) -> Result<()> {
         if len > log.map().len() {
-            log.grow(len.div_ceil(PAGE) * PAGE)?;
+            log.grow(len.div_ceil(PAGE).saturating_mul(PAGE))?;
         }
         Ok(())
     }
@@ -292,7 +292,9 @@ impl Shared {
         let started = Instant::now();
         let (seam, live_bytes) = {
             let w = self.writer()?;
-            (w.m.seam.clone(), w.m.counts.live_bytes)
+            // A count read off disk (a clean index's header) is never trusted for an
+            // allocation: live records fit in the log.
+            (w.m.seam.clone(), w.m.counts.live_bytes.min(w.m.end))
         };
         let dir = &self.dir;
         let data_path = dir.join(DATA_FILE);
