@@ -357,9 +357,10 @@ pub fn scan(
 
 /// Checks every record of `log` (all of which must be valid): returns the number of
 /// records and each damaged one's offset and fault. A record whose checksum fails but whose
-/// header holds is skipped over, so one bad value does not hide the rest: it keeps its
-/// place in its batch, and a commit out of place ends the batch it closes, so that one
-/// damaged record is not followed by a misplaced commit at the end of every later batch.
+/// header holds is skipped over, so one bad value does not hide the rest: its own batch
+/// flag is not trusted (it neither opens a batch nor breaks one; a damaged commit closes
+/// the open one), and a commit out of place ends the batch it closes, so that one damaged
+/// record is not followed by a misplaced commit at the end of every later batch.
 /// A header that does not decode ends the walk.
 pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) {
     let seed = crc_seed(store_id);
@@ -367,13 +368,27 @@ pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) 
     for (p, decoded) in log.walk(DATA_START, u64::MAX) {
         match decoded {
             Ok((rec, rest)) => {
-                let checked = rec.verify(seed, rest);
-                let placed = batch_step(&rec, rest, p, &mut batch);
-                if placed.is_err() && rec.kind == Kind::Commit {
-                    batch = None;
-                }
-                if let Err(kind) = checked.and(placed) {
-                    problems.push((p, kind));
+                match rec.verify(seed, rest) {
+                    Ok(()) => {
+                        let placed = batch_step(&rec, rest, p, &mut batch);
+                        if placed.is_err() && rec.kind == Kind::Commit {
+                            batch = None;
+                        }
+                        if let Err(kind) = placed {
+                            problems.push((p, kind));
+                        }
+                    }
+                    Err(kind) => {
+                        problems.push((p, kind));
+                        // Its batch flag and commit fields are what the checksum failed
+                        // on: it neither opens a batch nor breaks one. A commit closes the
+                        // batch that is open; any other record counts in it.
+                        match (&mut batch, rec.kind) {
+                            (open @ Some(_), Kind::Commit) => *open = None,
+                            (Some((_, n)), _) => *n += 1,
+                            (None, _) => {}
+                        }
+                    }
                 }
                 records += u64::from(rec.kind != Kind::Commit);
             }

@@ -223,3 +223,105 @@ fn mapkv_copy_beside_a_live_writer_copies_one_moment() {
     writer.join().expect("writer");
     assert!(seen[0] >= KEYS * 3 - 1 && seen[0] <= seen[1], "{seen:?}");
 }
+
+/// A copy killed half-way leaves no store in its destination: what it wrote is in a work
+/// directory, which open refuses to take for a store, and the data file moves in last.
+#[cfg(feature = "cli")]
+#[test]
+fn a_copy_killed_half_way_leaves_no_store_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    {
+        let store = Store::open(&src).expect("open");
+        let v = vec![b'x'; 200];
+        for chunk in 0..20u32 {
+            let mut b = Batch::new();
+            for i in 0..10_000u32 {
+                b.put(format!("k{chunk:03}-{i:05}"), &v);
+            }
+            store.write(b).expect("write");
+        }
+        store.close().expect("close");
+    }
+    for (round, delay_ms) in [20u64, 80, 200].into_iter().enumerate() {
+        let dest = tmp.path().join(format!("dst-{round}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mapkv"))
+            .arg("copy")
+            .arg(&src)
+            .arg(&dest)
+            .arg("--compact")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mapkv copy");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        let finished = child.wait().expect("wait").success();
+        match OpenOptions::new().create(false).open(&dest) {
+            Ok(copy) => {
+                assert!(finished || copy.len() == 200_000, "a partial copy opens as a store");
+                assert_eq!(copy.len(), 200_000);
+            }
+            Err(e) => {
+                assert!(!finished, "a finished copy does not open: {e}");
+                assert!(matches!(e, mapkv::Error::NotFound { .. }), "{e}");
+                // Nor does a writable open make a store among the leftovers.
+                let e = Store::open(&dest).expect_err("leftovers are not a store");
+                assert!(matches!(e, mapkv::Error::NotAStore { .. }), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_copies_into_one_destination_do_not_mix_or_delete_each_other() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(tmp.path().join("db")).expect("open");
+    let mut b = Batch::new();
+    for i in 0..20_000u32 {
+        b.put(i.to_le_bytes(), [7u8; 400]);
+    }
+    store.write(b).expect("write");
+    let dest = tmp.path().join("dst");
+    let (a, b) = std::thread::scope(|s| {
+        let one = s.spawn(|| store.copy_to(&dest, false));
+        let two = s.spawn(|| store.copy_to(&dest, true));
+        (one.join().expect("join"), two.join().expect("join"))
+    });
+    assert!(a.is_ok() != b.is_ok(), "exactly one copy wins: {a:?} / {b:?}");
+    for err in [a.as_ref().err(), b.as_ref().err()].into_iter().flatten() {
+        assert!(
+            matches!(err, mapkv::Error::Locked { .. }) || err.to_string().contains("new or empty"),
+            "{err}"
+        );
+    }
+    let copy = OpenOptions::new().create(false).open(&dest).expect("the winner's copy is whole");
+    assert_eq!(copy.len(), 20_000);
+    assert!(copy.verify().expect("verify").problems.is_empty());
+}
+
+#[test]
+fn a_copy_of_a_damaged_log_fails_naming_the_source_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    {
+        let store = Store::open(&src).expect("open");
+        for i in 0..10 {
+            store.put(format!("k{i}"), "VVVVVVVV").expect("put");
+        }
+        store.close().expect("close");
+    }
+    let data = src.join("data.mkv");
+    let mut bytes = std::fs::read(&data).expect("read");
+    let at = (8192..bytes.len()).find(|&i| bytes[i] == b'V').expect("a value byte");
+    bytes[at] ^= 0x20;
+    std::fs::write(&data, bytes).expect("write");
+    let reader = OpenOptions::new().read_only(true).open(&src).expect("open read-only");
+    let dest = tmp.path().join("dst");
+    let err = reader.copy_to(&dest, false).expect_err("a damaged record");
+    assert!(
+        matches!(&err, mapkv::Error::Corrupt { file, .. } if *file == data),
+        "names the source's data file: {err}"
+    );
+    assert!(!dest.exists(), "the failed copy left {dest:?}");
+}

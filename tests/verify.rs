@@ -144,3 +144,34 @@ fn a_follower_does_not_look_past_the_end_it_knows() {
     // The writer owns the store: for it, they are damage.
     assert_past_end(&writer.verify().expect("verify runs"), end, end + 64);
 }
+
+/// A flipped batch flag on one record is one problem: the checksum fails, and the flag it
+/// failed on neither opens a phantom batch (which made every later record a misplaced one)
+/// nor breaks a real one.
+#[test]
+fn one_flipped_batch_flag_is_one_problem() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("db");
+    let store = Store::open(&dir).expect("open");
+    for i in 0..20u32 {
+        store.put(format!("k{i:02}"), "v").expect("put");
+    }
+    store.close().expect("close");
+    // Each record: a 24-byte header, a 3-byte key padded to 32, a 1-byte value: 40 bytes.
+    let data = dir.join("data.mkv");
+    let third = 8192 + 3 * 40;
+    let mut flags = [0u8; 2];
+    FsOpen::new()
+        .read(true)
+        .open(&data)
+        .expect("open")
+        .read_exact_at(&mut flags, third + 4)
+        .expect("read");
+    assert_eq!(flags, [1, 0], "a put outside any batch");
+    scribble(&dir, third + 5, &[1]);
+    let report =
+        OpenOptions::new().read_only(true).open(&dir).expect("open").verify().expect("verify");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].offset, third);
+    assert!(matches!(report.problems[0].kind, CorruptKind::ChecksumMismatch { .. }));
+}

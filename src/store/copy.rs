@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::format::{DATA_FILE, DATA_START, LogHeader, PAGE, TMP_SUFFIX};
-use crate::os::{self, LogFile, Seam};
+use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, LogHeader, PAGE, TMP_SUFFIX};
+use crate::os::{self, DirLock, LogFile, Seam};
 use crate::recovery;
 use crate::stats::Stats;
 
@@ -27,24 +27,33 @@ impl Shared {
     /// The copy; see [`Store::copy_to`](super::Store::copy_to).
     pub(super) fn copy_to(&self, dest: &Path, compact: bool) -> Result<Stats> {
         self.check_poisoned()?;
-        let made = Destination::prepare(dest)?;
+        let target = Destination::prepare(dest)?;
+        let work = target.work.as_path();
         let snap = Snapshot::take(self);
         let seam = Seam::default();
-        let data_path = dest.join(DATA_FILE);
         let copy = if compact {
-            create_data_file(&seam, dest, &data_path, self.store_id)?;
-            let copy = Shared::open(dest, &Options::default())?;
+            create_data_file(&seam, work, &work.join(DATA_FILE), self.store_id)?;
+            let copy = Shared::open(work, &Options::default())?;
             copy_pairs(&snap, &copy)?;
             copy
         } else {
-            copy_log(&snap, dest, self.store_id, &seam)?;
+            copy_log(&snap, work, self.store_id, &seam)?;
             // The index is rebuilt from the copied log, every checksum checked on the way.
-            Shared::open(dest, &Options { rebuild_index: true, ..Options::default() })?
+            let checked =
+                Shared::open(work, &Options { rebuild_index: true, ..Options::default() });
+            checked.map_err(|e| match e {
+                // The same offset in this store's log, which the copy repeats.
+                Error::Corrupt { offset, kind, .. } => {
+                    Error::Corrupt { file: self.dir.join(DATA_FILE), offset, kind }
+                }
+                e => e,
+            })?
         };
         drop(snap);
         let stats = copy.stats();
         copy.shutdown()?; // durable and closed cleanly
-        made.keep();
+        drop(copy);
+        target.finish()?;
         Ok(stats)
     }
 }
@@ -70,6 +79,15 @@ fn copy_pairs(snap: &Snapshot<'_>, copy: &Shared) -> Result<()> {
 /// commits all of it. Built under a temporary name and renamed into place once durable.
 fn copy_log(snap: &Snapshot<'_>, dest: &Path, store_id: u64, seam: &Seam) -> Result<()> {
     let records = snap.records();
+    if Some(records.len() as u64) != snap.visible().checked_sub(DATA_START) {
+        // A follower whose writer moved to files it could not map: its newest view does
+        // not reach the snapshot's end.
+        let why = std::io::Error::other(
+            "the snapshot's log is not all mapped by this handle (its writer moved on to \
+             files it could not follow); retry the copy",
+        );
+        return Err(Error::io("copy the log of", dest, why));
+    }
     let end = DATA_START + records.len() as u64;
     let tmp = dest.join(format!("{DATA_FILE}{TMP_SUFFIX}"));
     create_data_file(seam, dest, &tmp, store_id)?;
@@ -95,52 +113,90 @@ fn copy_log(snap: &Snapshot<'_>, dest: &Path, store_id: u64, seam: &Seam) -> Res
     os::sync_dir(seam, dest)
 }
 
-/// The copy's directory: new or empty, and removed (or emptied) again unless the copy
-/// finishes.
+/// Where the copy is built, inside the destination: a store of its own until its files are
+/// renamed into the destination, the data file last. A copy interrupted before that leaves
+/// no store in the destination (and this directory, which open refuses to mistake for
+/// one: `Error::NotAStore`).
+const WORK_DIR: &str = ".mapkv-copy";
+
+/// The copy's destination: new or empty when the copy starts, locked (as a writer locks a
+/// store) until it ends, so that two copies never share it; left as it was found unless
+/// the copy finishes.
 struct Destination {
     dir: PathBuf,
+    work: PathBuf,
     created: bool,
-    keep: bool,
+    /// The index file has been renamed into the destination (the data file has not).
+    moved_index: bool,
+    done: bool,
+    _lock: DirLock,
 }
 
 impl Destination {
     /// # Errors
-    /// [`Error::Io`] if `dir` holds anything already, or cannot be made.
+    /// [`Error::Io`] if `dir` holds anything already or cannot be made;
+    /// [`Error::Locked`] if another copy (or a writer) holds it.
     fn prepare(dir: &Path) -> Result<Self> {
-        let created = !dir.exists();
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("create directory", parent, e))?;
+        }
+        let created = match std::fs::create_dir(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(Error::io("create directory", dir, e)),
+        };
+        let lock = os::lock_dir(dir)?;
+        let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("copy into", dir, e))?;
+        if entries.next().is_some() {
+            let why = std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the destination of a copy must be a new or empty directory",
+            );
+            return Err(Error::io("copy into", dir, why));
+        }
+        let work = dir.join(WORK_DIR);
+        std::fs::create_dir(&work).map_err(|e| Error::io("create directory", &work, e))?;
+        let target = Self {
+            dir: dir.to_path_buf(),
+            work,
+            created,
+            moved_index: false,
+            done: false,
+            _lock: lock,
+        };
         if created {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
             os::sync_dir(&Seam::default(), parent.unwrap_or(Path::new(".")))?;
-        } else {
-            let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("copy into", dir, e))?;
-            if entries.next().is_some() {
-                let why = std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the destination of a copy must be a new or empty directory",
-                );
-                return Err(Error::io("copy into", dir, why));
-            }
         }
-        Ok(Self { dir: dir.to_path_buf(), created, keep: false })
+        Ok(target)
     }
 
-    fn keep(mut self) {
-        self.keep = true;
+    /// Moves the finished copy into place: the index, then the data file (from which on
+    /// the destination is a store), then makes the names durable.
+    fn finish(mut self) -> Result<()> {
+        let seam = Seam::default();
+        os::rename(&seam, &self.work.join(INDEX_FILE), &self.dir.join(INDEX_FILE))?;
+        self.moved_index = true;
+        os::rename(&seam, &self.work.join(DATA_FILE), &self.dir.join(DATA_FILE))?;
+        self.done = true;
+        os::sync_dir(&seam, &self.dir)?;
+        let _ = std::fs::remove_dir_all(&self.work);
+        Ok(())
     }
 }
 
 impl Drop for Destination {
     fn drop(&mut self) {
-        if self.keep {
+        if self.done {
             return;
         }
+        let _ = std::fs::remove_dir_all(&self.work);
+        if self.moved_index {
+            let _ = std::fs::remove_file(self.dir.join(INDEX_FILE));
+        }
         if self.created {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
+            let _ = std::fs::remove_dir(&self.dir); // only if nothing else is in it
         }
     }
 }
