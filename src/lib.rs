@@ -25,8 +25,7 @@
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(clippy::missing_safety_doc)]
 
-// Modules from the bottom layer up: each imports only modules above it in this list
-// (DESIGN.md §1 has the table; tests/layering.rs checks it).
+// Which module may import which: the table in DESIGN.md §1 (tests/layering.rs checks it).
 mod apply;
 mod background;
 mod batch;

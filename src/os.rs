@@ -77,6 +77,25 @@ impl Drop for DirLock {
     }
 }
 
+/// A shared lock on a store directory, held by a reader that maps the data file whole and
+/// lends slices of it for as long as it lives (`mapkv::salvage`): writers (which lock it
+/// exclusively) are kept out meanwhile, since a writer's open rewrites the header pages and
+/// zeroes a torn tail.
+///
+/// # Errors
+/// [`Error::Locked`] (read-only) if a writer holds the store; [`Error::NotFound`];
+/// [`Error::Io`].
+pub fn lock_dir_shared(dir: &Path) -> Result<DirLock> {
+    let file = open_dir(dir, true)?;
+    match FileExt::try_lock_shared(&file) {
+        Ok(()) => Ok(DirLock(file)),
+        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Err(Error::Locked { path: dir.to_path_buf(), read_only: true })
+        }
+        Err(e) => Err(Error::io("lock", dir, e)),
+    }
+}
+
 /// Whether a writer holds the store's lock now. Takes a shared lock and drops it at once;
 /// a writer opening in that instant retries (`lock_dir`), so this never makes it fail.
 ///

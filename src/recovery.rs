@@ -441,7 +441,10 @@ impl fmt::Display for Problem {
     }
 }
 
-/// What [`salvage`] could read of a store's data file, without opening the store.
+/// What [`salvage`] could read of a store's data file, without opening the store. While it
+/// lives it lends slices of the file ([`pairs`](Salvage::pairs)), so it holds a shared lock
+/// on the store's directory: a writer's open (which rewrites the header pages and zeroes a
+/// torn tail) gets [`Error::Locked`] until it is dropped.
 #[non_exhaustive]
 pub struct Salvage {
     /// The data file.
@@ -467,6 +470,8 @@ pub struct Salvage {
     log: LogFile,
     /// Where each key's last record read is, if it is a put, in log order.
     live: Vec<u64>,
+    /// Keeps writers out while the mapping lends slices.
+    _lock: crate::os::DirLock,
 }
 
 impl fmt::Debug for Salvage {
@@ -532,10 +537,9 @@ pub fn salvage(dir: &Path) -> Result<Salvage> {
         }
         _ => Error::io("open", &file, e),
     })?;
-    if crate::os::writer_alive(dir)? {
-        // Its writer writes past what it has published: nothing to read alone.
-        return Err(Error::Locked { path: dir.to_path_buf(), read_only: true });
-    }
+    // Beside a writer there is nothing to read alone (it writes past what it published);
+    // and while the `Salvage` lends slices of the file, no writer may open it.
+    let lock = crate::os::lock_dir_shared(dir)?;
     let log = LogFile::new(opened, &file, false, DATA_START, &Seam::default())?;
     let bytes = log.bytes();
     let corrupt = |kind| Error::Corrupt { file: file.clone(), offset: 0, kind };
@@ -587,7 +591,7 @@ pub fn salvage(dir: &Path) -> Result<Salvage> {
     damage.sort_by_key(|p| p.offset);
     let [before, after, dropped] = s.counts;
     let committed = header.map(|h| h.committed);
-    Ok(Salvage { file, committed, log_end, before, after, dropped, damage, log, live })
+    Ok(Salvage { file, committed, log_end, before, after, dropped, damage, log, live, _lock: lock })
 }
 
 /// The store id the index file's header names, if it is whole.
@@ -881,16 +885,13 @@ fn resume_from(
     };
     // Redo: the writes that finished after the checkpoint (at most the one in flight).
     let mut replayed = 0;
-    let mut walk = Log::whole(cx.log).walk(c.end, tail.end);
-    for (p, decoded) in &mut walk {
+    // Every record below `tail.end` decoded in `valid_end`, so the walk reaches it.
+    for (p, decoded) in Log::whole(cx.log).walk(c.end, tail.end) {
         let (rec, rest) = decoded.map_err(|_| "a record past the checkpoint does not read")?;
         if rec.kind != Kind::Commit {
             r.redo(p, &rec, rest)?;
         }
         replayed += 1;
-    }
-    if walk.at() < tail.end {
-        return Err("a record past the checkpoint does not read".into());
     }
     // Undo: a batch that never got its commit may have pointed slots at its records.
     if let Some((start, CorruptKind::UnfinishedBatch { .. })) = &tail.cut {

@@ -1368,3 +1368,25 @@ fn random_damage_never_panics_or_serves_unwritten_values() {
     );
     assert!(opened > 0, "no damaged store ever opened: the property checked nothing");
 }
+
+/// A `Salvage` lends slices of the data file: while it lives no writer may open the store
+/// (whose open would cut and zero the torn tail under them).
+#[test]
+fn a_salvage_keeps_writers_out_while_it_lends_slices() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("db");
+    let store = Store::open(&dir).expect("open");
+    for i in 0..10u32 {
+        store.put(format!("k{i}"), "v").expect("put");
+    }
+    store.simulate_crash();
+    let salvage = mapkv::salvage(&dir).expect("salvage");
+    let before: Vec<_> = salvage.pairs().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    assert_eq!(before.len(), 10);
+    let err = Store::open(&dir).expect_err("a writer while the salvage lives");
+    assert!(matches!(err, mapkv::Error::Locked { read_only: false, .. }), "{err}");
+    let after: Vec<_> = salvage.pairs().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    assert_eq!(before, after);
+    drop(salvage);
+    Store::open(&dir).expect("the writer opens once the salvage is gone");
+}

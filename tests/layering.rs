@@ -57,60 +57,85 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// The modules `module` (whose source is `text`) imports: the first segment after each
-/// `crate::` (a top-level module; `store` means `store/mod`, and an item re-exported at the
-/// root, `crate::Store` or `crate::{..}`, means `lib`), after `super::` (a sibling in the
-/// parent's directory, outside unit-test modules, where `super` is the module itself), and
-/// each child declared with `mod` by a `mod.rs`, `lib.rs` or `main.rs`. Comments are
-/// skipped.
+/// The modules `module` (whose source is `text`) imports: the first segment of each path
+/// after `crate::` (a top-level module; `store` means `store/mod`, and an item re-exported
+/// at the root, `crate::Store`, means `lib`) and after `super::` (the parent's: a sibling
+/// in the same directory, or for a `mod.rs` or a top-level file the crate root; outside
+/// unit-test modules, where `super` is the module itself), each item of a `{..}` group
+/// counted, and each child declared with `mod` by a `mod.rs`, `lib.rs` or `main.rs`.
+/// Comments are skipped.
 fn imports(module: &str, text: &str) -> BTreeSet<String> {
-    let parent = module.rsplit_once('/').map(|(dir, _)| format!("{dir}/"));
+    let dir = module.rsplit_once('/').map(|(dir, _)| dir);
     let is_root = module.ends_with("mod") || module == "lib" || module == "main";
-    let resolve = |name: &str| {
-        let sub = if module.contains('/') { module.rsplit_once('/').map(|p| p.0) } else { None };
-        match sub {
-            // `mod x;` in `store/mod.rs` is `store/x`.
-            Some(dir) if is_root => format!("{dir}/{name}"),
-            _ => name.to_string(),
-        }
+    let top = |name: &str| match name {
+        "" => None,
+        n if n.starts_with(char::is_uppercase) => Some("lib".to_string()),
+        "store" => Some("store/mod".to_string()),
+        n => Some(n.to_string()),
     };
+    let code: String =
+        text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let tests_at = code.find("mod tests").unwrap_or(code.len());
     let mut out = BTreeSet::new();
-    let mut in_tests = false;
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("").trim();
-        if code.starts_with("mod tests") {
-            in_tests = true;
-        }
+    for line in code.lines().map(str::trim) {
         if is_root
-            && let Some(name) = code.strip_prefix("mod ").or_else(|| code.strip_prefix("pub mod "))
+            && let Some(name) = line.strip_prefix("mod ").or_else(|| line.strip_prefix("pub mod "))
             && let Some(name) = name.strip_suffix(';')
         {
-            out.insert(resolve(name));
+            out.insert(match dir {
+                Some(dir) => format!("{dir}/{name}"), // `mod x;` in `store/mod.rs`
+                None => name.to_string(),
+            });
         }
-        for (prefix, sibling) in [("crate::", false), ("super::", true)] {
-            for (at, _) in code.match_indices(prefix) {
-                if at > 0 && code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
-                    continue; // `foo_crate::`, not ours
-                }
-                let rest = &code[at + prefix.len()..];
-                let name: String =
-                    rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                if sibling {
-                    if in_tests || name.is_empty() {
-                        continue; // `use super::*` in a unit-test module: the module itself
-                    }
-                    out.insert(format!("{}{name}", parent.clone().unwrap_or_default()));
-                } else if name.is_empty() || name.starts_with(char::is_uppercase) {
-                    out.insert("lib".to_string()); // `crate::{..}`, `crate::Store`: the root
-                } else if name == "store" {
-                    out.insert("store/mod".to_string());
-                } else {
-                    out.insert(name);
-                }
+    }
+    for (prefix, from_parent) in [("crate::", false), ("super::", true)] {
+        for (at, _) in code.match_indices(prefix) {
+            if at > 0 && code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                continue; // `foo_crate::`, not ours
+            }
+            if from_parent && at > tests_at {
+                continue; // `use super::*` in a unit-test module: the module itself
+            }
+            for name in first_segments(&code[at + prefix.len()..]) {
+                let to = match (from_parent, dir) {
+                    (true, Some(dir)) if !is_root => match top(&name).as_deref() {
+                        Some("lib") => Some(format!("{dir}/mod")), // `super::Store`
+                        Some(_) => Some(format!("{dir}/{name}")),
+                        None => None,
+                    },
+                    _ => top(&name),
+                };
+                out.extend(to);
             }
         }
     }
     out.remove(module);
+    out
+}
+
+/// The first segment of the path (or of each path of the `{..}` group) at the start of
+/// `rest`, which follows a `crate::` or `super::`.
+fn first_segments(rest: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+    };
+    let Some(group) = rest.strip_prefix('{') else { return vec![ident(rest)] };
+    let (mut out, mut depth, mut start) = (Vec::new(), 0, 0);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                out.push(ident(&group[start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(ident(&group[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
     out
 }
 
@@ -174,10 +199,15 @@ fn bench_compare_keeps_the_layering_of_its_readme() {
 #[test]
 fn the_checker_finds_upward_imports_and_circles() {
     let text = "use crate::store::Writer;\nuse crate::{Error, Store};\n// crate::live\n\
+                use crate::{\n    apply::Change,\n    index::{self, Table},\n};\n\
+                use super::{shared::State, Store};\n\
                 fn f() { super::write::g(); }\n#[cfg(test)]\nmod tests {\n    use super::*;\n}\n";
     let got = imports("store/view", text);
-    let want = ["lib", "store/mod", "store/write"].map(String::from);
-    assert_eq!(got, BTreeSet::from(want));
+    let want = ["apply", "index", "lib", "store/mod", "store/shared", "store/write"];
+    assert_eq!(got, BTreeSet::from(want.map(String::from)));
+    // In a `mod.rs`, `super` is the crate root.
+    let got = imports("store/mod", "use super::format::Kind;\nuse super::Error;\n");
+    assert_eq!(got, BTreeSet::from(["format", "lib"].map(String::from)));
     let root = imports("store/mod", "mod shared;\npub use view::Reader;\nmod view;\n");
     assert_eq!(root, BTreeSet::from(["store/shared", "store/view"].map(String::from)));
 

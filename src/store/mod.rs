@@ -206,8 +206,10 @@ impl OpenOptions {
     /// # Errors
     /// [`Error::Locked`] at once, for a writer, if another handle writes the store; for a
     /// read-only handle, if a writer holds it that cannot be followed (an older mapkv, or
-    /// one still opening the store after 2 s); [`Error::NotFound`] without `create`; [`Error::Corrupt`] or
-    /// [`Error::UnsupportedVersion`] for files it cannot read; [`Error::Io`].
+    /// one still opening the store after 2 s); [`Error::NotFound`] without `create`, and
+    /// for a read-only open of a missing store; [`Error::NotAStore`] for a writable open
+    /// that would create a store in a directory holding other files; [`Error::Corrupt`]
+    /// or [`Error::UnsupportedVersion`] for files it cannot read; [`Error::Io`].
     ///
     /// ```
     /// # let tmp = tempfile::tempdir().unwrap();

@@ -57,7 +57,7 @@ impl Default for Options {
     }
 }
 
-/// What `Store::assemble` makes a handle of.
+/// What [`Shared::assemble`] makes a handle of.
 pub(super) struct Parts {
     pub handle: Handle,
     pub live_keys: u64,

@@ -210,7 +210,7 @@ pub fn open_failure(path: &Path, e: Error) -> Failure {
         ),
         Error::Locked { read_only: false, .. } => format!(
             "store {dir} is open for writing by another process (one writer at a time); the \
-             read-only commands (stats, get, keys, dump, verify) work beside it; retry this \
+             read-only commands (stats, get, keys, dump, verify, copy) work beside it; retry this \
              one when that process has closed the store"
         ),
         e @ Error::Corrupt { .. } => damaged_store(path, &e),
