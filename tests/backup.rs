@@ -66,25 +66,30 @@ fn check_copy(dir: &Path) -> u64 {
     n
 }
 
+/// Writes the first `KEYS * 3` writes of the history, then goes on in a thread until the
+/// flag is set; the thread returns how far it got.
+fn history_writer(store: &Arc<Store>) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    for i in 0..KEYS * 3 {
+        write(store, i);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (store, flag) = (Arc::clone(store), Arc::clone(&stop));
+    let writer = std::thread::spawn(move || {
+        let mut i = KEYS * 3;
+        while !flag.load(Ordering::Relaxed) {
+            write(&store, i);
+            i += 1;
+        }
+        i
+    });
+    (stop, writer)
+}
+
 #[test]
 fn a_copy_taken_under_a_writer_in_this_process_is_one_moment() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(tmp.path().join("db")).expect("open"));
-    for i in 0..KEYS * 3 {
-        write(&store, i);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut i = KEYS * 3;
-            while !stop.load(Ordering::Relaxed) {
-                write(&store, i);
-                i += 1;
-            }
-            i
-        })
-    };
+    let (stop, writer) = history_writer(&store);
     let mut seen = Vec::new();
     for (round, compact) in [false, true, false, true].into_iter().enumerate() {
         let dest = tmp.path().join(format!("copy-{round}"));
@@ -181,20 +186,7 @@ fn mapkv_copy_beside_a_live_writer_copies_one_moment() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let db = tmp.path().join("db");
     let store = Arc::new(Store::open(&db).expect("open"));
-    for i in 0..KEYS * 3 {
-        write(&store, i);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut i = KEYS * 3;
-            while !stop.load(Ordering::Relaxed) {
-                write(&store, i);
-                i += 1;
-            }
-        })
-    };
+    let (stop, writer) = history_writer(&store);
     let mut seen = Vec::new();
     for (round, compact) in [false, true].into_iter().enumerate() {
         let dest = tmp.path().join(format!("copy-{round}"));
