@@ -48,11 +48,12 @@ impl Shared {
     pub(super) fn write_one(&self, kind: Kind, key: &[u8], value: &[u8]) -> Result<bool> {
         check_sizes(key, value)?;
         self.check_writable()?;
+        let hash = self.hash(key); // before the lock: other writers need not wait for it
         let mut guard = self.lock_writer()?;
         let w = &mut *guard;
         self.check_poisoned()?;
         let off = w.m.end;
-        let Some(change) = self.append(w, (kind, false), key, value, self.hash(key))? else {
+        let Some(change) = self.append(w, (kind, false), key, value, hash)? else {
             return Ok(false);
         };
         let end = w.m.end;
@@ -267,10 +268,11 @@ impl Shared {
         if batch.is_empty() {
             return Ok(());
         }
+        // Hashed before the lock: other writers need not wait for it.
+        let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();
         let mut guard = self.lock_writer()?;
         let w = &mut *guard;
         self.check_poisoned()?;
-        let hashes: Vec<u64> = batch.ops().map(|(_, key, _)| self.hash(key)).collect();
         // Room first, so that nothing fails for want of space once the batch has begun and
         // the index does not grow (dropping tombstones) in the middle of it.
         let ops = batch.len() as u64;
