@@ -28,7 +28,7 @@ use crate::background::{Background, Stop, Work};
 use crate::batch::Batch;
 use crate::commit::SyncPolicy;
 use crate::error::{Error, Result};
-use crate::format::{DATA_START, Kind};
+use crate::format::Kind;
 use crate::os::{Observer, Seam, Value};
 use crate::recovery::{RecoveryReport, VerifyReport};
 use crate::stats::Stats;
@@ -704,10 +704,8 @@ impl Work for Store {
     }
 
     fn garbage_at_least(&self, ratio: f64, min_log: u64) -> bool {
-        let w = self.shared.files();
-        let log_bytes = w.end.saturating_sub(DATA_START);
-        let garbage = log_bytes.saturating_sub(w.counts.live_bytes);
-        log_bytes >= min_log && garbage as f64 >= ratio * log_bytes as f64
+        let s = self.shared.stats();
+        s.log_bytes >= min_log && s.garbage_bytes as f64 >= ratio * s.log_bytes as f64
     }
 
     fn compact(&self, stop: &Stop) -> Result<()> {
