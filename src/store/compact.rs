@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use crate::apply::{IndexCtx, key_at};
 use crate::background::Stop;
 use crate::error::{Error, Result};
-use crate::format::CorruptKind;
 use crate::format::{
-    DATA_COMPACT, DATA_FILE, DATA_START, INDEX_COMPACT, Kind, LogHeader, PAGE, Record, TMP_SUFFIX,
-    crc_seed,
+    CorruptKind, DATA_COMPACT, DATA_FILE, DATA_START, INDEX_COMPACT, Kind, LogHeader, PAGE, Record,
+    TMP_SUFFIX, crc_seed,
 };
 use crate::index::{DELETED, Slot, Table};
 use crate::os::{self, LogFile, Seam};
-use crate::recovery::{self, Log, Rebuild, Replay};
+use crate::recovery::{Log, Rebuild, Replay};
 
 use super::shared::{Shared, State};
 use super::view::Snapshot;
@@ -69,16 +68,7 @@ impl<'a> Copier<'a> {
         (keys, bytes): (u64, u64),
         seam: &Seam,
     ) -> Result<Self> {
-        let path = dir.join(DATA_COMPACT);
-        create_data_file(seam, dir, &path, ctx.store_id)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        let mut log = LogFile::new(file, &path, true, DATA_START, seam)?;
-        let header = recovery::read_header(log.bytes(), &path)?;
-        log.publish(DATA_START);
+        let (mut log, header) = create_data_file(seam, dir, &dir.join(DATA_COMPACT), ctx.store_id)?;
         // Room for the live records and an eighth more, so that the copy rarely grows it.
         let room = DATA_START.saturating_add(bytes.saturating_add(bytes / 8));
         Self::grow(&mut log, room)?;

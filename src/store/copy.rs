@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, LogHeader, PAGE, TMP_SUFFIX};
-use crate::os::{self, DirLock, LogFile, Seam};
-use crate::recovery;
+use crate::format::{DATA_FILE, DATA_START, INDEX_FILE, LogHeader, PAGE};
+use crate::os::{self, DirLock, Seam};
 use crate::stats::Stats;
 
 use super::open::Options;
@@ -32,7 +31,7 @@ impl Shared {
         let snap = Snapshot::take(self);
         let seam = Seam::default();
         let copy = if compact {
-            create_data_file(&seam, work, &work.join(DATA_FILE), self.store_id)?;
+            drop(create_data_file(&seam, work, &work.join(DATA_FILE), self.store_id)?);
             let copy = Shared::open(work, &Options::default())?;
             copy_pairs(&snap, &copy)?;
             copy
@@ -75,8 +74,8 @@ fn copy_pairs(snap: &Snapshot<'_>, copy: &Shared) -> Result<()> {
 }
 
 /// Copies the snapshot's log (every record below its visible end: whole writes and
-/// batches, immutable while the snapshot lives) into `dest`'s data file, with a header that
-/// commits all of it. Built under a temporary name and renamed into place once durable.
+/// batches, immutable while the snapshot lives) into a data file in `dest` (the copy's
+/// work directory), with a header that commits all of it, flushed.
 fn copy_log(snap: &Snapshot<'_>, dest: &Path, store_id: u64, seam: &Seam) -> Result<()> {
     let records = snap.records();
     if Some(records.len() as u64) != snap.visible().checked_sub(DATA_START) {
@@ -89,15 +88,7 @@ fn copy_log(snap: &Snapshot<'_>, dest: &Path, store_id: u64, seam: &Seam) -> Res
         return Err(Error::io("copy the log of", dest, why));
     }
     let end = DATA_START + records.len() as u64;
-    let tmp = dest.join(format!("{DATA_FILE}{TMP_SUFFIX}"));
-    create_data_file(seam, dest, &tmp, store_id)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("open", &tmp, e))?;
-    let mut log = LogFile::new(file, &tmp, true, DATA_START, seam)?;
-    log.publish(DATA_START);
+    let (mut log, h) = create_data_file(seam, dest, &dest.join(DATA_FILE), store_id)?;
     log.grow(end.div_ceil(PAGE) * PAGE)?;
     let mut at = DATA_START;
     for chunk in records.chunks(COPY_STEP) {
@@ -106,11 +97,8 @@ fn copy_log(snap: &Snapshot<'_>, dest: &Path, store_id: u64, seam: &Seam) -> Res
         at += chunk.len() as u64;
         log.publish(at);
     }
-    let h = recovery::read_header(log.bytes(), &tmp)?;
     write_slot(&mut log, &LogHeader { seq: h.seq.wrapping_add(1), committed: end, ..h });
-    log.flush(0, end)?;
-    log.install(&dest.join(DATA_FILE))?;
-    os::sync_dir(seam, dest)
+    log.flush(0, end)
 }
 
 /// Where the copy is built, inside the destination: a store of its own until its files are

@@ -103,7 +103,7 @@ impl Shared {
             // (done here, not when creating the directory, so a retried open redoes it).
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
             os::sync_dir(seam, parent.unwrap_or(Path::new(".")))?;
-            create_data_file(seam, dir, &data_path, os::random_id())?;
+            drop(create_data_file(seam, dir, &data_path, os::random_id())?); // opened below
         }
         let page = if writable { Some(Live::create(dir, seam)?) } else { None };
         let file =

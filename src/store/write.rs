@@ -414,20 +414,29 @@ pub(super) fn write_header(w: &mut Writer, committed: u64) -> Result<()> {
 
 /// Creates an empty data file at `path` for store `store_id`: both header slots written,
 /// blocks allocated, under a temporary name renamed into place, so a crash never leaves a
-/// half-made file.
-pub(super) fn create_data_file(seam: &Seam, dir: &Path, path: &Path, store_id: u64) -> Result<()> {
+/// half-made file. Returns it open for writing (records go from `DATA_START` on), with
+/// its newest header.
+pub(super) fn create_data_file(
+    seam: &Seam,
+    dir: &Path,
+    path: &Path,
+    store_id: u64,
+) -> Result<(LogFile, LogHeader)> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
     let file = os::create(seam, &tmp)?;
     let mut log = LogFile::new(file, &tmp, true, DATA_START, seam)?;
     log.grow(MIN_GROWTH)?;
+    let mut header = LogHeader { store_id, seq: 0, committed: DATA_START };
     for seq in 0..HEADER_SLOTS.len() as u64 {
-        write_slot(&mut log, &LogHeader { store_id, seq, committed: DATA_START });
+        header.seq = seq;
+        write_slot(&mut log, &header);
     }
     log.flush(0, 2 * PAGE)?;
-    os::rename(seam, &tmp, path)?;
-    os::sync_dir(seam, dir)
+    log.install(path)?;
+    os::sync_dir(seam, dir)?;
+    Ok((log, header))
 }
 
 /// How far ahead of the write a batch prefetches index slots.
