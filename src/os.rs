@@ -102,14 +102,10 @@ pub fn lock_dir_shared(dir: &Path) -> Result<DirLock> {
 /// # Errors
 /// [`Error::NotFound`] if `dir` does not exist, [`Error::Io`] otherwise.
 pub fn writer_alive(dir: &Path) -> Result<bool> {
-    let file = open_dir(dir, true)?;
-    match FileExt::try_lock_shared(&file) {
-        Ok(()) => {
-            let _ = FileExt::unlock(&file);
-            Ok(false)
-        }
-        Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(true),
-        Err(e) => Err(Error::io("lock", dir, e)),
+    match lock_dir_shared(dir) {
+        Ok(_unlocked_on_drop) => Ok(false),
+        Err(Error::Locked { .. }) => Ok(true),
+        Err(e) => Err(e),
     }
 }
 
