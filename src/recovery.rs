@@ -803,11 +803,7 @@ impl Replay for Rebuild<'_> {
         let len = record_len(log.from(off));
         let old_len = if c.was_live { record_len(log.from(c.prev)) } else { 0 };
         self.counts.add(kind, len, &c, old_len);
-        match (c.was_live, kind) {
-            (false, Kind::Put) => self.live += 1,
-            (true, Kind::Delete) => self.live -= 1,
-            _ => {}
-        }
+        self.live = c.live_after(kind, self.live);
         Ok(())
     }
 }
