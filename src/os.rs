@@ -387,8 +387,8 @@ impl LogMap {
         // is what this reads): `LogFile::write_at` only writes at or past the watermark,
         // `LogFile::write_header` only below `data_start`, and the watermark only rises
         // (`LogFile::publish`). So the bytes are initialised and immutable for `'self`.
-        // A follower's watermark is the writer's, in the live page (`Watermarks::current`, implemented by `live::Live`): the
-        // writer in the other process keeps the same rule. A file it replaced is
+        // A follower's watermark is the writer's, in the live page (`Watermarks::current`,
+        // which `live::Live` implements): the writer in the other process keeps the same rule. A file it replaced is
         // immutable whole; a file a later writer took over is bounded by the old writer's
         // visible end, below which recovery rewrites nothing (`Watermarks::retired`).
         Some(unsafe {

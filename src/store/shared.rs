@@ -142,7 +142,7 @@ pub(super) struct Shared {
     /// The handle's files, and a writer's state: the writer lock.
     pub(super) handle: Mutex<Handle>,
     /// How far the log is durable, and whose turn it is to flush (group commit). A turn
-    /// is taken before `writer` when both are needed.
+    /// is taken before `handle`'s lock when both are needed.
     pub(super) durability: Durability,
     pub(super) policy: SyncPolicy,
     /// Held through a compaction: one at a time.

@@ -11,7 +11,7 @@ use crate::recovery::{self, Log, Problem, Rebuild, VerifyReport};
 use super::shared::{Mapped, Shared};
 
 impl Shared {
-    /// As [`nonzero_past_end`](super::Store::nonzero_past_end), under the writer lock.
+    /// As [`nonzero_past_end`](super::Store::nonzero_past_end), with the handle's lock held.
     pub(super) fn nonzero_past(&self, w: &Mapped) -> Result<Option<u64>> {
         if self.follow.as_ref().is_some_and(|f| f.attached()) {
             return Ok(None); // the writer's, past its published end
