@@ -575,6 +575,7 @@ pub fn salvage(dir: &Path) -> Result<Salvage> {
         damage: damage.into_iter().map(|kind| (0, kind)).collect(),
         damaged: false,
         batch: None,
+        broken: None,
         pending: Vec::new(),
         latest: std::collections::HashMap::new(),
         counts: [0; 3],
@@ -610,6 +611,9 @@ struct Salvager<'a> {
     /// Whether damage was met: records counted from then on are `after`.
     damaged: bool,
     batch: OpenBatch,
+    /// The start of the batch the last stop broke (reported there): its commit, if found
+    /// again past the damage, closes the rest of it found again, which is dropped unreported.
+    broken: Option<u64>,
     /// The records of the open batch: where each is, its kind and its key.
     pending: Vec<(u64, Kind, &'a [u8])>,
     /// Each key's last record that counts, and its kind.
@@ -646,6 +650,7 @@ impl<'a> Salvager<'a> {
             let rest = self.log.from(p).unwrap_or_default();
             let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
             let data_at = crate::format::first_nonzero(rest).map(|d| p + d as u64);
+            self.broken = self.batch.map(|(start, _)| start);
             self.break_batch(true);
             let next = match data_at {
                 // Only zeros from here on: the end of the log.
@@ -695,6 +700,12 @@ impl<'a> Salvager<'a> {
                 }
             }
             Ok(()) => self.count(p, rec.kind, key),
+            // The commit of the batch the last stop broke: the rest of that batch, found
+            // again past the damage, goes with it (the batch was reported at its start).
+            Err(_) if rec.kind == Kind::Commit && self.broken == Some(rec.prev) => {
+                self.broken = None;
+                self.break_batch(false);
+            }
             Err(kind) => {
                 // Out of place: a commit naming a batch start the damage took (what is
                 // open is the rest of that batch, found again past the damage, and the

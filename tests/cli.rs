@@ -1141,6 +1141,30 @@ fn verify_lists_problems_by_offset_with_knock_ons_under_their_root() {
     assert!(stdout.contains("damaged: 1 problem (and 1 knock-on)"), "{stdout}");
 }
 
+#[test]
+fn one_damaged_record_in_a_batch_is_one_problem_with_or_without_the_index() {
+    let (_d, path) = batched_store(2, 3);
+    let data = path.join("data.mkv");
+    let second = batch_at(1, 3) + REC; // the 2nd record of the 2nd batch
+    patch(&data, second + 32, b"\x00"); // a bit of its value: its checksum fails
+    let out = mapkv().arg("verify").arg(&path).assert().code(1);
+    let stdout = text(&out.get_output().stdout);
+    assert!(stdout.ends_with("damaged: 1 problem\n"), "{stdout}");
+    // Without the index the store does not open and is read record by record: the batch
+    // the damage broke is a knock-on of it, and its commit, found again past the damage,
+    // is no second problem.
+    fs::remove_file(path.join("index.mkv")).expect("remove index");
+    let out = mapkv().arg("verify").arg(&path).assert().code(1);
+    let stdout = text(&out.get_output().stdout);
+    assert!(
+        stdout.contains("3 records intact before the damage, 0 past it, 2 in batches"),
+        "{stdout}"
+    );
+    let line = format!("{} at byte {second}: checksum mismatch", data.display());
+    assert!(stdout.contains(&line), "{stdout}");
+    assert!(stdout.ends_with("damaged: 1 problem (and 1 knock-on)\n"), "{stdout}");
+}
+
 /// The start of the record holding byte `at` of a [`batched_store`] of 4 keys a batch.
 fn rec_of(at: u64) -> u64 {
     let batch = REC * 4 + COMMIT;
