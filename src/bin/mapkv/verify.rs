@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mapkv::{CorruptKind, Error, Problem, RecoveryReport};
+use mapkv::{CorruptKind, Error, Problem, RecoveryReport, Salvage, VerifyReport};
 use serde_json::json;
 
 use crate::{FAILED, Failure, Progress, open_failure, read_only, salvage};
@@ -36,29 +36,30 @@ pub struct Args {
 }
 
 /// What the check found.
-struct Found {
-    /// `None` when the store did not open: the problems found then are all we know.
-    counts: Option<(u64, u64, u64)>,
-    recovery: Option<RecoveryReport>,
-    problems: Vec<Problem>,
-    /// How the data file was read when the store did not open.
-    read: Read,
+enum Found {
+    /// The store opened: the check's report, and what open found and did.
+    Opened(VerifyReport, RecoveryReport),
+    /// It did not open, and its data file was read record by record.
+    Salvaged(Salvage),
+    /// It did not open and could not be read record by record: the problem open found,
+    /// and why not (`None`: that reading found nothing more).
+    NotAtAll(Problem, Option<String>),
 }
 
-/// How a store that did not open was read.
-enum Read {
-    /// It opened.
-    Opened,
-    /// Record by record: the records intact before and past the damage, and those of
-    /// batches it broke.
-    Salvaged(u64, u64, u64),
-    /// Not at all, and why (`None`: nothing more than the problem open found).
-    NotAtAll(Option<String>),
+impl Found {
+    /// Every problem found.
+    fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Opened(report, _) => &report.problems,
+            Self::Salvaged(s) => &s.damage,
+            Self::NotAtAll(first, _) => std::slice::from_ref(first),
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let found = check(&args.dir)?;
-    let ok = found.problems.is_empty();
+    let ok = found.problems().is_empty();
     if args.json {
         print_json(&args.dir, &found);
     } else {
@@ -74,26 +75,18 @@ fn check(dir: &Path) -> Result<Found, Failure> {
         // the data file record by record for every damaged stretch.
         Err(Error::Corrupt { file, offset, kind }) => {
             let first = Problem { file, offset, kind };
-            let (problems, read) = match salvage(dir) {
-                Ok(s) if !s.damage.is_empty() => {
-                    (s.damage.clone(), Read::Salvaged(s.before, s.after, s.dropped))
-                }
-                Ok(_) => (vec![first], Read::NotAtAll(None)),
-                Err(why) => (vec![first], Read::NotAtAll(Some(why.to_string()))),
-            };
-            return Ok(Found { counts: None, recovery: None, problems, read });
+            return Ok(match salvage(dir) {
+                Ok(s) if !s.damage.is_empty() => Found::Salvaged(s),
+                Ok(_) => Found::NotAtAll(first, None),
+                Err(why) => Found::NotAtAll(first, Some(why.to_string())),
+            });
         }
         Err(e) => return Err(open_failure(dir, e)),
     };
     let progress = Progress::new("verifying", None, "");
     let report = store.verify()?;
     drop(progress);
-    Ok(Found {
-        counts: Some((report.records, report.live_keys, report.log_end)),
-        recovery: Some(store.recovery().clone()),
-        problems: report.problems,
-        read: Read::Opened,
-    })
+    Ok(Found::Opened(report, store.recovery().clone()))
 }
 
 /// A problem as listed: a knock-on follows the problem at its root.
@@ -167,11 +160,12 @@ pub fn list(problems: &[Problem]) -> Vec<Listed<'_>> {
 
 fn print_text(dir: &Path, found: &Found) {
     let d = dir.display();
-    match (found.counts, &found.read) {
-        (Some((records, live, end)), _) => {
-            println!("checked {d}: {records} records, {live} live keys, log ends at byte {end}")
-        }
-        (None, &Read::Salvaged(before, after, dropped)) => {
+    match found {
+        Found::Opened(r, _) => println!(
+            "checked {d}: {} records, {} live keys, log ends at byte {}",
+            r.records, r.live_keys, r.log_end
+        ),
+        &Found::Salvaged(Salvage { before, after, dropped, .. }) => {
             print!(
                 "{d} does not open; its data file read record by record: {before} records \
                  intact before the damage, {after} past it"
@@ -181,17 +175,19 @@ fn print_text(dir: &Path, found: &Found) {
             }
             println!(" (`mapkv dump --skip-damaged {d}` dumps the pairs that are intact)");
         }
-        (None, Read::NotAtAll(Some(why))) => println!("{d} does not open: {why}"),
-        (None, _) => println!("{d} does not open: the first problem found is below"),
+        Found::NotAtAll(_, Some(why)) => println!("{d} does not open: {why}"),
+        Found::NotAtAll(_, None) => println!("{d} does not open: the first problem found is below"),
     }
-    let listed = list(&found.problems);
+    let listed = list(found.problems());
     for l in &listed {
         match l.knock_on_of {
             None => println!("{}", l.problem),
             Some(_) => println!("  knock-on: {}", l.problem),
         }
     }
-    if let Some(r) = found.recovery.as_ref().filter(|r| !r.was_clean()) {
+    if let Found::Opened(_, r) = found
+        && !r.was_clean()
+    {
         match r.resumed_from {
             Some(at) => println!(
                 "note: not closed cleanly; the killed writer's index was resumed in memory \
@@ -206,8 +202,8 @@ fn print_text(dir: &Path, found: &Found) {
             println!("note: torn tail at byte {offset} ({kind}); `mapkv recover` cuts it");
         }
     }
-    let index_only = found.problems.iter().all(|p| p.file.ends_with("index.mkv"));
-    if !found.problems.is_empty() && index_only && found.counts.is_some() {
+    let index_only = found.problems().iter().all(|p| p.file.ends_with("index.mkv"));
+    if !found.problems().is_empty() && index_only && matches!(found, Found::Opened(..)) {
         println!(
             "the log is sound: `mapkv recover --rebuild-index {d}` rebuilds the index from it"
         );
@@ -226,7 +222,7 @@ fn print_text(dir: &Path, found: &Found) {
 }
 
 fn print_json(dir: &Path, found: &Found) {
-    let problems: Vec<_> = list(&found.problems)
+    let problems: Vec<_> = list(found.problems())
         .iter()
         .map(|l| {
             let p = l.problem;
@@ -239,27 +235,30 @@ fn print_json(dir: &Path, found: &Found) {
             })
         })
         .collect();
-    let recovery = found.recovery.as_ref();
+    let (report, recovery) = match found {
+        Found::Opened(report, recovery) => (Some(report), Some(recovery)),
+        Found::Salvaged(_) | Found::NotAtAll(..) => (None, None),
+    };
     let v = json!({
         "path": dir.display().to_string(),
-        "ok": found.problems.is_empty(),
-        "opened": found.counts.is_some(),
-        "records": found.counts.map(|c| c.0),
-        "live_keys": found.counts.map(|c| c.1),
-        "log_end": found.counts.map(|c| c.2),
+        "ok": problems.is_empty(),
+        "opened": report.is_some(),
+        "records": report.map(|r| r.records),
+        "live_keys": report.map(|r| r.live_keys),
+        "log_end": report.map(|r| r.log_end),
         "closed_cleanly": recovery.map(RecoveryReport::was_clean),
         "torn_tail": recovery.and_then(|r| r.cut.as_ref()).map(|(offset, kind)| json!({
             "offset": offset,
             "kind": kind_name(kind),
             "message": kind.to_string(),
         })),
-        "intact": match found.read {
-            Read::Salvaged(before, after, dropped) => json!({
-                "records_before_damage": before,
-                "records_past_damage": after,
-                "records_in_broken_batches": dropped,
+        "intact": match found {
+            Found::Salvaged(s) => json!({
+                "records_before_damage": s.before,
+                "records_past_damage": s.after,
+                "records_in_broken_batches": s.dropped,
             }),
-            Read::Opened | Read::NotAtAll(_) => json!(null),
+            Found::Opened(..) | Found::NotAtAll(..) => json!(null),
         },
         "problems": problems,
     });
