@@ -278,21 +278,38 @@ pub fn intact(s: &Salvage, first: &Problem) -> String {
     m
 }
 
+/// The damage at the root of a store that does not open, and what of its log is intact.
+pub struct Damage {
+    /// "FILE is damaged at byte N: what".
+    pub what: String,
+    /// Where it is (0: the header, not a record).
+    pub offset: u64,
+    /// What of the log is intact ([`intact`]).
+    pub intact: String,
+}
+
+/// The damage that keeps the store in `dir` from opening (`e`: the fault open met), as
+/// reading the data file record by record finds it: the damage at the root (not only the
+/// first fault that open met), and what is still intact.
+///
+/// # Errors
+/// Why the data file cannot be read record by record, or, if it shows no damage, `e`.
+pub fn damage(dir: &Path, e: &Error) -> Result<Damage, Failure> {
+    let s = salvage(dir)?;
+    let first = first_damage(&s.damage).ok_or_else(|| Failure::Failed(describe(e)))?;
+    Ok(Damage { what: damaged_at(first), offset: first.offset, intact: intact(&s, first) })
+}
+
 /// What to say when the store in `dir` does not open because it is damaged (`e`): the
-/// damage at the root, as reading the data file record by record finds it (not only the
-/// first fault that open met), what is still intact, and how to save it.
+/// [`damage`], and how to save what is intact.
 pub fn damaged_store(dir: &Path, e: &Error) -> String {
     let d = dir.display();
-    match salvage(dir) {
-        Ok(s) => match first_damage(&s.damage) {
-            Some(first) => format!(
-                "cannot open store {d}: {}\n{}: `mapkv dump --skip-damaged {d}` dumps their \
-                 pairs (`mapkv verify {d}` lists every problem)",
-                damaged_at(first),
-                intact(&s, first)
-            ),
-            None => format!("cannot open store {d}: {}", describe(e)),
-        },
+    match damage(dir, e) {
+        Ok(x) => format!(
+            "cannot open store {d}: {}\n{}: `mapkv dump --skip-damaged {d}` dumps their pairs \
+             (`mapkv verify {d}` lists every problem)",
+            x.what, x.intact
+        ),
         Err(not) => format!("cannot open store {d}: {not}"),
     }
 }

@@ -7,12 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mapkv::{Error, Problem, RecoveryReport};
+use mapkv::{Error, RecoveryReport};
 
-use crate::{
-    FAILED, Failure, damaged_at, describe, first_damage, intact, open_failure, read_only, salvage,
-    writable,
-};
+use crate::{Failure, damage, open_failure, read_only, writable};
 
 /// Cut a torn tail and rebuild the index after a crash, reporting what was cut
 ///
@@ -57,7 +54,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             )));
         }
         Ok(store) => (store.recovery().clone(), store.nonzero_past_end()?),
-        Err(e @ Error::Corrupt { .. }) => return refuse_damage(dir, &e),
+        Err(e @ Error::Corrupt { .. }) => return Err(refuse_damage(dir, &e)),
         Err(e) => return Err(open_failure(dir, e)),
     };
     if preview.was_clean() && past.is_none() {
@@ -97,35 +94,28 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Says what damage stops recovery (the damage at the root, as reading the data file
-/// record by record finds it) and what is still intact, or that the file was never a
-/// mapkv data file; changes nothing.
-fn refuse_damage(dir: &Path, e: &Error) -> Result<ExitCode, Failure> {
+/// Says what damage stops recovery (the [`damage`]) and what is still intact, or that the
+/// file was never a mapkv data file; changes nothing.
+fn refuse_damage(dir: &Path, e: &Error) -> Failure {
     let d = dir.display();
-    let s = salvage(dir).map_err(|f| Failure::Failed(format!("{f}; recover changed nothing")))?;
-    let from_open = match e {
-        Error::Corrupt { file, offset, kind } => {
-            Some(Problem { file: file.clone(), offset: *offset, kind: kind.clone() })
+    Failure::Failed(match damage(dir, e) {
+        Ok(x) => {
+            let why = if x.offset == 0 {
+                "A lost header cannot be rebuilt, so recover changed nothing"
+            } else {
+                "This damage lies below the committed length (bytes that were durable and \
+                 valid once), so recover will not cut it and changed nothing"
+            };
+            format!(
+                "{}\n{why}. {}: `mapkv dump --skip-damaged {d} > pairs.jsonl` saves their \
+                 pairs, and `mapkv load NEW_DIR pairs.jsonl` makes a sound store of them. \
+                 `mapkv verify {d}` lists every problem.",
+                x.what,
+                upper_first(&x.intact),
+            )
         }
-        _ => None,
-    };
-    let Some(first) = first_damage(&s.damage).or(from_open.as_ref()) else {
-        return Err(Failure::Failed(describe(e)));
-    };
-    let why = if first.offset == 0 {
-        "A lost header cannot be rebuilt, so recover changed nothing"
-    } else {
-        "This damage lies below the committed length (bytes that were durable and valid \
-         once), so recover will not cut it and changed nothing"
-    };
-    eprintln!(
-        "mapkv: {}\n{why}. {}: `mapkv dump --skip-damaged {d} > pairs.jsonl` saves their pairs, \
-         and `mapkv load NEW_DIR pairs.jsonl` makes a sound store of them. `mapkv verify {d}` \
-         lists every problem.",
-        damaged_at(first),
-        upper_first(&intact(&s, first)),
-    );
-    Ok(ExitCode::from(FAILED))
+        Err(f) => format!("{f}; recover changed nothing"),
+    })
 }
 
 /// `s` with its first letter in upper case.
