@@ -292,17 +292,8 @@ pub(crate) fn valid_end(
             Ok(_) => {}
             Err(kind) if p < header.committed => return Err(corrupt(p, kind)),
             Err(kind) => {
-                let rest = log.from(p).unwrap_or_default();
-                let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
-                cut = if zeros {
-                    // The clean end, unless data follows (a page that never reached disk).
-                    // Past the end everything is zero (DESIGN.md §2), so look a little way.
-                    let window = &rest[..rest.len().min(GAP_WINDOW)];
-                    let data = crate::format::first_nonzero(window);
-                    data.map(|d| (p, CorruptKind::ZeroGap { data_at: p + d as u64 }))
-                } else {
-                    Some((p, kind))
-                };
+                // Past the end everything is zero (DESIGN.md §2), so look a little way.
+                cut = stop_kind(log, p, kind, GAP_WINDOW).map(|kind| (p, kind));
                 break;
             }
         }
@@ -310,11 +301,29 @@ pub(crate) fn valid_end(
     if let Some((start, records)) = batch {
         cut = Some((start, CorruptKind::UnfinishedBatch { records }));
     }
-    if end < header.committed {
-        let kind = CorruptKind::LengthPastEnd { end: header.committed, limit: end };
+    if let Some(kind) = short_of(header.committed, end) {
         return Err(corrupt(end, kind));
     }
     Ok(Tail { end, cut, last })
+}
+
+/// What stopped a walk at `p`, where a record failed with `kind`: `None` if it is the
+/// clean end of the log (zeros where the record should start, and up to `window` bytes
+/// on), a [`ZeroGap`](CorruptKind::ZeroGap) if data follows those zeros (a page that never
+/// reached disk), otherwise `kind`.
+fn stop_kind(log: Log<'_>, p: u64, kind: CorruptKind, window: usize) -> Option<CorruptKind> {
+    let rest = log.from(p).unwrap_or_default();
+    if rest.iter().take(Record::KEY_OFFSET as usize).any(|&b| b != 0) {
+        return Some(kind);
+    }
+    let d = crate::format::first_nonzero(&rest[..rest.len().min(window)])?;
+    Some(CorruptKind::ZeroGap { data_at: p + d as u64 })
+}
+
+/// The problem of a log whose records end at `end`, if that is short of its `committed`
+/// length.
+fn short_of(committed: u64, end: u64) -> Option<CorruptKind> {
+    (end < committed).then_some(CorruptKind::LengthPastEnd { end: committed, limit: end })
 }
 
 /// Finds where the log validly ends (checking every checksum and batch), then feeds every
@@ -641,48 +650,29 @@ impl<'a> Salvager<'a> {
                 // The file ends where a record would start.
                 let end = walk.at().min(self.log.end());
                 self.break_batch(true);
-                if end < self.committed {
-                    let kind = CorruptKind::LengthPastEnd { end: self.committed, limit: end };
-                    self.damage.push((end, kind));
-                }
+                self.damage.extend(short_of(self.committed, end).map(|kind| (end, kind)));
                 return end;
             };
-            let rest = self.log.from(p).unwrap_or_default();
-            let zeros = rest.iter().take(Record::KEY_OFFSET as usize).all(|&b| b == 0);
-            let data_at = crate::format::first_nonzero(rest).map(|d| p + d as u64);
             self.broken = self.batch.map(|(start, _)| start);
             self.break_batch(true);
-            let next = match data_at {
+            let Some(kind) = stop_kind(self.log, p, kind, usize::MAX) else {
                 // Only zeros from here on: the end of the log.
-                None => {
-                    if p < self.committed {
-                        let kind = CorruptKind::LengthPastEnd { end: self.committed, limit: p };
-                        self.damage.push((p, kind));
-                    }
-                    return p;
-                }
-                Some(data_at) if zeros => {
-                    self.damage.push((p, CorruptKind::ZeroGap { data_at }));
-                    self.refind(data_at / RECORD_ALIGN * RECORD_ALIGN)
-                }
-                Some(_) => {
-                    let len = self.log.end();
-                    let kind = match kind {
-                        // The file is cut short inside this record: what is missing is the
-                        // rest of the log its header vouches for.
-                        CorruptKind::LengthPastEnd { limit, .. }
-                            if limit == len && self.committed > len =>
-                        {
-                            CorruptKind::LengthPastEnd { end: self.committed, limit }
-                        }
-                        kind => kind,
-                    };
-                    self.damage.push((p, kind));
-                    self.refind(p + RECORD_ALIGN)
-                }
+                self.damage.extend(short_of(self.committed, p).map(|kind| (p, kind)));
+                return p;
             };
+            let kind = match kind {
+                // The file is cut short inside this record: what is missing is the rest of
+                // the log its header vouches for.
+                CorruptKind::LengthPastEnd { limit, .. } if limit == self.log.end() => {
+                    short_of(self.committed, limit).unwrap_or(kind)
+                }
+                kind => kind,
+            };
+            self.damage.push((p, kind));
             self.damaged = true;
-            match next {
+            // The next record past the damage. Past a gap too: refind skips the zeros and
+            // looks first where the data resumes, rounded down to a record boundary.
+            match self.refind(p + RECORD_ALIGN) {
                 Some(at) => from = at,
                 None => return p,
             }
