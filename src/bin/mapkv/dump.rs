@@ -10,8 +10,8 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 use mapkv::{CorruptKind, Error};
 
 use crate::{
-    Encoding, EncodingArgs, FAILED, Failure, Progress, encode_hex, first_damage, intact,
-    open_failure, read_only, salvage, verify,
+    Encoding, EncodingArgs, FAILED, Failure, Progress, encode_hex, first_damage, intact, list,
+    open_failure, read_only, salvage,
 };
 
 /// Write every live pair as JSON lines (the input of `load`)
@@ -112,11 +112,11 @@ fn dump_salvaged(dir: &Path, enc: Encoding) -> Result<ExitCode, Failure> {
     out.flush()?;
     let d = dir.display();
     eprintln!("mapkv: {d} does not open: read its data file record by record");
-    for l in verify::list(&s.damage) {
-        let knock_on = if l.knock_on_of.is_some() { "  knock-on: " } else { "" };
-        eprintln!("mapkv: {knock_on}{}", l.problem);
+    let listed = list(&s.damage);
+    for l in &listed {
+        eprintln!("mapkv: {l}");
     }
-    let intact = match first_damage(&s.damage) {
+    let intact = match first_damage(&listed) {
         Some(first) => intact(&s, first),
         None => format!("{} records are intact", s.before + s.after),
     };

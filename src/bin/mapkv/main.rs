@@ -245,9 +245,88 @@ pub fn salvage(dir: &Path) -> Result<Salvage, Failure> {
     })
 }
 
-/// The damage at the root of `problems` (the first that is not a knock-on of another).
-pub fn first_damage(problems: &[Problem]) -> Option<&Problem> {
-    verify::list(problems).into_iter().find(|l| l.knock_on_of.is_none()).map(|l| l.problem)
+/// A problem as listed: a knock-on follows the problem at its root.
+pub struct Listed<'a> {
+    pub problem: &'a Problem,
+    /// The position in the list of the problem this one follows from.
+    pub knock_on_of: Option<usize>,
+}
+
+/// `problems` in the order to list them: by file (the data file first: the index is built
+/// from it), then by offset, each knock-on right after its root (see `mapkv verify --help`).
+pub fn list(problems: &[Problem]) -> Vec<Listed<'_>> {
+    let rank = |p: &Problem| match p.file.file_name().and_then(|n| n.to_str()) {
+        Some("data.mkv") => 0,
+        Some("index.mkv") => 1,
+        _ => 2,
+    };
+    let mut sorted: Vec<&Problem> = problems.iter().collect();
+    sorted.sort_by_key(|p| (rank(p), p.offset));
+    // The problem each one follows from directly, as a position in `sorted`.
+    let cause: Vec<Option<usize>> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let same_file = |q: &&Problem| q.file == p.file;
+            let direct = match p.kind {
+                CorruptKind::UnfinishedBatch { .. } => sorted.iter().position(|q| {
+                    same_file(q)
+                        && q.offset > p.offset
+                        && !matches!(q.kind, CorruptKind::UnfinishedBatch { .. })
+                }),
+                CorruptKind::BadField { field: "live key count", .. } => {
+                    let disagrees =
+                        |q: &&Problem| matches!(q.kind, CorruptKind::IndexDisagrees { .. });
+                    sorted.iter().position(|q| same_file(q) && disagrees(q))
+                }
+                _ => None,
+            };
+            direct.or_else(|| sorted[..i].iter().position(|q| same_file(q) && q.offset == p.offset))
+        })
+        .collect();
+    // ...and the root it follows from in the end (`None`: it is a root).
+    let root: Vec<Option<usize>> = (0..sorted.len())
+        .map(|i| {
+            let mut at = cause[i]?;
+            for _ in 0..sorted.len() {
+                match cause[at] {
+                    Some(next) if next != i => at = next,
+                    Some(_) => return None, // a circle: list it as a root
+                    None => return Some(at),
+                }
+            }
+            None
+        })
+        .collect();
+    let mut out: Vec<Listed<'_>> = Vec::with_capacity(sorted.len());
+    for (i, p) in sorted.iter().enumerate() {
+        if root[i].is_some() {
+            continue;
+        }
+        let at = out.len();
+        out.push(Listed { problem: p, knock_on_of: None });
+        for (j, q) in sorted.iter().enumerate() {
+            if root[j] == Some(i) {
+                out.push(Listed { problem: q, knock_on_of: Some(at) });
+            }
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for Listed<'_> {
+    /// The problem, and a knock-on indented and marked as one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.knock_on_of.is_some() {
+            f.write_str("  knock-on: ")?;
+        }
+        write!(f, "{}", self.problem)
+    }
+}
+
+/// The damage at the root of a [`list`] (the first that is not a knock-on of another).
+pub fn first_damage<'a>(listed: &[Listed<'a>]) -> Option<&'a Problem> {
+    listed.iter().find(|l| l.knock_on_of.is_none()).map(|l| l.problem)
 }
 
 /// `p` as a sentence: "FILE is damaged at byte N: what".
@@ -296,7 +375,7 @@ pub struct Damage {
 /// Why the data file cannot be read record by record, or, if it shows no damage, `e`.
 pub fn damage(dir: &Path, e: &Error) -> Result<Damage, Failure> {
     let s = salvage(dir)?;
-    let first = first_damage(&s.damage).ok_or_else(|| Failure::Failed(describe(e)))?;
+    let first = first_damage(&list(&s.damage)).ok_or_else(|| Failure::Failed(describe(e)))?;
     Ok(Damage { what: damaged_at(first), offset: first.offset, intact: intact(&s, first) })
 }
 
@@ -543,5 +622,41 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn problem(file: &str, offset: u64, kind: CorruptKind) -> Problem {
+        Problem { file: std::path::PathBuf::from("db").join(file), offset, kind }
+    }
+
+    #[test]
+    fn problems_are_listed_by_file_and_offset_with_knock_ons_under_their_root() {
+        let unfinished = CorruptKind::UnfinishedBatch { records: 2 };
+        let checksum = CorruptKind::ChecksumMismatch { expected: 1, found: 2 };
+        let disagrees = |record| CorruptKind::IndexDisagrees { record };
+        let count = CorruptKind::BadField { field: "live key count", value: 3 };
+        let problems = [
+            problem("index.mkv", 0, count.clone()),
+            problem("index.mkv", 9000, disagrees(8240)),
+            problem("data.mkv", 9000, CorruptKind::BadRecord { kind: 0x7f }),
+            problem("index.mkv", 5000, disagrees(8200)),
+            problem("data.mkv", 8600, unfinished.clone()),
+            problem("index.mkv", 5000, disagrees(8280)),
+            problem("data.mkv", 8192, checksum.clone()),
+        ];
+        let got: Vec<_> = list(&problems)
+            .iter()
+            .map(|l| (l.problem.file.display().to_string(), l.problem.offset, l.knock_on_of))
+            .collect();
+        let want = [
+            ("db/data.mkv", 8192, None),
+            ("db/data.mkv", 9000, None),
+            ("db/data.mkv", 8600, Some(1)), // the batch the damage at 9000 broke
+            ("db/index.mkv", 5000, None),
+            ("db/index.mkv", 0, Some(3)), // the count, off because the slots are
+            ("db/index.mkv", 5000, Some(3)), // the same slot
+            ("db/index.mkv", 9000, None),
+        ];
+        let want: Vec<_> = want.iter().map(|&(f, o, k)| (f.to_string(), o, k)).collect();
+        assert_eq!(got, want);
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use mapkv::{CorruptKind, Error, Problem, RecoveryReport, Salvage, VerifyReport};
 use serde_json::json;
 
-use crate::{FAILED, Failure, Progress, open_failure, read_only, salvage};
+use crate::{FAILED, Failure, Progress, list, open_failure, read_only, salvage};
 
 /// Check every record and the index (exit 0 sound, 1 damaged)
 ///
@@ -89,77 +89,9 @@ fn check(dir: &Path) -> Result<Found, Failure> {
     Ok(Found::Opened(report, store.recovery().clone()))
 }
 
-/// A problem as listed: a knock-on follows the problem at its root.
-pub struct Listed<'a> {
-    pub problem: &'a Problem,
-    /// The position in the list of the problem this one follows from.
-    pub knock_on_of: Option<usize>,
-}
-
-/// `problems` in the order to list them: by file (the data file first: the index is built
-/// from it), then by offset, each knock-on right after its root (see the command's help).
-pub fn list(problems: &[Problem]) -> Vec<Listed<'_>> {
-    let rank = |p: &Problem| match p.file.file_name().and_then(|n| n.to_str()) {
-        Some("data.mkv") => 0,
-        Some("index.mkv") => 1,
-        _ => 2,
-    };
-    let mut sorted: Vec<&Problem> = problems.iter().collect();
-    sorted.sort_by_key(|p| (rank(p), p.offset));
-    // The problem each one follows from directly, as a position in `sorted`.
-    let cause: Vec<Option<usize>> = sorted
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let same_file = |q: &&Problem| q.file == p.file;
-            let direct = match p.kind {
-                CorruptKind::UnfinishedBatch { .. } => sorted.iter().position(|q| {
-                    same_file(q)
-                        && q.offset > p.offset
-                        && !matches!(q.kind, CorruptKind::UnfinishedBatch { .. })
-                }),
-                CorruptKind::BadField { field: "live key count", .. } => {
-                    let disagrees =
-                        |q: &&Problem| matches!(q.kind, CorruptKind::IndexDisagrees { .. });
-                    sorted.iter().position(|q| same_file(q) && disagrees(q))
-                }
-                _ => None,
-            };
-            direct.or_else(|| sorted[..i].iter().position(|q| same_file(q) && q.offset == p.offset))
-        })
-        .collect();
-    // ...and the root it follows from in the end (`None`: it is a root).
-    let root: Vec<Option<usize>> = (0..sorted.len())
-        .map(|i| {
-            let mut at = cause[i]?;
-            for _ in 0..sorted.len() {
-                match cause[at] {
-                    Some(next) if next != i => at = next,
-                    Some(_) => return None, // a circle: list it as a root
-                    None => return Some(at),
-                }
-            }
-            None
-        })
-        .collect();
-    let mut out: Vec<Listed<'_>> = Vec::with_capacity(sorted.len());
-    for (i, p) in sorted.iter().enumerate() {
-        if root[i].is_some() {
-            continue;
-        }
-        let at = out.len();
-        out.push(Listed { problem: p, knock_on_of: None });
-        for (j, q) in sorted.iter().enumerate() {
-            if root[j] == Some(i) {
-                out.push(Listed { problem: q, knock_on_of: Some(at) });
-            }
-        }
-    }
-    out
-}
-
 fn print_text(dir: &Path, found: &Found) {
     let d = dir.display();
+    let listed = list(found.problems());
     match found {
         Found::Opened(r, _) => println!(
             "checked {d}: {} records, {} live keys, log ends at byte {}",
@@ -178,12 +110,8 @@ fn print_text(dir: &Path, found: &Found) {
         Found::NotAtAll(_, Some(why)) => println!("{d} does not open: {why}"),
         Found::NotAtAll(_, None) => println!("{d} does not open: the first problem found is below"),
     }
-    let listed = list(found.problems());
     for l in &listed {
-        match l.knock_on_of {
-            None => println!("{}", l.problem),
-            Some(_) => println!("  knock-on: {}", l.problem),
-        }
+        println!("{l}");
     }
     if let Found::Opened(_, r) = found
         && !r.was_clean()
@@ -269,45 +197,4 @@ fn print_json(dir: &Path, found: &Found) {
 fn kind_name(kind: &CorruptKind) -> String {
     let debug = format!("{kind:?}");
     debug.chars().take_while(char::is_ascii_alphanumeric).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn problem(file: &str, offset: u64, kind: CorruptKind) -> Problem {
-        Problem { file: PathBuf::from("db").join(file), offset, kind }
-    }
-
-    #[test]
-    fn problems_are_listed_by_file_and_offset_with_knock_ons_under_their_root() {
-        let unfinished = CorruptKind::UnfinishedBatch { records: 2 };
-        let checksum = CorruptKind::ChecksumMismatch { expected: 1, found: 2 };
-        let disagrees = |record| CorruptKind::IndexDisagrees { record };
-        let count = CorruptKind::BadField { field: "live key count", value: 3 };
-        let problems = [
-            problem("index.mkv", 0, count.clone()),
-            problem("index.mkv", 9000, disagrees(8240)),
-            problem("data.mkv", 9000, CorruptKind::BadRecord { kind: 0x7f }),
-            problem("index.mkv", 5000, disagrees(8200)),
-            problem("data.mkv", 8600, unfinished.clone()),
-            problem("index.mkv", 5000, disagrees(8280)),
-            problem("data.mkv", 8192, checksum.clone()),
-        ];
-        let got: Vec<_> = list(&problems)
-            .iter()
-            .map(|l| (l.problem.file.display().to_string(), l.problem.offset, l.knock_on_of))
-            .collect();
-        let want = [
-            ("db/data.mkv", 8192, None),
-            ("db/data.mkv", 9000, None),
-            ("db/data.mkv", 8600, Some(1)), // the batch the damage at 9000 broke
-            ("db/index.mkv", 5000, None),
-            ("db/index.mkv", 0, Some(3)), // the count, off because the slots are
-            ("db/index.mkv", 5000, Some(3)), // the same slot
-            ("db/index.mkv", 9000, None),
-        ];
-        let want: Vec<_> = want.iter().map(|&(f, o, k)| (f.to_string(), o, k)).collect();
-        assert_eq!(got, want);
-    }
 }
