@@ -456,13 +456,6 @@ impl fmt::Display for Problem {
 /// torn tail) gets [`Error::Locked`] until it is dropped.
 #[non_exhaustive]
 pub struct Salvage {
-    /// The data file.
-    pub file: PathBuf,
-    /// The length of the log its header vouches for (every record below it was durable
-    /// and valid once), if a header copy is valid.
-    pub committed: Option<u64>,
-    /// Where the records read end: past the last record found whose header decodes.
-    pub log_end: u64,
     /// Records (puts and deletes) read before the first damage that count: each outside a
     /// batch, or in a batch whose commit record is there.
     pub before: u64,
@@ -486,9 +479,6 @@ pub struct Salvage {
 impl fmt::Debug for Salvage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Salvage")
-            .field("file", &self.file)
-            .field("committed", &self.committed)
-            .field("log_end", &self.log_end)
             .field("before", &self.before)
             .field("after", &self.after)
             .field("dropped", &self.dropped)
@@ -589,7 +579,7 @@ pub fn salvage(dir: &Path) -> Result<Salvage> {
         latest: std::collections::HashMap::new(),
         counts: [0; 3],
     };
-    let log_end = s.read();
+    s.read();
     let mut live: Vec<u64> =
         s.latest.values().filter(|(_, kind)| *kind == Kind::Put).map(|&(at, _)| at).collect();
     live.sort_unstable();
@@ -600,8 +590,7 @@ pub fn salvage(dir: &Path) -> Result<Salvage> {
         .collect();
     damage.sort_by_key(|p| p.offset);
     let [before, after, dropped] = s.counts;
-    let committed = header.map(|h| h.committed);
-    Ok(Salvage { file, committed, log_end, before, after, dropped, damage, log, live, _lock: lock })
+    Ok(Salvage { before, after, dropped, damage, log, live, _lock: lock })
 }
 
 /// The store id the index file's header names, if it is whole.
@@ -632,8 +621,8 @@ struct Salvager<'a> {
 }
 
 impl<'a> Salvager<'a> {
-    /// Reads the log from its start; returns where the records read end.
-    fn read(&mut self) -> u64 {
+    /// Reads the log from its start.
+    fn read(&mut self) {
         let mut from = DATA_START;
         loop {
             let mut walk = self.log.walk(from, u64::MAX);
@@ -651,14 +640,14 @@ impl<'a> Salvager<'a> {
                 let end = walk.at().min(self.log.end());
                 self.break_batch(true);
                 self.damage.extend(short_of(self.committed, end).map(|kind| (end, kind)));
-                return end;
+                return;
             };
             self.broken = self.batch.map(|(start, _)| start);
             self.break_batch(true);
             let Some(kind) = stop_kind(self.log, p, kind, usize::MAX) else {
                 // Only zeros from here on: the end of the log.
                 self.damage.extend(short_of(self.committed, p).map(|kind| (p, kind)));
-                return p;
+                return;
             };
             let kind = match kind {
                 // The file is cut short inside this record: what is missing is the rest of
@@ -674,7 +663,7 @@ impl<'a> Salvager<'a> {
             // looks first where the data resumes, rounded down to a record boundary.
             match self.refind(p + RECORD_ALIGN) {
                 Some(at) => from = at,
-                None => return p,
+                None => return,
             }
         }
     }
