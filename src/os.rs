@@ -29,7 +29,7 @@ use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    CorruptKind, DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, LogHeader, VERSION,
+    CorruptKind, DATA_FILE, DATA_START, DecodeError, HEADER_LEN, HEADER_SLOTS, LogHeader, VERSION,
 };
 
 #[cfg(not(target_pointer_width = "64"))]
@@ -130,6 +130,20 @@ const LOCK_ATTEMPTS: u32 = 20;
 pub fn sync_dir(seam: &Seam, dir: &Path) -> Result<()> {
     seam.run(Op::SyncDir { path: dir }, || File::open(dir).and_then(|d| d.sync_all()))
         .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// Opens the data file of the store in `dir`, for writing too if `writable`.
+///
+/// # Errors
+/// [`Error::NotFound`] if there is none; [`Error::Io`].
+pub fn open_data_file(dir: &Path, writable: bool) -> Result<File> {
+    let path = dir.join(DATA_FILE);
+    OpenOptions::new().read(true).write(writable).open(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => {
+            Error::NotFound { path: dir.to_path_buf(), read_only: !writable }
+        }
+        _ => Error::io("open", &path, e),
+    })
 }
 
 /// Reserves disk blocks for `[from, len)` and extends the file to `len` if it is shorter,

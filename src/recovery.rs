@@ -88,18 +88,22 @@ pub fn trust_index(
 
 /// The index file's header if it decodes and names this store; otherwise why not.
 fn index_header(index: Option<&IndexMap>, header: &LogHeader) -> Result<IndexHeader, String> {
-    let index = index.ok_or("the index file is missing or truncated")?;
-    let h = match IndexHeader::decode(&Table::new(index.words()).header_bytes(), index.len()) {
-        Ok(h) => h,
-        Err(DecodeError::Version(v)) => return Err(format!("index has format version {v}")),
-        Err(DecodeError::Corrupt(k)) => return Err(format!("index header damaged: {k}")),
-    };
+    let h = decode_index_header(index.ok_or("the index file is missing or truncated")?)?;
     if h.store_id != header.store_id {
         return Err(
             CorruptKind::ForeignIndex { expected: header.store_id, found: h.store_id }.to_string()
         );
     }
     Ok(h)
+}
+
+/// The index file's header if it decodes (whatever store it names); otherwise why not.
+fn decode_index_header(index: &IndexMap) -> Result<IndexHeader, String> {
+    match IndexHeader::decode(&Table::new(index.words()).header_bytes(), index.len()) {
+        Ok(h) => Ok(h),
+        Err(DecodeError::Version(v)) => Err(format!("index has format version {v}")),
+        Err(DecodeError::Corrupt(k)) => Err(format!("index header damaged: {k}")),
+    }
 }
 
 /// The bytes of a log, from file offset `base` on; offsets given to it are the file's. A
@@ -530,12 +534,7 @@ impl Salvage {
 /// a data file; [`Error::Io`].
 pub fn salvage(dir: &Path) -> Result<Salvage> {
     let file = dir.join(DATA_FILE);
-    let opened = std::fs::File::open(&file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound { path: dir.to_path_buf(), read_only: true }
-        }
-        _ => Error::io("open", &file, e),
-    })?;
+    let opened = crate::os::open_data_file(dir, false)?;
     // Beside a writer there is nothing to read alone (it writes past what it published);
     // and while the `Salvage` lends slices of the file, no writer may open it.
     let lock = crate::os::lock_dir_shared(dir)?;
@@ -596,8 +595,7 @@ pub fn salvage(dir: &Path) -> Result<Salvage> {
 /// The store id the index file's header names, if it is whole.
 fn index_store_id(dir: &Path) -> Option<u64> {
     let index = IndexMap::open(&dir.join(INDEX_FILE), false, &Seam::default()).ok()??;
-    let header = Table::new(index.words()).header_bytes();
-    IndexHeader::decode(&header, index.len()).ok().map(|h| h.store_id)
+    decode_index_header(&index).ok().map(|h| h.store_id)
 }
 
 /// The walk of [`salvage`].
