@@ -100,8 +100,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             }
             Ok(Input::End) => break None,
             Ok(Input::Interrupted) => break Some(Stop::Interrupted),
-            // The input thread is gone (it cannot be: it ends after `End` or `Failed`).
-            Err(mpsc::RecvError) => break None,
+            // The input thread is gone without `End` or `Failed` (it panicked): the input
+            // may not have been read to its end.
+            Err(mpsc::RecvError) => {
+                break Some(Stop::Failed(format!(
+                    "{name}: reading line {} failed: the thread reading the input stopped",
+                    line_no + 1
+                )));
+            }
         };
         for line in chunk {
             if INTERRUPT.load(Ordering::Relaxed) {
