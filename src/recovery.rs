@@ -383,11 +383,10 @@ pub fn check_log(log: Log<'_>, store_id: u64) -> (u64, Vec<(u64, CorruptKind)>) 
             Ok((rec, rest)) => {
                 match rec.verify(seed, rest) {
                     Ok(()) => {
-                        let placed = batch_step(&rec, rest, p, &mut batch);
-                        if placed.is_err() && rec.kind == Kind::Commit {
-                            batch = None;
-                        }
-                        if let Err(kind) = placed {
+                        if let Err(kind) = batch_step(&rec, rest, p, &mut batch) {
+                            if rec.kind == Kind::Commit {
+                                batch = None; // it ends the batch it closes
+                            }
                             problems.push((p, kind));
                         }
                     }
