@@ -106,15 +106,7 @@ impl Shared {
             drop(create_data_file(seam, dir, &data_path, os::random_id())?); // opened below
         }
         let page = if writable { Some(Live::create(dir, seam)?) } else { None };
-        let file =
-            std::fs::OpenOptions::new().read(true).write(writable).open(&data_path).map_err(
-                |e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        Error::NotFound { path: dir.to_path_buf(), read_only: opts.read_only }
-                    }
-                    _ => Error::io("open", &data_path, e),
-                },
-            )?;
+        let file = os::open_data_file(dir, writable)?;
         let log = LogFile::new(file, &data_path, writable, DATA_START, seam)?;
         let header = recovery::read_header(log.bytes(), &data_path)?;
         let index_path = dir.join(INDEX_FILE);
